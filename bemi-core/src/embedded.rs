@@ -1,0 +1,562 @@
+//! A throwaway PostgreSQL server for tests, examples and `bemi demo`.
+//!
+//! [`TempPostgres::start`] finds PostgreSQL 14+ server binaries, runs `initdb` into a fresh
+//! temporary directory and starts a server configured for logical replication on a free
+//! `127.0.0.1` port, with its Unix socket in the same directory. When the current process runs as
+//! root (PostgreSQL refuses to), the server runs as the unprivileged `postgres` user.
+//!
+//! Dropping the value stops the server and removes the directory. A small watchdog process does
+//! the same when this process dies without dropping it (a panic that aborts, `SIGKILL`, a
+//! `static` that is never dropped): it waits on a pipe that only this process holds open, and
+//! the kernel closes that pipe however the process ends.
+//!
+//! ```no_run
+//! # fn main() -> bemi_core::Result<()> {
+//! let pg = bemi_core::embedded::TempPostgres::start()?;
+//! println!("connect to {}", pg.url("postgres"));
+//! # Ok(()) }
+//! ```
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The oldest PostgreSQL major version the tracker supports (logical messages in pgoutput).
+pub const MIN_SERVER_VERSION: u32 = 14;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const START_ATTEMPTS: usize = 5;
+
+/// Settings for a [`TempPostgres`] before it starts.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    settings: Vec<(String, String)>,
+    hba: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl Builder {
+    /// Adds a server setting, passed as `-c name=value` (overrides the defaults).
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds a `pg_hba.conf` line, checked before the defaults (which trust every local and
+    /// loopback connection, replication included).
+    pub fn hba_line(mut self, line: impl Into<String>) -> Self {
+        self.hba.push(line.into());
+        self
+    }
+
+    /// Writes a file into the data directory before the server starts (certificates, keys).
+    /// Files are readable only by the server's user, as PostgreSQL requires for keys.
+    pub fn file(mut self, name: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.into(), contents.into()));
+        self
+    }
+
+    /// Creates the cluster and starts the server; blocks until it accepts connections.
+    pub fn start(self) -> Result<TempPostgres> {
+        let bin = find_bindir()?;
+        let owner = ServerUser::current()?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            match TempPostgres::try_start(&self, &bin, &owner) {
+                Ok(pg) => return Ok(pg),
+                // Another process can take the free port between our check and the server's
+                // bind; only that case is worth another attempt.
+                Err(StartError::PortTaken(e)) => last_error = Some(e),
+                Err(StartError::Failed(e)) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| embedded_error("could not start PostgreSQL")))
+    }
+}
+
+/// A running throwaway PostgreSQL server; stopped and deleted on drop. See the [module docs](self).
+#[derive(Debug)]
+pub struct TempPostgres {
+    dir: PathBuf,
+    port: u16,
+    version: u32,
+    bindir: PathBuf,
+    server: Child,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+enum StartError {
+    PortTaken(Error),
+    Failed(Error),
+}
+
+impl From<Error> for StartError {
+    fn from(e: Error) -> Self {
+        StartError::Failed(e)
+    }
+}
+
+impl TempPostgres {
+    /// Starts a server with the default settings.
+    pub fn start() -> Result<TempPostgres> {
+        Builder::default().start()
+    }
+
+    /// Settings for a server before starting it.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The host to connect to over TCP.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// The directory that holds the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The directory of the server binaries in use (`pg_ctl`, `psql`, `pg_recvlogical`, …).
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// The server's major version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// A connection URL for `database` as the superuser `postgres` over TCP.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A key/value connection string for `database` as the superuser `postgres` over TCP.
+    pub fn connection_string(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        )
+    }
+
+    /// Restarts the server with `pg_ctl restart -m fast` (for tests of reconnection).
+    pub fn restart(&self) -> Result<()> {
+        let owner = ServerUser::current()?;
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let mut cmd = Command::new(&pg_ctl);
+        cmd.arg("restart")
+            .args(["-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(self.data_dir())
+            .arg("-o")
+            .arg(format!("-p {}", self.port))
+            .arg("-l")
+            .arg(self.dir.join("restart.log"));
+        owner.apply(&mut cmd);
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .status()
+            .map_err(|e| embedded_error("could not run pg_ctl restart").with_source(e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(embedded_error(format!(
+                "pg_ctl restart failed ({status}); see {}",
+                self.dir.join("restart.log").display()
+            )))
+        }
+    }
+
+    fn try_start(
+        builder: &Builder,
+        bin: &BinDir,
+        owner: &ServerUser,
+    ) -> Result<TempPostgres, StartError> {
+        let dir = make_temp_dir()?;
+        owner.chown(&dir)?;
+        // From here on the watchdog owns the directory's removal.
+        let port = free_port()?;
+        let data = dir.join("data");
+
+        let mut initdb = Command::new(bin.path.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        owner.apply(&mut initdb);
+        let out = initdb
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| embedded_error("could not run initdb").with_source(e))?;
+        if !out.status.success() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(embedded_error(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+            .into());
+        }
+
+        let mut hba = builder.hba.join("\n");
+        hba.push_str(
+            "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\n\
+             local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        );
+        let write = |name: &str, contents: &[u8]| -> Result<()> {
+            let path = data.join(name);
+            fs::write(&path, contents)
+                .and_then(|()| {
+                    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                })
+                .map_err(|e| {
+                    embedded_error(format!("could not write {}", path.display())).with_source(e)
+                })?;
+            owner.chown(&path)
+        };
+        write("pg_hba.conf", hba.as_bytes())?;
+        for (name, contents) in &builder.files {
+            write(name, contents)?;
+        }
+
+        let log_path = dir.join("postgres.log");
+        let log = fs::File::create(&log_path)
+            .map_err(|e| embedded_error("could not create the server log").with_source(e))?;
+        owner.chown(&log_path)?;
+        let mut postgres = Command::new(bin.path.join("postgres"));
+        postgres
+            .arg("-D")
+            .arg(&data)
+            .arg("-p")
+            .arg(port.to_string());
+        let defaults = [
+            ("listen_addresses", "127.0.0.1".to_owned()),
+            ("unix_socket_directories", dir.display().to_string()),
+            ("wal_level", "logical".to_owned()),
+            ("max_replication_slots", "100".to_owned()),
+            ("max_wal_senders", "100".to_owned()),
+            ("max_connections", "300".to_owned()),
+            ("fsync", "off".to_owned()),
+            ("full_page_writes", "off".to_owned()),
+            ("shared_buffers", "64MB".to_owned()),
+            ("logical_decoding_work_mem", "64MB".to_owned()),
+        ];
+        for (name, value) in defaults.iter().map(|(n, v)| (*n, v.as_str())).chain(
+            builder
+                .settings
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        ) {
+            postgres.arg("-c").arg(format!("{name}={value}"));
+        }
+        owner.apply(&mut postgres);
+        let log_err = log
+            .try_clone()
+            .map_err(|e| embedded_error("could not open the server log").with_source(e))?;
+        let server = postgres
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| embedded_error("could not start postgres").with_source(e))?;
+
+        let watchdog = spawn_watchdog(server.id(), &dir)?;
+        let mut pg = TempPostgres {
+            dir,
+            port,
+            version: bin.version,
+            bindir: bin.path.clone(),
+            server,
+            watchdog: Some(watchdog),
+        };
+        pg.wait_ready(&log_path)?;
+        tracing::debug!(port, dir = %pg.dir.display(), "throwaway postgres started");
+        Ok(pg)
+    }
+
+    fn wait_ready(&mut self, log_path: &Path) -> Result<(), StartError> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let log = fs::read_to_string(log_path).unwrap_or_default();
+            if log.contains("database system is ready to accept connections") {
+                return Ok(());
+            }
+            let exited = self.server.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let e = embedded_error(format!(
+                    "postgres did not start; its log says:\n{}",
+                    log.trim()
+                ));
+                return Err(
+                    if log.contains("could not bind") || log.contains("in use") {
+                        StartError::PortTaken(e)
+                    } else {
+                        StartError::Failed(e)
+                    },
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        if let Some((mut watchdog, stdin)) = self.watchdog.take() {
+            // Closing the pipe tells the watchdog to stop the server and delete the directory.
+            drop(stdin);
+            let _ = self.server.wait();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// Starts the watchdog: a shell that blocks reading a pipe only we hold, then stops the
+/// server (immediate shutdown) and removes the directory. Terminal signals are ignored so that
+/// Ctrl-C on the test run cannot kill it before it has cleaned up.
+fn spawn_watchdog(server_pid: u32, dir: &Path) -> Result<(Child, ChildStdin)> {
+    const SCRIPT: &str = r#"trap '' INT TERM HUP
+cat >/dev/null
+kill -QUIT "$1" 2>/dev/null
+i=0
+while kill -0 "$1" 2>/dev/null && [ "$i" -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+kill -KILL "$1" 2>/dev/null
+rm -rf "$2""#;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg("bemi-pg-watchdog")
+        .arg(server_pid.to_string())
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| embedded_error("could not start the cleanup watchdog (sh)").with_source(e))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| embedded_error("the watchdog has no stdin pipe"))?;
+    Ok((child, stdin))
+}
+
+/// Server binaries and their major version.
+#[derive(Debug, Clone)]
+struct BinDir {
+    path: PathBuf,
+    version: u32,
+}
+
+/// Finds PostgreSQL 14+ server binaries: `$BEMI_PG_BINDIR`, then `PATH`, then
+/// `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (newest first).
+fn find_bindir() -> Result<BinDir> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("BEMI_PG_BINDIR") {
+        candidates.push(dir.into());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            candidates.push(String::from_utf8_lossy(&out.stdout).trim().into());
+        }
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            Some((major, entry.path().join("bin")))
+        })
+        .collect();
+    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.extend(versioned.into_iter().map(|(_, p)| p));
+
+    let mut too_old = Vec::new();
+    for dir in candidates {
+        if !dir.join("initdb").is_file() || !dir.join("postgres").is_file() {
+            continue;
+        }
+        match server_version(&dir) {
+            Some(v) if v >= MIN_SERVER_VERSION => {
+                return Ok(BinDir {
+                    path: dir,
+                    version: v,
+                })
+            }
+            Some(v) => too_old.push(format!("{} (PostgreSQL {v})", dir.display())),
+            None => {}
+        }
+    }
+    let mut message = String::from(
+        "no PostgreSQL 14+ server binaries (initdb, postgres) found in $BEMI_PG_BINDIR, PATH, \
+         `pg_config --bindir` or /usr/lib/postgresql/*/bin; install them (Debian/Ubuntu: \
+         apt-get install postgresql) or set BEMI_PG_BINDIR",
+    );
+    if !too_old.is_empty() {
+        message.push_str("; too old: ");
+        message.push_str(&too_old.join(", "));
+    }
+    Err(embedded_error(message))
+}
+
+fn server_version(dir: &Path) -> Option<u32> {
+    let out = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(2)?;
+    version.split(['.', 'b', 'r']).next()?.parse().ok()
+}
+
+/// The user the server runs as: ourselves, or `postgres` when we are root.
+#[derive(Debug, Clone, Copy)]
+struct ServerUser {
+    ids: Option<(u32, u32)>,
+}
+
+impl ServerUser {
+    fn current() -> Result<ServerUser> {
+        let euid = fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX);
+        if euid != 0 {
+            return Ok(ServerUser { ids: None });
+        }
+        let mut passwd = String::new();
+        fs::File::open("/etc/passwd")
+            .and_then(|mut f| f.read_to_string(&mut passwd))
+            .map_err(|e| embedded_error("could not read /etc/passwd").with_source(e))?;
+        let ids = passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            if fields.next()? != "postgres" {
+                return None;
+            }
+            let uid = fields.nth(1)?.parse().ok()?;
+            let gid = fields.next()?.parse().ok()?;
+            Some((uid, gid))
+        });
+        match ids {
+            Some(ids) => Ok(ServerUser { ids: Some(ids) }),
+            None => Err(embedded_error(
+                "running as root, and PostgreSQL refuses to run as root, but there is no \
+                 `postgres` user to run it as; create one (useradd --system postgres) or run as \
+                 an unprivileged user",
+            )),
+        }
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        if let Some((uid, gid)) = self.ids {
+            cmd.uid(uid).gid(gid);
+        }
+    }
+
+    fn chown(&self, path: &Path) -> Result<()> {
+        match self.ids {
+            None => Ok(()),
+            Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+                embedded_error(format!("could not give {} to postgres", path.display()))
+                    .with_source(e)
+            }),
+        }
+    }
+}
+
+fn make_temp_dir() -> Result<PathBuf> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "bemi-pg-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    // /tmp rather than $TMPDIR: the Unix socket path must stay under ~100 bytes.
+    let dir = PathBuf::from("/tmp").join(name);
+    fs::create_dir(&dir)
+        .and_then(|()| {
+            fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        })
+        .map_err(|e| {
+            embedded_error(format!("could not create {}", dir.display())).with_source(e)
+        })?;
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| embedded_error("could not find a free port").with_source(e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| embedded_error("could not find a free port").with_source(e))?
+        .port();
+    Ok(port)
+}
+
+fn embedded_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::Embedded, message)
+}
+
+/// Runs `psql` from the server's binaries against it (for tests and the demo); returns stdout.
+impl TempPostgres {
+    /// Runs SQL through `psql -v ON_ERROR_STOP=1` and returns what it printed.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
+        let mut child = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.connection_string(database))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| embedded_error("could not run psql").with_source(e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(sql.as_bytes())
+                .map_err(|e| embedded_error("could not send SQL to psql").with_source(e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| embedded_error("psql failed").with_source(e))?;
+        if !out.status.success() {
+            return Err(embedded_error(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

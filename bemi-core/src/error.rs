@@ -1,0 +1,217 @@
+//! The error type of bemi-core.
+//!
+//! One type for the whole crate. An [`Error`] can answer the questions a caller (or the tracker's
+//! retry loop) asks: what kind of problem it is ([`Error::kind`]), whether trying again can help
+//! ([`Error::is_transient`]), and the server's SQLSTATE when the server reported it
+//! ([`Error::code`]). The message says what to do; the cause stays reachable through
+//! [`std::error::Error::source`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// `Result` with bemi-core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, broadly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Connection settings could not be read (bad URL, unknown `sslmode`, …).
+    Config,
+    /// The server could not be reached, or the connection was lost.
+    Connect,
+    /// TLS could not be set up or the server's certificate was refused.
+    Tls,
+    /// The server refused the credentials, or asked for an unsupported method.
+    Auth,
+    /// The server answered a command with an error (see [`Error::code`]).
+    Db,
+    /// The server sent something this client does not understand.
+    Protocol,
+    /// `wal_level` is not `logical`.
+    WalLevel,
+    /// The server is older than PostgreSQL 14.
+    ServerVersion,
+    /// The role lacks a privilege (REPLICATION, table ownership, …).
+    Privilege,
+    /// The replication slot is in use by another process.
+    SlotInUse,
+    /// The replication slot was invalidated (`wal_status = lost`): changes were lost.
+    SlotLost,
+    /// The replication slot does not exist.
+    SlotMissing,
+    /// The publication does not exist.
+    PublicationMissing,
+    /// A change sink failed.
+    Sink,
+    /// The throwaway PostgreSQL server could not be set up.
+    Embedded,
+}
+
+/// An error from bemi-core. See the [module docs](self).
+pub struct Error {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    code: Option<String>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message that says what happened and what to do.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            code: None,
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// The broad kind of problem.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The SQLSTATE the server reported, if this error came from the server.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The message, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether trying again later may succeed: lost connections, a server that is starting or
+    /// shutting down, resource exhaustion, serialization failures, a slot still held by a
+    /// connection that is going away. Configuration, privilege and data problems are not
+    /// transient.
+    pub fn is_transient(&self) -> bool {
+        match self.kind {
+            ErrorKind::Connect | ErrorKind::SlotInUse => true,
+            ErrorKind::Db | ErrorKind::Sink => {
+                self.code.as_deref().is_some_and(is_transient_sqlstate)
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    pub(crate) fn protocol(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Protocol, message)
+    }
+
+    pub(crate) fn connection_lost(source: std::io::Error) -> Self {
+        Error::new(ErrorKind::Connect, "the connection to the server was lost").with_source(source)
+    }
+}
+
+/// SQLSTATE classes and codes worth retrying: connection exceptions (08), insufficient resources
+/// (53), operator intervention such as shutdown (57), transaction rollback (40), object in use
+/// (55006, e.g. a replication slot whose previous owner is still disconnecting).
+fn is_transient_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "53" | "57" | "40")) || code == "55006"
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(code) = &self.code {
+            d.field("code", code);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => {
+                let mut message = format!("server error {}: {}", db.code().code(), db.message());
+                if let Some(hint) = db.hint() {
+                    message.push_str(" (hint: ");
+                    message.push_str(hint);
+                    message.push(')');
+                }
+                let code = db.code().code().to_owned();
+                Error::new(ErrorKind::Db, message)
+                    .with_code(code)
+                    .with_source(e)
+            }
+            None if e.is_closed() || e.code().is_none() => {
+                Error::new(ErrorKind::Connect, "the database connection failed").with_source(e)
+            }
+            None => Error::new(ErrorKind::Db, "the database query failed").with_source(e),
+        }
+    }
+}
+
+impl From<crate::pgoutput::DecodeError> for Error {
+    fn from(e: crate::pgoutput::DecodeError) -> Self {
+        Error::protocol("could not decode a pgoutput message").with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_by_kind_and_sqlstate() {
+        assert!(Error::new(ErrorKind::Connect, "x").is_transient());
+        assert!(!Error::new(ErrorKind::WalLevel, "x").is_transient());
+        assert!(Error::new(ErrorKind::Db, "x")
+            .with_code("57P01")
+            .is_transient());
+        assert!(Error::new(ErrorKind::Db, "x")
+            .with_code("08006")
+            .is_transient());
+        assert!(!Error::new(ErrorKind::Db, "x")
+            .with_code("42P01")
+            .is_transient());
+        assert!(!Error::new(ErrorKind::Db, "x").is_transient());
+    }
+
+    #[test]
+    fn keeps_the_source_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = Error::connection_lost(io);
+        assert_eq!(e.to_string(), "the connection to the server was lost");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("reset"));
+    }
+}

@@ -1,0 +1,326 @@
+//! Preparing a source database: checks, the publication and the replication slot.
+//!
+//! [`SourceSetup::prepare`] checks what logical replication needs and creates what is
+//! missing, so that a first run just works and a misconfigured server gets an error that says
+//! how to fix it:
+//!
+//! | problem | error kind | the message says |
+//! | --- | --- | --- |
+//! | server older than 14 | [`ErrorKind::ServerVersion`] | upgrade |
+//! | `wal_level` is not `logical` | [`ErrorKind::WalLevel`] | `ALTER SYSTEM SET wal_level = logical` and restart |
+//! | role has neither REPLICATION nor superuser | [`ErrorKind::Privilege`] | `ALTER ROLE … WITH REPLICATION` |
+//! | slot streamed by another process | [`ErrorKind::SlotInUse`] | stop it or use another slot |
+//! | slot invalidated (`wal_status = lost`) | [`ErrorKind::SlotLost`] | recreate it; changes were lost |
+//!
+//! Tables in the publication without `REPLICA IDENTITY FULL` are listed in the report and in a
+//! warning: their `before` holds only the key columns.
+//!
+//! It never drops a slot: a slot holds changes not yet stored, and dropping it loses them.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::replication::quote_identifier;
+use crate::Lsn;
+
+/// The oldest supported server (`pg_logical_emit_message` in pgoutput needs 14).
+pub const MIN_SERVER_VERSION_NUM: i32 = 140_000;
+
+/// Which tables a publication created by the setup covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tables {
+    /// `FOR ALL TABLES` (needs a superuser), including tables created later.
+    #[default]
+    All,
+    /// `FOR TABLE …`: names, optionally schema-qualified (`"billing.invoices"`).
+    Only(Vec<String>),
+}
+
+/// What to prepare on the source database.
+#[derive(Debug, Clone)]
+pub struct SourceSetup {
+    slot: String,
+    publication: String,
+    tables: Tables,
+}
+
+/// What [`SourceSetup::prepare`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetupReport {
+    /// `server_version_num`, e.g. 150004.
+    pub server_version_num: i32,
+    /// Whether the publication was created now.
+    pub created_publication: bool,
+    /// Whether the slot was created now.
+    pub created_slot: bool,
+    /// The slot's `confirmed_flush_lsn`.
+    pub confirmed_flush_lsn: Lsn,
+    /// Published tables whose replica identity is not FULL (`schema.table`).
+    pub tables_without_full_identity: Vec<String>,
+}
+
+impl SourceSetup {
+    /// Setup for `slot` and `publication`, publishing all tables.
+    pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> Self {
+        SourceSetup {
+            slot: slot.into(),
+            publication: publication.into(),
+            tables: Tables::All,
+        }
+    }
+
+    /// Chooses the tables of a publication created by this setup (an existing publication is
+    /// used as it is).
+    pub fn tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Runs the checks and creates the publication and the slot when missing.
+    pub async fn prepare(&self, client: &Client) -> Result<SetupReport> {
+        let server_version_num = check_server(client).await?;
+        let created_publication = self.ensure_publication(client).await?;
+        let (created_slot, confirmed_flush_lsn) = self.ensure_slot(client).await?;
+        let tables_without_full_identity =
+            tables_without_full_identity(client, &self.publication).await?;
+        if !tables_without_full_identity.is_empty() {
+            tracing::warn!(
+                tables = ?tables_without_full_identity,
+                "these tables lack REPLICA IDENTITY FULL, so their `before` holds only key columns \
+                 and unchanged TOAST values are left out; run ALTER TABLE … REPLICA IDENTITY FULL"
+            );
+        }
+        Ok(SetupReport {
+            server_version_num,
+            created_publication,
+            created_slot,
+            confirmed_flush_lsn,
+            tables_without_full_identity,
+        })
+    }
+
+    async fn ensure_publication(&self, client: &Client) -> Result<bool> {
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.publication],
+            )
+            .await?
+            .is_some();
+        if exists {
+            return Ok(false);
+        }
+        let target = match &self.tables {
+            Tables::All => "ALL TABLES".to_owned(),
+            Tables::Only(names) => {
+                let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
+                format!("TABLE {}", names.join(", "))
+            }
+        };
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR {target}",
+            quote_identifier(&self.publication)
+        );
+        client.batch_execute(&sql).await.map_err(|e| {
+            let e = Error::from(e);
+            if e.code() == Some("42501") {
+                Error::new(
+                    ErrorKind::Privilege,
+                    format!(
+                        "not allowed to create publication {:?} ({}); create it as a superuser: {sql}",
+                        self.publication,
+                        e.message()
+                    ),
+                )
+                .with_source(e)
+            } else {
+                e
+            }
+        })?;
+        tracing::info!(publication = %self.publication, "created publication");
+        Ok(true)
+    }
+
+    async fn ensure_slot(&self, client: &Client) -> Result<(bool, Lsn)> {
+        let row = client
+            .query_opt(
+                "SELECT plugin, database, active_pid, wal_status, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await?;
+        let Some(row) = row else {
+            let row = client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&self.slot],
+                )
+                .await?;
+            tracing::info!(slot = %self.slot, "created replication slot");
+            return Ok((true, parse_lsn(row.get(0))?));
+        };
+        let plugin: Option<String> = row.get(0);
+        let database: Option<String> = row.get(1);
+        let active_pid: Option<i32> = row.get(2);
+        let wal_status: Option<String> = row.get(3);
+        let confirmed: Option<String> = row.get(4);
+        if plugin.as_deref() != Some("pgoutput") {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "replication slot {:?} uses the output plugin {:?}, not pgoutput; choose \
+                     another slot name, or drop it if nothing else needs it",
+                    self.slot,
+                    plugin.unwrap_or_default()
+                ),
+            ));
+        }
+        let current_db: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+        if database.as_deref() != Some(current_db.as_str()) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "replication slot {:?} belongs to database {:?}, not {current_db:?}; choose \
+                     another slot name",
+                    self.slot,
+                    database.unwrap_or_default()
+                ),
+            ));
+        }
+        if wal_status.as_deref() == Some("lost") {
+            return Err(slot_lost(&self.slot));
+        }
+        if let Some(pid) = active_pid {
+            return Err(slot_in_use(&self.slot, pid));
+        }
+        Ok((false, confirmed.as_deref().map(parse_lsn).transpose()?.unwrap_or_default()))
+    }
+}
+
+/// The error for a slot whose WAL was removed.
+pub(crate) fn slot_lost(slot: &str) -> Error {
+    Error::new(
+        ErrorKind::SlotLost,
+        format!(
+            "replication slot {slot:?} was invalidated (wal_status = lost): the server removed WAL \
+             it still needed, so changes made while the tracker was behind are lost; drop and \
+             recreate the slot (SELECT pg_drop_replication_slot('{slot}')), and raise \
+             max_slot_wal_keep_size or keep the tracker running"
+        ),
+    )
+}
+
+fn slot_in_use(slot: &str, pid: i32) -> Error {
+    Error::new(
+        ErrorKind::SlotInUse,
+        format!(
+            "replication slot {slot:?} is in use by the process with PID {pid}; stop the other \
+             consumer (SELECT pg_terminate_backend({pid})) or use another slot name"
+        ),
+    )
+}
+
+/// Checks the server version, `wal_level` and the role's privileges; returns
+/// `server_version_num`.
+pub async fn check_server(client: &Client) -> Result<i32> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('wal_level'), \
+             rolsuper OR rolreplication, current_user::text \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let version: i32 = row.get(0);
+    check_version(version)?;
+    let wal_level: String = row.get(1);
+    if wal_level != "logical" {
+        return Err(Error::new(
+            ErrorKind::WalLevel,
+            format!(
+                "wal_level is {wal_level:?}, but change tracking needs \"logical\"; run ALTER \
+                 SYSTEM SET wal_level = logical and restart PostgreSQL (managed services: set the \
+                 logical replication parameter, e.g. rds.logical_replication = 1 on AWS, \
+                 cloudsql.logical_decoding = on on Google Cloud)"
+            ),
+        ));
+    }
+    let can_replicate: bool = row.get(2);
+    if !can_replicate {
+        let user: String = row.get(3);
+        return Err(Error::new(
+            ErrorKind::Privilege,
+            format!(
+                "role {user:?} may not use replication; run ALTER ROLE {} WITH REPLICATION as a \
+                 superuser, or connect as a role that has it",
+                quote_identifier(&user)
+            ),
+        ));
+    }
+    Ok(version)
+}
+
+/// Checks `server_version_num` against [`MIN_SERVER_VERSION_NUM`].
+pub fn check_version(server_version_num: i32) -> Result<()> {
+    if server_version_num < MIN_SERVER_VERSION_NUM {
+        return Err(Error::new(
+            ErrorKind::ServerVersion,
+            format!(
+                "PostgreSQL {}.{} is too old: context messages (pg_logical_emit_message through \
+                 pgoutput) need PostgreSQL 14 or newer; upgrade the server",
+                server_version_num / 10_000,
+                server_version_num % 10_000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Published tables whose replica identity is not FULL, as `schema.table`.
+pub async fn tables_without_full_identity(client: &Client, publication: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT format('%s.%s', t.schemaname, t.tablename) \
+             FROM pg_publication_tables t \
+             JOIN pg_namespace n ON n.nspname = t.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+             WHERE t.pubname = $1 AND c.relreplident <> 'f' ORDER BY 1",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// `schema.table` or `table` → quoted SQL name.
+fn qualified_name(name: &str) -> String {
+    name.split('.')
+        .map(quote_identifier)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn> {
+    text.parse()
+        .map_err(|e| Error::protocol(format!("the server returned an invalid LSN {text:?}")).with_source(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_servers_are_refused_with_the_fix() {
+        let e = check_version(130_011).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ServerVersion);
+        assert!(e.to_string().contains("PostgreSQL 13.11 is too old"), "{e}");
+        assert!(e.to_string().contains("upgrade"), "{e}");
+        assert!(check_version(140_000).is_ok());
+    }
+
+    #[test]
+    fn qualified_names_are_quoted() {
+        assert_eq!(qualified_name("billing.invoices"), "\"billing\".\"invoices\"");
+        assert_eq!(qualified_name("Todo"), "\"Todo\"");
+    }
+}

@@ -1,0 +1,141 @@
+//! Test support: a fresh database (with its own slot and publication names) per test, on a
+//! throwaway server shared by the test process. Enabled by the `testing` feature.
+//!
+//! Set `BEMI_TEST_DATABASE_URL` to a superuser URL of an existing PostgreSQL 14+ server with
+//! `wal_level = logical` to use it instead of starting one. Otherwise the first test starts a
+//! [`TempPostgres`]; if that fails, every test fails with the reason (tests never skip).
+//!
+//! ```no_run
+//! # async fn t() -> bemi_core::Result<()> {
+//! let db = bemi_core::testing::TestDatabase::create().await?;
+//! let client = db.connect().await?;
+//! client.batch_execute("CREATE TABLE t (id int primary key)").await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use crate::embedded::TempPostgres;
+use crate::error::{Error, ErrorKind, Result};
+use crate::replication::quote_identifier;
+use crate::ConnectOptions;
+
+/// The variable that points tests at an existing server.
+pub const DATABASE_URL_VAR: &str = "BEMI_TEST_DATABASE_URL";
+
+/// The server tests run against.
+#[derive(Debug)]
+pub struct TestServer {
+    admin: ConnectOptions,
+    embedded: Option<TempPostgres>,
+}
+
+impl TestServer {
+    /// Settings to connect to the server's `postgres` database as a superuser.
+    pub fn admin(&self) -> &ConnectOptions {
+        &self.admin
+    }
+
+    /// The throwaway server, unless `BEMI_TEST_DATABASE_URL` is in use.
+    pub fn embedded(&self) -> Option<&TempPostgres> {
+        self.embedded.as_ref()
+    }
+}
+
+/// The server shared by this test process, started on first use.
+pub fn server() -> Result<&'static TestServer> {
+    static SERVER: OnceLock<std::result::Result<TestServer, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| start_server().map_err(|e| error_chain(&e)));
+    server.as_ref().map_err(|reason| {
+        Error::new(
+            ErrorKind::Embedded,
+            format!("the test PostgreSQL server is unavailable: {reason}"),
+        )
+    })
+}
+
+fn start_server() -> Result<TestServer> {
+    if let Ok(url) = std::env::var(DATABASE_URL_VAR) {
+        return Ok(TestServer {
+            admin: url.parse()?,
+            embedded: None,
+        });
+    }
+    let pg = TempPostgres::start()?;
+    Ok(TestServer {
+        admin: pg.url("postgres").parse()?,
+        embedded: Some(pg),
+    })
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A database of its own for one test, with names for its slot and publication.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    options: ConnectOptions,
+    server: &'static TestServer,
+}
+
+impl TestDatabase {
+    /// Creates a new, empty database on the shared test server.
+    pub async fn create() -> Result<TestDatabase> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let server = server()?;
+        let name = format!(
+            "bemi_test_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = server.admin.connect().await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_identifier(&name)))
+            .await?;
+        Ok(TestDatabase {
+            options: server.admin.clone().with_dbname(&name),
+            name,
+            server,
+        })
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Settings to connect to this database as a superuser.
+    pub fn options(&self) -> ConnectOptions {
+        self.options.clone()
+    }
+
+    /// The server it lives on.
+    pub fn server(&self) -> &'static TestServer {
+        self.server
+    }
+
+    /// A replication slot name unique to this database.
+    pub fn slot(&self) -> String {
+        format!("{}_slot", self.name)
+    }
+
+    /// A publication name unique to this database.
+    pub fn publication(&self) -> String {
+        format!("{}_pub", self.name)
+    }
+
+    /// Opens an ordinary SQL connection to this database.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        self.options.connect().await
+    }
+}
