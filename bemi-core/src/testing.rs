@@ -139,3 +139,70 @@ impl TestDatabase {
         self.options.connect().await
     }
 }
+
+/// Streams a test database's changes as [`RowEvent`]s, a transaction at a time.
+#[derive(Debug)]
+pub struct EventTap {
+    stream: crate::ReplicationStream,
+    decoder: crate::RowDecoder,
+}
+
+impl EventTap {
+    /// Creates the database's publication (all tables) and slot, and starts streaming from the
+    /// slot's start. Changes committed after this returns are seen.
+    pub async fn start(db: &TestDatabase) -> Result<EventTap> {
+        let client = db.connect().await?;
+        crate::setup::SourceSetup::new(db.slot(), db.publication())
+            .prepare(&client)
+            .await?;
+        let stream = crate::ReplicationClient::connect(&db.options())
+            .await?
+            .start_replication(&db.slot(), &[&db.publication()], crate::Lsn::ZERO)
+            .await?;
+        Ok(EventTap {
+            stream,
+            decoder: crate::RowDecoder::new(client),
+        })
+    }
+
+    /// The stream itself (to confirm positions).
+    pub fn stream(&self) -> &crate::ReplicationStream {
+        &self.stream
+    }
+
+    /// The next transaction's events from Begin to Commit, or a non-transactional message
+    /// alone; fails after `timeout` without one.
+    pub async fn next_transaction(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<crate::RowEvent>> {
+        let read = async {
+            let mut events = Vec::new();
+            loop {
+                let Some(crate::ReplicationEvent::Data { message, .. }) =
+                    self.stream.next_event().await?
+                else {
+                    continue;
+                };
+                let Some(event) = self.decoder.decode(message).await? else {
+                    continue;
+                };
+                let done = match &event {
+                    crate::RowEvent::Commit { .. } => true,
+                    crate::RowEvent::Message { transactional, .. } => !transactional,
+                    _ => false,
+                };
+                events.push(event);
+                if done {
+                    return Ok(events);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("no complete transaction arrived within {timeout:?}"),
+            )
+        })?
+    }
+}

@@ -1,0 +1,285 @@
+//! The relation cache and the conversion of pgoutput messages to [`RowEvent`]s.
+//!
+//! pgoutput describes a table with a Relation message before its first change in each session
+//! and again after every `ALTER TABLE`; changes refer to it by OID. The cache is updated at
+//! that stream position, never from the live catalog, so a column added or dropped mid-stream
+//! applies exactly from the change where it happened.
+//!
+//! The one fact the stream cannot give is the primary key: with `REPLICA IDENTITY FULL` every
+//! column is flagged as a key column. So the key comes from the catalog (`pg_index`), looked up
+//! when a Relation message arrives. When the table has no primary key (or is gone), the
+//! replica identity index's columns are used if the identity is not FULL; otherwise there is
+//! no key.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::pgoutput::{self, ColumnValue, Message, OldTuple, Oid, PgTimestamp, TupleData};
+use crate::row::{ColumnInfo, RelationInfo, Row, RowEvent};
+use crate::value::text_to_json;
+
+/// Turns pgoutput messages into row events, keeping the relation cache.
+#[derive(Debug)]
+pub struct RowDecoder {
+    catalog: Client,
+    relations: HashMap<Oid, Arc<RelationInfo>>,
+}
+
+impl RowDecoder {
+    /// A decoder that looks up primary keys through `catalog`, an ordinary connection to the
+    /// tracked database.
+    pub fn new(catalog: Client) -> Self {
+        RowDecoder {
+            catalog,
+            relations: HashMap::new(),
+        }
+    }
+
+    /// The cached description of a table, if a Relation message for it has arrived.
+    pub fn relation(&self, oid: Oid) -> Option<&Arc<RelationInfo>> {
+        self.relations.get(&oid)
+    }
+
+    /// Decodes one message. Relation, Type and Origin messages update state and give `None`.
+    pub async fn decode(&mut self, message: Message) -> Result<Option<RowEvent>> {
+        let event = match message {
+            Message::Relation(relation) => {
+                let primary_key = self.primary_key(relation.oid).await?;
+                let info = relation_info(&relation, &primary_key);
+                self.relations.insert(relation.oid, Arc::new(info));
+                return Ok(None);
+            }
+            Message::Begin(begin) => RowEvent::Begin {
+                xid: begin.xid,
+                final_lsn: begin.final_lsn,
+                commit_time: time(begin.commit_time)?,
+            },
+            Message::Commit(commit) => RowEvent::Commit {
+                commit_lsn: commit.commit_lsn,
+                end_lsn: commit.end_lsn,
+                commit_time: time(commit.commit_time)?,
+            },
+            Message::Insert(insert) => {
+                let relation = self.get(insert.relation)?;
+                let new = row(&relation, &insert.new, None, false)?;
+                RowEvent::Insert {
+                    primary_key: key_text(&relation, &new),
+                    relation,
+                    new,
+                }
+            }
+            Message::Update(update) => {
+                let relation = self.get(update.relation)?;
+                let old = update
+                    .old
+                    .as_ref()
+                    .map(|old| old_row(&relation, old))
+                    .transpose()?;
+                let new = row(&relation, &update.new, old.as_ref(), false)?;
+                RowEvent::Update {
+                    primary_key: key_text(&relation, &new),
+                    relation,
+                    old,
+                    new,
+                }
+            }
+            Message::Delete(delete) => {
+                let relation = self.get(delete.relation)?;
+                let old = old_row(&relation, &delete.old)?;
+                RowEvent::Delete {
+                    primary_key: key_text(&relation, &old),
+                    relation,
+                    old,
+                }
+            }
+            Message::Truncate(truncate) => RowEvent::Truncate {
+                relations: truncate
+                    .relations
+                    .iter()
+                    .map(|oid| self.get(*oid))
+                    .collect::<Result<_>>()?,
+                cascade: truncate.cascade(),
+                restart_identity: truncate.restart_identity(),
+            },
+            Message::Message(message) => RowEvent::Message {
+                transactional: message.transactional,
+                lsn: message.lsn,
+                prefix: message.prefix.as_str().to_owned(),
+                content: message.content,
+            },
+            _ => return Ok(None),
+        };
+        Ok(Some(event))
+    }
+
+    fn get(&self, oid: Oid) -> Result<Arc<RelationInfo>> {
+        self.relations.get(&oid).cloned().ok_or_else(|| {
+            Error::protocol(format!(
+                "a change refers to relation {oid}, which no Relation message described"
+            ))
+        })
+    }
+
+    /// The primary key's column names in key order, from the catalog.
+    async fn primary_key(&self, oid: Oid) -> Result<Vec<String>> {
+        let rows = self
+            .catalog
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+                &[&oid.0],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+fn relation_info(relation: &pgoutput::Relation, primary_key_names: &[String]) -> RelationInfo {
+    let columns: Vec<ColumnInfo> = relation
+        .columns
+        .iter()
+        .map(|c| ColumnInfo {
+            name: c.name.as_str().to_owned(),
+            type_oid: c.type_oid,
+            replica_key: c.is_key(),
+        })
+        .collect();
+    let full_identity = relation.replica_identity == pgoutput::ReplicaIdentity::Full;
+    let position = |name: &String| columns.iter().position(|c| &c.name == name);
+    // All key columns must be in the stream's description; if the catalog moved on (the
+    // table was altered or dropped since), fall back to the replica identity.
+    let mut primary_key: Vec<usize> = primary_key_names.iter().filter_map(position).collect();
+    if primary_key.len() != primary_key_names.len() {
+        primary_key.clear();
+    }
+    if primary_key.is_empty() && !full_identity {
+        primary_key = (0..columns.len())
+            .filter(|&i| columns.get(i).is_some_and(|c| c.replica_key))
+            .collect();
+    }
+    RelationInfo {
+        oid: relation.oid,
+        // pgoutput sends an empty namespace for pg_catalog.
+        schema: match relation.namespace.as_str() {
+            "" => "pg_catalog".to_owned(),
+            namespace => namespace.to_owned(),
+        },
+        table: relation.name.as_str().to_owned(),
+        columns,
+        full_identity,
+        primary_key,
+    }
+}
+
+/// Converts an old tuple: a full old row (`O`), or only the replica identity columns (`K`,
+/// whose other columns the server sends as nulls that mean "not sent").
+fn old_row(relation: &RelationInfo, old: &OldTuple) -> Result<Row> {
+    match old {
+        OldTuple::Full(tuple) => row(relation, tuple, None, false),
+        OldTuple::Key(tuple) => row(relation, tuple, None, true),
+    }
+}
+
+/// Converts a tuple to a JSON object row. Unchanged TOAST values are taken from `old` when it
+/// has them and left out otherwise; with `key_only`, non-key columns are left out.
+fn row(relation: &RelationInfo, tuple: &TupleData, old: Option<&Row>, key_only: bool) -> Result<Row> {
+    if tuple.columns.len() != relation.columns.len() {
+        return Err(Error::protocol(format!(
+            "a row of {}.{} has {} columns, but its Relation message described {}",
+            relation.schema,
+            relation.table,
+            tuple.columns.len(),
+            relation.columns.len()
+        )));
+    }
+    let mut json = String::with_capacity(16 * tuple.columns.len() + 2);
+    let mut values = Vec::with_capacity(tuple.columns.len());
+    json.push('{');
+    for (index, (column, value)) in relation.columns.iter().zip(&tuple.columns).enumerate() {
+        if key_only && !column.replica_key {
+            values.push(None);
+            continue;
+        }
+        let carried = match value {
+            ColumnValue::UnchangedToast => match old.and_then(|old| old.value(index)) {
+                Some(text) => Some(text),
+                None => {
+                    values.push(None);
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        if json.len() > 1 {
+            json.push(',');
+        }
+        push_json_string(&column.name, &mut json);
+        json.push(':');
+        let start = json.len();
+        match (value, carried) {
+            (_, Some(text)) => json.push_str(text),
+            (ColumnValue::Null, _) => json.push_str("null"),
+            (ColumnValue::Text(bytes), _) => {
+                let text = std::str::from_utf8(bytes).map_err(|e| {
+                    Error::protocol(format!(
+                        "column {} of {}.{} is not valid UTF-8",
+                        column.name, relation.schema, relation.table
+                    ))
+                    .with_source(e)
+                })?;
+                text_to_json(column.type_oid, text, &mut json);
+            }
+            (ColumnValue::Binary(bytes), _) => {
+                // Only text format is requested; keep binary data lossless as bytea hex text.
+                json.push_str("\"\\\\x");
+                for byte in bytes.iter() {
+                    let _ = write!(json, "{byte:02x}");
+                }
+                json.push('"');
+            }
+            (ColumnValue::UnchangedToast, None) => {}
+        }
+        values.push(Some(start..json.len()));
+    }
+    json.push('}');
+    Ok(Row::new(json, values))
+}
+
+/// The primary key as text: the value itself for a single column (strings unquoted), or a JSON
+/// array of the values for a composite key (`[1,"a"]`). `None` without a key or a key value.
+fn key_text(relation: &RelationInfo, row: &Row) -> Option<String> {
+    match relation.primary_key.as_slice() {
+        [] => None,
+        [single] => {
+            let json = row.value(*single)?;
+            match serde_json::from_str::<String>(json) {
+                Ok(text) => Some(text),
+                Err(_) if json == "null" => None,
+                Err(_) => Some(json.to_owned()),
+            }
+        }
+        columns => {
+            let parts: Option<Vec<&str>> = columns.iter().map(|&i| row.value(i)).collect();
+            Some(format!("[{}]", parts?.join(",")))
+        }
+    }
+}
+
+fn push_json_string(text: &str, out: &mut String) {
+    // Writing a &str to a String cannot fail.
+    if let Ok(quoted) = serde_json::to_string(text) {
+        out.push_str(&quoted);
+    }
+}
+
+fn time(timestamp: PgTimestamp) -> Result<chrono::DateTime<chrono::Utc>> {
+    timestamp
+        .to_utc()
+        .ok_or_else(|| Error::protocol(format!("commit time {} is out of range", timestamp.0)))
+}
