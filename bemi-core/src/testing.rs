@@ -85,27 +85,31 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct TestDatabase {
     name: String,
     options: ConnectOptions,
-    server: &'static TestServer,
 }
 
 impl TestDatabase {
     /// Creates a new, empty database on the shared test server.
     pub async fn create() -> Result<TestDatabase> {
+        Self::create_on(server()?.admin()).await
+    }
+
+    /// Creates a new, empty database on another server (for tests that need special server
+    /// settings), given superuser settings for it.
+    pub async fn create_on(admin: &ConnectOptions) -> Result<TestDatabase> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let server = server()?;
         let name = format!(
             "bemi_test_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let admin = server.admin.connect().await?;
         admin
+            .connect()
+            .await?
             .batch_execute(&format!("CREATE DATABASE {}", quote_identifier(&name)))
             .await?;
         Ok(TestDatabase {
-            options: server.admin.clone().with_dbname(&name),
+            options: admin.clone().with_dbname(&name),
             name,
-            server,
         })
     }
 
@@ -117,11 +121,6 @@ impl TestDatabase {
     /// Settings to connect to this database as a superuser.
     pub fn options(&self) -> ConnectOptions {
         self.options.clone()
-    }
-
-    /// The server it lives on.
-    pub fn server(&self) -> &'static TestServer {
-        self.server
     }
 
     /// A replication slot name unique to this database.

@@ -1340,7 +1340,67 @@ mod tests {
         ]
     }
 
+    /// Formats `x` the way float8out does with `extra_float_digits` > 0: shortest round-trip
+    /// digits, exponent form (`1e+100`, `1.5e-07`) outside 1e-4 <= |x| < 1e15.
+    fn postgres_float(x: f64) -> String {
+        let abs = x.abs();
+        if abs == 0.0 || (1e-4..1e15).contains(&abs) {
+            return format!("{x}");
+        }
+        let sci = format!("{x:e}");
+        let (mantissa, exponent) = sci.split_once('e').expect("`{:e}` has an exponent");
+        let (sign, digits) = match exponent.strip_prefix('-') {
+            Some(digits) => ('-', digits),
+            None => ('+', exponent),
+        };
+        format!("{mantissa}e{sign}{digits:0>2}")
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn finite_floats_stay_numbers(x in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
+            let text = postgres_float(x);
+            // serde_json's own parsing may overflow right below f64::MAX: strings there.
+            if x.abs() < 1e308 {
+                prop_assert_eq!(convert(oid::FLOAT8, &text), text);
+            } else {
+                convert(oid::FLOAT8, &text);
+            }
+        }
+
+        #[test]
+        fn timestamptz_matches_chrono(
+            days in 0i64..3_652_059,
+            micros_of_day in 0i64..86_400_000_000,
+            offset in -57_599i32..=57_599,
+        ) {
+            let base = NaiveDate::from_ymd_opt(1, 1, 1).expect("date") .and_hms_opt(0, 0, 0).expect("time");
+            let local = base + chrono::TimeDelta::days(days) + chrono::TimeDelta::microseconds(micros_of_day);
+            // PostgreSQL's form: trailing fractional zeros dropped, offset minutes and seconds
+            // only when non-zero.
+            let mut text = local.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+            text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
+            let abs = offset.unsigned_abs();
+            text.push_str(&format!("{}{:02}", if offset < 0 { '-' } else { '+' }, abs / 3600));
+            if abs % 3600 != 0 {
+                text.push_str(&format!(":{:02}", abs / 60 % 60));
+                if abs % 60 != 0 {
+                    text.push_str(&format!(":{:02}", abs % 60));
+                }
+            }
+            let utc = local - chrono::TimeDelta::seconds(offset.into());
+            let expected = if !(1..=9999).contains(&utc.year()) {
+                serde_json::to_string(&text).expect("string")
+            } else if utc.nanosecond() == 0 {
+                utc.format("\"%Y-%m-%dT%H:%M:%SZ\"").to_string()
+            } else {
+                utc.format("\"%Y-%m-%dT%H:%M:%S%.6fZ\"").to_string()
+            };
+            prop_assert_eq!(convert(oid::TIMESTAMPTZ, &text), expected, "text {}", text);
+        }
+
         #[test]
         fn any_text_under_any_oid_is_one_json_value(type_oid in type_oids(), text in texts()) {
             convert(type_oid, &text);

@@ -1,0 +1,161 @@
+//! Each setup problem gives an error of its own kind whose message names the fix.
+
+use std::time::Duration;
+
+use bemi_core::embedded::TempPostgres;
+use bemi_core::setup::SourceSetup;
+use bemi_core::testing::{EventTap, TestDatabase};
+use bemi_core::{ConnectOptions, ErrorKind, Lsn, ReplicationClient};
+
+async fn server_with(name: &'static str, value: &'static str) -> TempPostgres {
+    tokio::task::spawn_blocking(move || TempPostgres::builder().setting(name, value).start())
+        .await
+        .unwrap()
+        .expect("throwaway server")
+}
+
+fn admin(pg: &TempPostgres) -> ConnectOptions {
+    pg.url("postgres").parse().unwrap()
+}
+
+#[tokio::test]
+async fn wal_level_replica_is_refused_with_the_fix() {
+    let pg = server_with("wal_level", "replica").await;
+    let client = admin(&pg).connect().await.unwrap();
+    let err = SourceSetup::new("s", "p").prepare(&client).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WalLevel);
+    assert!(
+        err.to_string()
+            .contains("ALTER SYSTEM SET wal_level = logical and restart PostgreSQL"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_role_without_replication_is_refused_with_the_fix() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(&format!(
+        "CREATE ROLE {0}_app LOGIN; GRANT ALL ON DATABASE {0} TO {0}_app",
+        db.name()
+    ))
+    .await
+    .unwrap();
+    let app = db.options().with_user(format!("{}_app", db.name()));
+
+    let err = SourceSetup::new(db.slot(), db.publication())
+        .prepare(&app.connect().await.unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Privilege);
+    assert!(err.to_string().contains("WITH REPLICATION"), "{err}");
+
+    let err = ReplicationClient::connect(&app).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Privilege, "{err}");
+    assert!(err.to_string().contains("WITH REPLICATION"), "{err}");
+}
+
+#[tokio::test]
+async fn a_slot_in_use_is_refused_with_the_fix() {
+    let db = TestDatabase::create().await.unwrap();
+    let _tap = EventTap::start(&db).await.unwrap();
+    let sql = db.connect().await.unwrap();
+
+    let err = SourceSetup::new(db.slot(), db.publication())
+        .prepare(&sql)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotInUse);
+    assert!(err.to_string().contains("pg_terminate_backend"), "{err}");
+    assert!(err.is_transient());
+
+    let err = ReplicationClient::connect(&db.options())
+        .await
+        .unwrap()
+        .start_replication(&db.slot(), &[&db.publication()], Lsn::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotInUse, "{err}");
+    assert!(err.to_string().contains("another slot name"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_slot_or_publication_is_named_with_the_fix() {
+    let db = TestDatabase::create().await.unwrap();
+    let err = ReplicationClient::connect(&db.options())
+        .await
+        .unwrap()
+        .start_replication("no_such_slot", &["p"], Lsn::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotMissing, "{err}");
+    assert!(err.to_string().contains("pg_create_logical_replication_slot"), "{err}");
+
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    sql.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&db.slot()])
+        .await
+        .unwrap();
+    let mut stream = ReplicationClient::connect(&db.options())
+        .await
+        .unwrap()
+        .start_replication(&db.slot(), &["no_such_publication"], Lsn::ZERO)
+        .await
+        .unwrap();
+    sql.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Err(e) = stream.next_event().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the server reports the missing publication");
+    assert_eq!(err.kind(), ErrorKind::PublicationMissing, "{err}");
+    assert!(err.to_string().contains("CREATE PUBLICATION"), "{err}");
+}
+
+#[tokio::test]
+async fn an_invalidated_slot_is_reported_as_lost_with_the_fix() {
+    let pg = server_with("max_slot_wal_keep_size", "1MB").await;
+    let db = TestDatabase::create_on(&admin(&pg)).await.unwrap();
+    let sql = db.connect().await.unwrap();
+    let setup = SourceSetup::new(db.slot(), db.publication());
+    setup.prepare(&sql).await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int, payload text)").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        sql.batch_execute(
+            "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+             SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .await
+        .unwrap();
+        let status: Option<String> = sql
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db.slot()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot still {status:?}");
+    }
+
+    let err = setup.prepare(&sql).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotLost);
+    assert!(err.to_string().contains("recreate the slot"), "{err}");
+
+    let err = ReplicationClient::connect(&db.options())
+        .await
+        .unwrap()
+        .start_replication(&db.slot(), &[&db.publication()], Lsn::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotLost, "{err}");
+    assert!(err.to_string().contains("recreate the slot"), "{err}");
+}
