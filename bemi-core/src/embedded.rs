@@ -406,6 +406,12 @@ fn find_bindir() -> Result<BinDir> {
         if !dir.join("initdb").is_file() || !dir.join("postgres").is_file() {
             continue;
         }
+        // Links such as /usr/local/bin/postgres lead to the real directory, which also holds
+        // psql, pg_ctl and pg_recvlogical.
+        let dir = fs::canonicalize(dir.join("postgres"))
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or(dir);
         match server_version(&dir) {
             Some(v) if v >= MIN_SERVER_VERSION => {
                 return Ok(BinDir {
