@@ -1,26 +1,4 @@
-//! Connection settings, read from a URL or a key/value string as libpq reads them.
-//!
-//! Both forms of <https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING>
-//! are accepted:
-//!
-//! ```
-//! use bemi_core::{ConnectOptions, SslMode};
-//!
-//! let url: ConnectOptions = "postgres://app:s%40cret@db.example.com:6543/shop?sslmode=verify-full"
-//!     .parse()?;
-//! assert_eq!(url.port(), 6543);
-//! assert_eq!(url.password(), Some("s@cret"));
-//! assert_eq!(url.ssl_mode(), SslMode::VerifyFull);
-//!
-//! let kv: ConnectOptions = "host=/var/run/postgresql dbname=shop user='app user'".parse()?;
-//! assert_eq!(kv.dbname(), "shop");
-//! assert_eq!(kv.user(), "app user");
-//! # Ok::<(), bemi_core::Error>(())
-//! ```
-//!
-//! Unlike tokio-postgres, the `verify-ca` and `verify-full` modes are supported (through
-//! rustls), and `sslrootcert` names the PEM file of trusted certificate authorities
-//! (`sslrootcert=system` uses the bundled web PKI roots).
+//! Connection settings ([`ConnectOptions`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,9 +34,11 @@ impl FromStr for SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => return Err(Error::config(format!(
+            other => {
+                return Err(Error::config(format!(
                 "unknown sslmode {other:?}; use disable, prefer, require, verify-ca or verify-full"
-            ))),
+            )))
+            }
         })
     }
 }
@@ -81,7 +61,31 @@ impl fmt::Display for Host {
     }
 }
 
-/// Settings for connecting to PostgreSQL. See the [module docs](self).
+/// Settings for connecting to PostgreSQL.
+///
+/// Connection settings, read from a URL or a key/value string as libpq reads them.
+///
+/// Both forms of <https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING>
+/// are accepted:
+///
+/// ```
+/// use bemi_core::{ConnectOptions, SslMode};
+///
+/// let url: ConnectOptions = "postgres://app:s%40cret@db.example.com:6543/shop?sslmode=verify-full"
+///     .parse()?;
+/// assert_eq!(url.port(), 6543);
+/// assert_eq!(url.password(), Some("s@cret"));
+/// assert_eq!(url.ssl_mode(), SslMode::VerifyFull);
+///
+/// let kv: ConnectOptions = "host=/var/run/postgresql dbname=shop user='app user'".parse()?;
+/// assert_eq!(kv.dbname(), "shop");
+/// assert_eq!(kv.user(), "app user");
+/// # Ok::<(), bemi_core::Error>(())
+/// ```
+///
+/// Unlike tokio-postgres, the `verify-ca` and `verify-full` modes are supported (through
+/// rustls), and `sslrootcert` names the PEM file of trusted certificate authorities
+/// (`sslrootcert=system` uses the bundled web PKI roots).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
     host: Host,

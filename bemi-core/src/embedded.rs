@@ -398,7 +398,7 @@ fn find_bindir() -> Result<BinDir> {
             Some((major, entry.path().join("bin")))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
     candidates.extend(versioned.into_iter().map(|(_, p)| p));
 
     let mut too_old = Vec::new();

@@ -1,10 +1,4 @@
-//! The error type of bemi-core.
-//!
-//! One type for the whole crate. An [`Error`] can answer the questions a caller (or the tracker's
-//! retry loop) asks: what kind of problem it is ([`Error::kind`]), whether trying again can help
-//! ([`Error::is_transient`]), and the server's SQLSTATE when the server reported it
-//! ([`Error::code`]). The message says what to do; the cause stays reachable through
-//! [`std::error::Error::source`].
+//! The error type of bemi-core ([`Error`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -50,7 +44,15 @@ pub enum ErrorKind {
     Embedded,
 }
 
-/// An error from bemi-core. See the [module docs](self).
+/// An error from bemi-core.
+///
+/// The error type of bemi-core.
+///
+/// One type for the whole crate. An [`Error`] can answer the questions a caller (or the tracker's
+/// retry loop) asks: what kind of problem it is ([`Error::kind`]), whether trying again can help
+/// ([`Error::is_transient`]), and the server's SQLSTATE when the server reported it
+/// ([`Error::code`]). The message says what to do; the cause stays reachable through
+/// [`std::error::Error::source`].
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,

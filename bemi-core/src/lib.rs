@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+mod change;
 mod config;
 pub mod embedded;
 mod error;
@@ -11,15 +12,17 @@ mod relation;
 pub mod replication;
 mod row;
 pub mod setup;
+pub mod stitch;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
 pub mod value;
 
+pub use change::{Change, ContextJson, Operation};
 pub use config::{ConnectOptions, Host, SslMode};
 pub use error::{Error, ErrorKind, Result};
 pub use lsn::{Lsn, ParseLsnError};
 pub use pgoutput::{Oid, Xid};
 pub use relation::RowDecoder;
-pub use row::{ColumnInfo, RelationInfo, Row, RowEvent};
 pub use replication::{Feedback, ReplicationClient, ReplicationEvent, ReplicationStream};
+pub use row::{ColumnInfo, RelationInfo, Row, RowEvent};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
-use crate::pgoutput::{self, ColumnValue, Message, OldTuple, Oid, PgTimestamp, TupleData};
+use crate::pgoutput::{self, ColumnValue, Message, Oid, OldTuple, PgTimestamp, TupleData};
 use crate::row::{ColumnInfo, RelationInfo, Row, RowEvent};
 use crate::value::text_to_json;
 
@@ -188,7 +188,12 @@ fn old_row(relation: &RelationInfo, old: &OldTuple) -> Result<Row> {
 
 /// Converts a tuple to a JSON object row. Unchanged TOAST values are taken from `old` when it
 /// has them and left out otherwise; with `key_only`, non-key columns are left out.
-fn row(relation: &RelationInfo, tuple: &TupleData, old: Option<&Row>, key_only: bool) -> Result<Row> {
+fn row(
+    relation: &RelationInfo,
+    tuple: &TupleData,
+    old: Option<&Row>,
+    key_only: bool,
+) -> Result<Row> {
     if tuple.columns.len() != relation.columns.len() {
         return Err(Error::protocol(format!(
             "a row of {}.{} has {} columns, but its Relation message described {}",

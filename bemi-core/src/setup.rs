@@ -176,7 +176,10 @@ impl SourceSetup {
                 ),
             ));
         }
-        let current_db: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+        let current_db: String = client
+            .query_one("SELECT current_database()", &[])
+            .await?
+            .get(0);
         if database.as_deref() != Some(current_db.as_str()) {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -194,7 +197,14 @@ impl SourceSetup {
         if let Some(pid) = active_pid {
             return Err(slot_in_use(&self.slot, pid));
         }
-        Ok((false, confirmed.as_deref().map(parse_lsn).transpose()?.unwrap_or_default()))
+        Ok((
+            false,
+            confirmed
+                .as_deref()
+                .map(parse_lsn)
+                .transpose()?
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -278,7 +288,10 @@ pub fn check_version(server_version_num: i32) -> Result<()> {
 }
 
 /// Published tables whose replica identity is not FULL, as `schema.table`.
-pub async fn tables_without_full_identity(client: &Client, publication: &str) -> Result<Vec<String>> {
+pub async fn tables_without_full_identity(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<String>> {
     let rows = client
         .query(
             "SELECT format('%s.%s', t.schemaname, t.tablename) \
@@ -301,8 +314,9 @@ fn qualified_name(name: &str) -> String {
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn> {
-    text.parse()
-        .map_err(|e| Error::protocol(format!("the server returned an invalid LSN {text:?}")).with_source(e))
+    text.parse().map_err(|e| {
+        Error::protocol(format!("the server returned an invalid LSN {text:?}")).with_source(e)
+    })
 }
 
 #[cfg(test)]
@@ -320,7 +334,10 @@ mod tests {
 
     #[test]
     fn qualified_names_are_quoted() {
-        assert_eq!(qualified_name("billing.invoices"), "\"billing\".\"invoices\"");
+        assert_eq!(
+            qualified_name("billing.invoices"),
+            "\"billing\".\"invoices\""
+        );
         assert_eq!(qualified_name("Todo"), "\"Todo\"");
     }
 }

@@ -139,7 +139,7 @@ impl TestDatabase {
     }
 }
 
-/// Streams a test database's changes as [`RowEvent`]s, a transaction at a time.
+/// Streams a test database's changes as [`RowEvent`](crate::RowEvent)s, a transaction at a time.
 #[derive(Debug)]
 pub struct EventTap {
     stream: crate::ReplicationStream,

@@ -208,8 +208,16 @@ fn scalar_to_json(scalar: Scalar, text: &str, out: &mut String) {
 // ---------------------------------------------------------------------------------------------
 // Strings
 
-/// Appends `text` as a JSON string literal, escaped by serde_json.
+/// Appends `text` as a JSON string literal, escaped by serde_json when it needs escaping.
 fn push_json_string(text: &str, out: &mut String) {
+    // Most values need no escaping (JSON escapes only `"`, `\` and control characters).
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(text.len() + 2);
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     let start = out.len();
     if serde_json::to_writer(StringWriter(out), text).is_err() {
         // Unreachable: `StringWriter` never fails. Keep the output well-formed regardless.
@@ -1399,6 +1407,13 @@ mod tests {
                 utc.format("\"%Y-%m-%dT%H:%M:%S%.6fZ\"").to_string()
             };
             prop_assert_eq!(convert(oid::TIMESTAMPTZ, &text), expected, "text {}", text);
+        }
+
+        #[test]
+        fn strings_are_escaped_like_serde_json(text in any::<String>()) {
+            let mut out = String::new();
+            push_json_string(&text, &mut out);
+            prop_assert_eq!(out, serde_json::to_string(&text).expect("string"));
         }
 
         #[test]

@@ -103,10 +103,13 @@ async fn replication_works(options: &ConnectOptions) -> Result<(), Error> {
 async fn uses_tls(f: &Fixture, options: &ConnectOptions) -> bool {
     let sql = options.connect().await.expect("sql connection");
     let _ = f;
-    sql.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
+    sql.query_one(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 #[tokio::test]
@@ -150,7 +153,9 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
     let full = scram("localhost")
         .with_ssl_mode(SslMode::VerifyFull)
         .with_ssl_root_cert(&f.ca_file);
-    replication_works(&full).await.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    replication_works(&full)
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert!(uses_tls(&f, &full).await);
 
     // verify-full with a CA that did not sign the certificate.
@@ -166,14 +171,23 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
         .with_ssl_root_cert(&f.ca_file);
     let err = ReplicationClient::connect(&wrong_host).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls);
-    assert!(err.to_string().contains("valid for this host name"), "{err}");
-    assert!(chain(&err).contains("not valid for name"), "{}", chain(&err));
+    assert!(
+        err.to_string().contains("valid for this host name"),
+        "{err}"
+    );
+    assert!(
+        chain(&err).contains("not valid for name"),
+        "{}",
+        chain(&err)
+    );
 
     // verify-ca checks the signer but not the name.
     let ca_only = scram("127.0.0.1")
         .with_ssl_mode(SslMode::VerifyCa)
         .with_ssl_root_cert(&f.ca_file);
-    replication_works(&ca_only).await.unwrap_or_else(|e| panic!("{}", chain(&e)));
+    replication_works(&ca_only)
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
     let err = ReplicationClient::connect(&ca_only.with_ssl_root_cert(&f.other_ca_file))
         .await
         .unwrap_err();
@@ -182,7 +196,9 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
     // require encrypts without verifying; prefer uses TLS when offered.
     for mode in [SslMode::Require, SslMode::Prefer] {
         let options = scram("127.0.0.1").with_ssl_mode(mode);
-        replication_works(&options).await.unwrap_or_else(|e| panic!("{}", chain(&e)));
+        replication_works(&options)
+            .await
+            .unwrap_or_else(|e| panic!("{}", chain(&e)));
         assert!(uses_tls(&f, &options).await, "{mode:?}");
     }
     let plain = scram("127.0.0.1").with_ssl_mode(SslMode::Disable);
@@ -191,11 +207,18 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
 
 #[tokio::test]
 async fn require_against_a_server_without_tls_is_refused() {
-    let pg = tokio::task::spawn_blocking(TempPostgres::start).await.unwrap().unwrap();
-    let options: ConnectOptions = format!("{}?sslmode=require", pg.url("postgres")).parse().unwrap();
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let options: ConnectOptions = format!("{}?sslmode=require", pg.url("postgres"))
+        .parse()
+        .unwrap();
     let err = ReplicationClient::connect(&options).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls);
     assert!(err.to_string().contains("does not accept TLS"), "{err}");
-    let prefer: ConnectOptions = format!("{}?sslmode=prefer", pg.url("postgres")).parse().unwrap();
+    let prefer: ConnectOptions = format!("{}?sslmode=prefer", pg.url("postgres"))
+        .parse()
+        .unwrap();
     replication_works(&prefer).await.unwrap();
 }

@@ -21,7 +21,12 @@ fn render(event: &RowEvent) -> String {
             relation,
             new,
             primary_key,
-        } => format!("INSERT {} pk={} new={}", name(relation), key(primary_key), new.as_json()),
+        } => format!(
+            "INSERT {} pk={} new={}",
+            name(relation),
+            key(primary_key),
+            new.as_json()
+        ),
         RowEvent::Update {
             relation,
             old,
@@ -38,14 +43,23 @@ fn render(event: &RowEvent) -> String {
             relation,
             old,
             primary_key,
-        } => format!("DELETE {} pk={} old={}", name(relation), key(primary_key), old.as_json()),
+        } => format!(
+            "DELETE {} pk={} old={}",
+            name(relation),
+            key(primary_key),
+            old.as_json()
+        ),
         RowEvent::Truncate {
             relations,
             cascade,
             restart_identity,
         } => format!(
             "TRUNCATE {} cascade={cascade} restart={restart_identity}",
-            relations.iter().map(|r| name(r)).collect::<Vec<_>>().join(",")
+            relations
+                .iter()
+                .map(|r| name(r))
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         RowEvent::Message {
             transactional,
@@ -154,7 +168,13 @@ async fn every_kind_of_change_arrives_in_order_with_its_values() {
         .get(0);
     assert_eq!(blob.len(), 102_400);
     let events = tap.next_transaction(WAIT).await.unwrap();
-    let RowEvent::Update { old, new, primary_key, .. } = &events[1] else {
+    let RowEvent::Update {
+        old,
+        new,
+        primary_key,
+        ..
+    } = &events[1]
+    else {
         panic!("expected an update, got {events:?}");
     };
     assert_eq!(primary_key.as_deref(), Some("1"));

@@ -34,14 +34,14 @@ async fn a_slow_consumer_keeps_its_stream_and_confirmed_positions_reach_the_slot
         .await
         .unwrap();
     let mut tap = EventTap::start(&db).await.expect("tap");
-    let pid = walsender_pid(&sql, &db.slot()).await.expect("an active walsender");
+    let pid = walsender_pid(&sql, &db.slot())
+        .await
+        .expect("an active walsender");
 
     // Enough data to fill the socket buffers, then 10 s of not reading at all.
-    sql.batch_execute(
-        "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
-    )
-    .await
-    .unwrap();
+    sql.batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+        .await
+        .unwrap();
     let stalled = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(stalled.elapsed() >= Duration::from_secs(10));

@@ -22,7 +22,10 @@ fn admin(pg: &TempPostgres) -> ConnectOptions {
 async fn wal_level_replica_is_refused_with_the_fix() {
     let pg = server_with("wal_level", "replica").await;
     let client = admin(&pg).connect().await.unwrap();
-    let err = SourceSetup::new("s", "p").prepare(&client).await.unwrap_err();
+    let err = SourceSetup::new("s", "p")
+        .prepare(&client)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WalLevel);
     assert!(
         err.to_string()
@@ -89,13 +92,22 @@ async fn a_missing_slot_or_publication_is_named_with_the_fix() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SlotMissing, "{err}");
-    assert!(err.to_string().contains("pg_create_logical_replication_slot"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("pg_create_logical_replication_slot"),
+        "{err}"
+    );
 
     let sql = db.connect().await.unwrap();
-    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
-    sql.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&db.slot()])
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
+    sql.query(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&db.slot()],
+    )
+    .await
+    .unwrap();
     let mut stream = ReplicationClient::connect(&db.options())
         .await
         .unwrap()
@@ -123,7 +135,9 @@ async fn an_invalidated_slot_is_reported_as_lost_with_the_fix() {
     let sql = db.connect().await.unwrap();
     let setup = SourceSetup::new(db.slot(), db.publication());
     setup.prepare(&sql).await.unwrap();
-    sql.batch_execute("CREATE TABLE t (id int, payload text)").await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int, payload text)")
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         sql.batch_execute(
@@ -143,7 +157,10 @@ async fn an_invalidated_slot_is_reported_as_lost_with_the_fix() {
         if status.as_deref() == Some("lost") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "slot still {status:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot still {status:?}"
+        );
     }
 
     let err = setup.prepare(&sql).await.unwrap_err();
