@@ -54,7 +54,7 @@
 //! The current context is task-local, like a tracing span: [`scope`] (async) and [`scope_sync`]
 //! (blocking) set it, [`current`] reads it, [`merge_current`] adds keys to it. It does not cross
 //! into new tasks by itself; [`spawn`], [`spawn_blocking`] and [`WithContext`] carry it there.
-//! With the `tower` feature, [`ContextLayer`] puts every HTTP request in a scope.
+//! With the `tower` feature, `ContextLayer` puts every HTTP request in a scope.
 //!
 //! # The payload
 //!
@@ -73,21 +73,37 @@
 //! context matters (who made a change), allow only the application's role to emit messages:
 //!
 //! ```sql
+//! -- PostgreSQL 14 to 16
 //! REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC;
 //! REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC;
 //! GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO app_role;
 //! ```
 //!
-//! The function also has `bytea` overloads (`(boolean, text, bytea)`, and on PostgreSQL 17 a
-//! fourth `flush` argument on each, `(boolean, text, text, boolean)` and
-//! `(boolean, text, bytea, boolean)`): revoke every overload your server has
-//! (`\df pg_logical_emit_message` in psql lists them), or a role can still emit through one of
-//! them.
+//! Revoke the `bytea` overload too, or a role can still emit through it. PostgreSQL 17 added a
+//! fourth argument, `flush boolean DEFAULT false`, so there the functions are
+//! `(boolean, text, text, boolean)` and `(boolean, text, bytea, boolean)`. A block that handles
+//! every overload of any version:
+//!
+//! ```sql
+//! DO $$
+//! DECLARE f regprocedure;
+//! BEGIN
+//!   FOR f IN SELECT oid FROM pg_proc
+//!            WHERE proname = 'pg_logical_emit_message'
+//!              AND pronamespace = 'pg_catalog'::regnamespace
+//!   LOOP
+//!     EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+//!     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO app_role', f);
+//!   END LOOP;
+//! END $$;
+//! ```
+//!
+//! Superusers can always call the function; the application should not connect as one.
 //!
 //! # Feature flags
 //!
-//! - `tower` (off by default): [`ContextLayer`] and [`ContextService`], a tower middleware that
-//!   builds each request's context from the `http::Request` with a [`MakeContext`] (any
+//! - `tower` (off by default): `ContextLayer` and `ContextService`, a tower middleware that
+//!   builds each request's context from the `http::Request` with a `MakeContext` (any
 //!   `Fn(&Request<B>) -> Context`). Works with axum, tonic and anything else built on tower and
 //!   `http` 1.
 

@@ -383,10 +383,7 @@ mod tests {
         );
 
         // captured when called, not when polled
-        let fut = scope(a.clone(), async {
-            async { current() }.with_current_context()
-        })
-        .await;
+        let fut = scope_sync(a.clone(), || async { current() }.with_current_context());
         assert_eq!(fut.await, Some(a.clone()));
 
         // outside any scope: an empty context, so merges inside still work

@@ -89,6 +89,8 @@ pub struct TempPostgres {
     port: u16,
     version: u32,
     bindir: PathBuf,
+    /// The postgres arguments after `-D`, for `pg_ctl start`/`restart`.
+    server_args: Vec<String>,
     server: Child,
     watchdog: Option<(Child, ChildStdin)>,
 }
@@ -160,16 +162,32 @@ impl TempPostgres {
 
     /// Restarts the server with `pg_ctl restart -m fast` (for tests of reconnection).
     pub fn restart(&self) -> Result<()> {
+        self.pg_ctl("restart")
+    }
+
+    /// Stops the server with `pg_ctl stop -m fast`; [`start_again`](Self::start_again) brings
+    /// it back on the same port (for tests of outages). The directory stays until drop.
+    pub fn stop(&self) -> Result<()> {
+        self.pg_ctl("stop")
+    }
+
+    /// Starts a server stopped by [`stop`](Self::stop), with the same settings.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl("start")
+    }
+
+    fn pg_ctl(&self, action: &str) -> Result<()> {
         let owner = ServerUser::current()?;
-        let pg_ctl = self.bindir.join("pg_ctl");
-        let mut cmd = Command::new(&pg_ctl);
-        cmd.arg("restart")
+        let log = self.dir.join("pg_ctl.log");
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.arg(action)
             .args(["-m", "fast", "-w", "-t", "60", "-D"])
             .arg(self.data_dir())
-            .arg("-o")
-            .arg(format!("-p {}", self.port))
             .arg("-l")
-            .arg(self.dir.join("restart.log"));
+            .arg(&log);
+        if action != "stop" {
+            cmd.arg("-o").arg(self.server_args.join(" "));
+        }
         owner.apply(&mut cmd);
         let status = cmd
             .stdin(Stdio::null())
@@ -177,13 +195,13 @@ impl TempPostgres {
             .stderr(Stdio::null())
             .process_group(0)
             .status()
-            .map_err(|e| embedded_error("could not run pg_ctl restart").with_source(e))?;
+            .map_err(|e| embedded_error(format!("could not run pg_ctl {action}")).with_source(e))?;
         if status.success() {
             Ok(())
         } else {
             Err(embedded_error(format!(
-                "pg_ctl restart failed ({status}); see {}",
-                self.dir.join("restart.log").display()
+                "pg_ctl {action} failed ({status}); see {}",
+                log.display()
             )))
         }
     }
@@ -272,8 +290,11 @@ impl TempPostgres {
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str())),
         ) {
-            postgres.arg("-c").arg(format!("{name}={value}"));
+            server_args.push("-c".to_owned());
+            server_args.push(format!("{name}={value}"));
         }
+        let mut postgres = Command::new(bin.path.join("postgres"));
+        postgres.arg("-D").arg(&data).args(&server_args);
         owner.apply(&mut postgres);
         let log_err = log
             .try_clone()
@@ -292,6 +313,7 @@ impl TempPostgres {
             port,
             version: bin.version,
             bindir: bin.path.clone(),
+            server_args,
             server,
             watchdog: Some(watchdog),
         };
@@ -341,12 +363,18 @@ impl Drop for TempPostgres {
 /// server (immediate shutdown) and removes the directory. Terminal signals are ignored so that
 /// Ctrl-C on the test run cannot kill it before it has cleaned up.
 fn spawn_watchdog(server_pid: u32, dir: &Path) -> Result<(Child, ChildStdin)> {
+    // $1: the first postmaster's PID; $2: the directory. After restarts the running postmaster
+    // is the one named in postmaster.pid.
     const SCRIPT: &str = r#"trap '' INT TERM HUP
 cat >/dev/null
-kill -QUIT "$1" 2>/dev/null
+current=$(head -n1 "$2/data/postmaster.pid" 2>/dev/null)
+kill -QUIT "$1" $current 2>/dev/null
 i=0
-while kill -0 "$1" 2>/dev/null && [ "$i" -lt 600 ]; do sleep 0.05; i=$((i+1)); done
-kill -KILL "$1" 2>/dev/null
+while { kill -0 "$1" || { [ -n "$current" ] && kill -0 "$current"; }; } 2>/dev/null && [ "$i" -lt 600 ]; do
+  sleep 0.05
+  i=$((i+1))
+done
+kill -KILL "$1" $current 2>/dev/null
 rm -rf "$2""#;
     let mut child = Command::new("sh")
         .arg("-c")

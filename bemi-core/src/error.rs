@@ -97,6 +97,18 @@ impl Error {
         &self.message
     }
 
+    /// The message followed by its causes, `: `-separated, for logs and CLI output.
+    pub fn report(&self) -> String {
+        let mut text = self.message.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     /// Whether trying again later may succeed: lost connections, a server that is starting or
     /// shutting down, resource exhaustion, serialization failures, a slot still held by a
     /// connection that is going away. Configuration, privilege and data problems are not

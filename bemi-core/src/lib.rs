@@ -12,10 +12,12 @@ mod relation;
 pub mod replication;
 mod row;
 pub mod setup;
+pub mod sink;
 pub mod stitch;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
+mod tracker;
 pub mod value;
 
 pub use change::{Change, ContextJson, Operation};
@@ -24,5 +26,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use lsn::{Lsn, ParseLsnError};
 pub use pgoutput::{Oid, Xid};
 pub use relation::RowDecoder;
+pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle};
 pub use replication::{Feedback, ReplicationClient, ReplicationEvent, ReplicationStream};
 pub use row::{ColumnInfo, RelationInfo, Row, RowEvent};

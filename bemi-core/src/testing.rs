@@ -46,7 +46,7 @@ impl TestServer {
 /// The server shared by this test process, started on first use.
 pub fn server() -> Result<&'static TestServer> {
     static SERVER: OnceLock<std::result::Result<TestServer, String>> = OnceLock::new();
-    let server = SERVER.get_or_init(|| start_server().map_err(|e| error_chain(&e)));
+    let server = SERVER.get_or_init(|| start_server().map_err(|e| e.report()));
     server.as_ref().map_err(|reason| {
         Error::new(
             ErrorKind::Embedded,
@@ -67,17 +67,6 @@ fn start_server() -> Result<TestServer> {
         admin: pg.url("postgres").parse()?,
         embedded: Some(pg),
     })
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A database of its own for one test, with names for its slot and publication.

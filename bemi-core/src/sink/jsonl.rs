@@ -1,0 +1,60 @@
+//! A sink that writes JSON lines.
+
+use async_trait::async_trait;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+
+use super::{Batch, ChangeSink, SinkStart, SourceInfo};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Writes each change as one JSON object per line (the serialized [`Change`](crate::Change))
+/// to any `AsyncWrite`, flushing after every batch.
+///
+/// It keeps no position, so delivery is at least once across restarts: deduplicate by
+/// `commit_lsn` + `ordinal` downstream.
+///
+/// ```
+/// let sink = bemi_core::sink::JsonLinesSink::new(tokio::io::stdout());
+/// # drop(sink);
+/// ```
+#[derive(Debug)]
+pub struct JsonLinesSink<W> {
+    writer: W,
+    line: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> JsonLinesSink<W> {
+    /// A sink writing to `writer`.
+    pub fn new(writer: W) -> Self {
+        JsonLinesSink {
+            writer,
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    /// The writer back.
+    pub fn into_inner(self) -> W {
+        self.writer
+    }
+}
+
+#[async_trait]
+impl<W: AsyncWrite + Unpin + Send + 'static> ChangeSink for JsonLinesSink<W> {
+    async fn open(&mut self, _source: &SourceInfo) -> Result<SinkStart> {
+        Ok(SinkStart::at(None))
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<()> {
+        let failed = |e: std::io::Error| {
+            Error::new(ErrorKind::Sink, "could not write JSON lines").with_source(e)
+        };
+        for change in &batch.changes {
+            self.line.clear();
+            serde_json::to_writer(&mut self.line, change).map_err(|e| {
+                Error::new(ErrorKind::Sink, "could not serialize a change").with_source(e)
+            })?;
+            self.line.push(b'\n');
+            self.writer.write_all(&self.line).await.map_err(failed)?;
+        }
+        self.writer.flush().await.map_err(failed)
+    }
+}

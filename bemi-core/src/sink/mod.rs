@@ -1,0 +1,109 @@
+//! Where changes go: the [`ChangeSink`] trait and the sinks shipped with bemi-core.
+//!
+//! | sink | delivery | use |
+//! | --- | --- | --- |
+//! | [`PostgresSink`] | exactly once | the Bemi-compatible `changes` table, in the tracked database or another one |
+//! | [`ChannelSink`] | at least once across restarts | changes as a `Stream` inside the application |
+//! | [`JsonLinesSink`] | at least once across restarts | one JSON object per line to any writer |
+
+mod channel;
+mod jsonl;
+mod postgres;
+
+use async_trait::async_trait;
+
+pub use channel::{ChangeStream, ChannelSink};
+pub use jsonl::JsonLinesSink;
+pub use postgres::PostgresSink;
+
+use crate::change::Change;
+use crate::error::Result;
+use crate::Lsn;
+
+/// The source a tracker streams from, as the sink sees it when it opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceInfo {
+    /// The source cluster's system identifier (`IDENTIFY_SYSTEM`).
+    pub system_id: String,
+    /// The source database.
+    pub database: String,
+    /// The replication slot: the key under which a sink keeps its durable position.
+    pub slot: String,
+}
+
+/// What a sink reports when it opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SinkStart {
+    /// The end LSN of the last transaction the sink stored durably, if it keeps one. The
+    /// tracker resumes there and drops replays of anything at or before it.
+    pub durable: Option<Lsn>,
+    /// Tables of the source database the sink itself writes (`schema`, `table`); the tracker
+    /// never records their changes, so the sink's writes do not feed back into itself.
+    pub ignore_tables: Vec<(String, String)>,
+}
+
+impl SinkStart {
+    /// A start at `durable`, with no tables to ignore.
+    pub fn at(durable: Option<Lsn>) -> Self {
+        SinkStart {
+            durable,
+            ignore_tables: Vec::new(),
+        }
+    }
+}
+
+/// Changes handed to a sink in one call.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Batch {
+    /// Changes in commit order; within a transaction in stream order.
+    pub changes: Vec<Change>,
+    /// When set, every transaction whose commit ends at or before this LSN is complete in this
+    /// batch and the ones before it, and this is the position to store with them.
+    pub durable_through: Option<Lsn>,
+}
+
+/// The extension point of the tracker: stores changes.
+///
+/// # Contract
+///
+/// * **What a call receives.** [`write`](Self::write) receives changes in commit order of their
+///   transactions, and each transaction's changes in stream order. A large transaction may be
+///   split across several batches; [`Batch::durable_through`] says when everything up to a
+///   commit is complete.
+/// * **Durable.** When `write` returns `Ok`, the batch and `durable_through` must survive a
+///   crash of the tracker and of the sink's host (committed, fsynced, acknowledged). Only then
+///   does the tracker confirm that position to the replication slot, which lets the server
+///   discard the WAL. A sink that does not keep a position returns `None` from
+///   [`open`](Self::open); the tracker then resumes from the slot's own position, which makes
+///   delivery at least once.
+/// * **Idempotency.** After a crash or reconnect, changes after the last durable position are
+///   written again, with the same key [`Change::commit_lsn`] + [`Change::ordinal`]. A sink that
+///   promises exactly once ignores a change whose key it already holds.
+/// * **Concurrency.** Calls are sequential (`&mut self`): `open`, then `write`s, until the
+///   tracker stops or reconnects, when `open` is called again. The tracker keeps answering the
+///   server while a call is slow.
+/// * **Errors.** An error whose [`Error::is_transient`](crate::Error::is_transient) is true
+///   makes the tracker reconnect with backoff and replay from the durable position; any other
+///   error stops the tracker.
+#[async_trait]
+pub trait ChangeSink: Send + 'static {
+    /// Prepares the sink (creates tables, connects) and returns its durable position.
+    async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart>;
+
+    /// Stores a batch; see the trait's contract.
+    async fn write(&mut self, batch: Batch) -> Result<()>;
+}
+
+#[async_trait]
+impl<S: ChangeSink + ?Sized> ChangeSink for Box<S> {
+    async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart> {
+        (**self).open(source).await
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<()> {
+        (**self).write(batch).await
+    }
+}
