@@ -266,12 +266,7 @@ impl TempPostgres {
         let log = fs::File::create(&log_path)
             .map_err(|e| embedded_error("could not create the server log").with_source(e))?;
         owner.chown(&log_path)?;
-        let mut postgres = Command::new(bin.path.join("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string());
+        let mut server_args = vec!["-p".to_owned(), port.to_string()];
         let defaults = [
             ("listen_addresses", "127.0.0.1".to_owned()),
             ("unix_socket_directories", dir.display().to_string()),
