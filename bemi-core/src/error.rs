@@ -186,7 +186,9 @@ impl From<tokio_postgres::Error> for Error {
                     .with_code(code)
                     .with_source(e)
             }
-            None if e.is_closed() || e.code().is_none() => {
+            None if e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
+            {
                 Error::new(ErrorKind::Connect, "the database connection failed").with_source(e)
             }
             None => Error::new(ErrorKind::Db, "the database query failed").with_source(e),

@@ -26,6 +26,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use lsn::{Lsn, ParseLsnError};
 pub use pgoutput::{Oid, Xid};
 pub use relation::RowDecoder;
-pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle};
 pub use replication::{Feedback, ReplicationClient, ReplicationEvent, ReplicationStream};
 pub use row::{ColumnInfo, RelationInfo, Row, RowEvent};
+pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle};

@@ -43,8 +43,20 @@ impl TestServer {
     }
 }
 
+/// Sends `tracing` output to the test's captured output, filtered by `RUST_LOG` (default
+/// `warn`). Called by [`server`]; harmless to call again.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// The server shared by this test process, started on first use.
 pub fn server() -> Result<&'static TestServer> {
+    init_tracing();
     static SERVER: OnceLock<std::result::Result<TestServer, String>> = OnceLock::new();
     let server = SERVER.get_or_init(|| start_server().map_err(|e| e.report()));
     server.as_ref().map_err(|reason| {

@@ -140,7 +140,11 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         }
     }
 
-    async fn run(mut self, mut stop: watch::Receiver<bool>, progress: watch::Sender<Progress>) -> Result<()> {
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        progress: watch::Sender<Progress>,
+    ) -> Result<()> {
         let mut backoff = self.min_backoff;
         loop {
             let session = Session::start(&mut self, &progress).await;
@@ -248,7 +252,11 @@ impl TrackerHandle {
     /// Waits for the tracker to stop on its own (it only does after an error).
     pub async fn join(self) -> Result<()> {
         self.task.await.map_err(|e| {
-            Error::new(ErrorKind::Sink, "the tracker task panicked or was cancelled").with_source(e)
+            Error::new(
+                ErrorKind::Sink,
+                "the tracker task panicked or was cancelled",
+            )
+            .with_source(e)
         })?
     }
 }
@@ -264,7 +272,10 @@ struct Session {
 }
 
 impl Session {
-    async fn start<S: ChangeSink>(config: &mut TrackerBuilder<S>, progress: &watch::Sender<Progress>) -> Result<Session> {
+    async fn start<S: ChangeSink>(
+        config: &mut TrackerBuilder<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<Session> {
         let sql = config.source.connect().await?;
         if config.setup {
             SourceSetup::new(&config.slot, &config.publication)
@@ -342,7 +353,11 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, event: ReplicationEvent, progress: &watch::Sender<Progress>) -> Result<()> {
+    async fn handle(
+        &mut self,
+        event: ReplicationEvent,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
         match event {
             ReplicationEvent::Data {
                 wal_start, message, ..
@@ -351,7 +366,9 @@ impl Session {
                     return Ok(());
                 };
                 let before = self.batch.changes.len();
-                let committed = self.stitcher.push(event, wal_start, Utc::now(), &mut self.batch.changes);
+                let committed =
+                    self.stitcher
+                        .push(event, wal_start, Utc::now(), &mut self.batch.changes);
                 let added = self.batch.changes.len() - before;
                 self.unrecorded |= added > 0;
                 if let Some(committed) = committed {
@@ -375,7 +392,11 @@ impl Session {
     }
 
     /// Hands buffered changes to the sink and confirms what became durable.
-    async fn flush<S: ChangeSink>(&mut self, sink: &mut S, progress: &watch::Sender<Progress>) -> Result<()> {
+    async fn flush<S: ChangeSink>(
+        &mut self,
+        sink: &mut S,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
         let durable = self.batch.durable_through;
         let needs_write = !self.batch.changes.is_empty() || (durable.is_some() && self.unrecorded);
         if needs_write {

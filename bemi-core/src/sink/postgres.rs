@@ -94,7 +94,11 @@ impl PostgresSink {
     }
 
     fn qualified(&self, table: &str) -> String {
-        format!("{}.{}", quote_identifier(&self.schema), quote_identifier(table))
+        format!(
+            "{}.{}",
+            quote_identifier(&self.schema),
+            quote_identifier(table)
+        )
     }
 
     fn build_sql(&mut self) {
@@ -140,7 +144,8 @@ impl PostgresSink {
         let changes = self.qualified(&self.table);
         let progress = self.qualified(&self.progress_table);
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
+            "SET LOCAL client_min_messages = warning;
+             CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {changes} (
                id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
                primary_key varchar(255),
@@ -175,7 +180,11 @@ impl PostgresSink {
         Ok(())
     }
 
-    async fn migrate_indexes(&self, tx: &deadpool_postgres::Transaction<'_>, changes: &str) -> Result<()> {
+    async fn migrate_indexes(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        changes: &str,
+    ) -> Result<()> {
         let rows = tx
             .query(
                 "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique, \
@@ -185,7 +194,7 @@ impl PostgresSink {
                               ORDER BY a.attname) \
                  FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
                    AND c.conrelid = i.indrelid \
-                 WHERE i.indrelid = $1::regclass",
+                 WHERE i.indrelid = $1::text::regclass",
                 &[&changes],
             )
             .await?;
@@ -218,7 +227,12 @@ impl PostgresSink {
         // (name suffix, kind, method, columns); an index counts as present when one with the
         // same method starts with the same columns (Bemi's GIN indexes may use jsonb_ops).
         let wanted = [
-            ("commit_lsn_ordinal_key", "UNIQUE INDEX", "btree", "(commit_lsn, ordinal)"),
+            (
+                "commit_lsn_ordinal_key",
+                "UNIQUE INDEX",
+                "btree",
+                "(commit_lsn, ordinal)",
+            ),
             ("committed_at_index", "INDEX", "btree", "(committed_at)"),
             ("table_index", "INDEX", "btree", "(\"table\")"),
             ("primary_key_index", "INDEX", "btree", "(primary_key)"),
@@ -234,7 +248,9 @@ impl PostgresSink {
             ),
         ];
         for (suffix, kind, method, columns) in wanted {
-            let key = columns.trim_end_matches(')').trim_end_matches(" jsonb_path_ops");
+            let key = columns
+                .trim_end_matches(')')
+                .trim_end_matches(" jsonb_path_ops");
             let present = existing
                 .iter()
                 .any(|using| using.starts_with(&format!("{method} {key}")));
@@ -326,7 +342,11 @@ impl ChangeSink for PostgresSink {
                 ErrorKind::Connect => e,
                 _ => Error::new(
                     ErrorKind::Sink,
-                    format!("could not store {} changes: {}", batch.changes.len(), e.message()),
+                    format!(
+                        "could not store {} changes: {}",
+                        batch.changes.len(),
+                        e.message()
+                    ),
                 )
                 .with_code(e.code().unwrap_or_default().to_owned())
                 .with_source(e),
