@@ -1,1 +1,58 @@
-fn main() {}
+//! `bemi`: track a PostgreSQL database's changes into Bemi's `changes` table.
+//!
+//! ```text
+//! bemi [run]   the worker (default): stream changes with their context into `changes`
+//! bemi setup   prepare the source database (publication, replica identity, slot)
+//! bemi status  slot state, lag and the newest stored change
+//! bemi demo    a self-contained tour on a throwaway PostgreSQL
+//! ```
+//!
+//! Settings come from flags or from Bemi's variables (`DB_HOST`, `DB_PORT`, `DB_NAME`,
+//! `DB_USER`, `DB_PASSWORD`, `DESTINATION_DB_*`, `LOG_LEVEL`) or `DATABASE_URL`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod args;
+mod demo;
+mod run;
+mod setup;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use args::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    let quiet = matches!(command, Command::Demo(_) | Command::Status(_));
+    init_logging(cli.log_level.as_deref(), quiet);
+    let result = match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Setup(args) => setup::setup(args).await,
+        Command::Status(args) => status::status(args).await,
+        Command::Demo(args) => demo::demo(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.report());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr. `LOG_LEVEL` (Bemi's variable: DEBUG, INFO, WARN, ERROR) or `--log-level`
+/// sets the level; `RUST_LOG` takes precedence for fine-grained filters.
+fn init_logging(level: Option<&str>, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let level = level.unwrap_or(default).to_ascii_lowercase();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -39,6 +39,11 @@ impl RowDecoder {
         }
     }
 
+    /// The ordinary SQL connection used for catalog lookups.
+    pub fn catalog(&self) -> &Client {
+        &self.catalog
+    }
+
     /// The cached description of a table, if a Relation message for it has arrived.
     pub fn relation(&self, oid: Oid) -> Option<&Arc<RelationInfo>> {
         self.relations.get(&oid)

@@ -20,7 +20,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::quote_identifier;
+use crate::replication::{quote_identifier, quote_literal};
 use crate::Lsn;
 
 /// The oldest supported server (`pg_logical_emit_message` in pgoutput needs 14).
@@ -100,15 +100,124 @@ impl SourceSetup {
         })
     }
 
-    async fn ensure_publication(&self, client: &Client) -> Result<bool> {
-        let exists = client
+    /// The full, idempotent setup of Bemi's docs as one SQL script: the publication,
+    /// `REPLICA IDENTITY FULL` on the tracked tables, the event trigger that keeps it for new
+    /// tables (`_bemi_set_replica_identity`, all-tables publications only), and the slot.
+    /// Running it again changes nothing. `bemi setup --print-sql` prints it for DBAs;
+    /// [`apply`](Self::apply) runs it.
+    pub fn script(&self) -> String {
+        let publication = quote_identifier(&self.publication);
+        let (target, table_filter) = match &self.tables {
+            Tables::All => ("ALL TABLES".to_owned(), String::new()),
+            Tables::Only(names) => {
+                let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
+                let literals: Vec<String> = names
+                    .iter()
+                    .map(|n| format!("{}::regclass", quote_literal(n)))
+                    .collect();
+                (
+                    format!("TABLE {}", names.join(", ")),
+                    format!(" AND c.oid IN ({})", literals.join(", ")),
+                )
+            }
+        };
+        let mut script = format!(
+            "-- Bemi source setup (idempotent). Needs wal_level = logical and a superuser.
+
+-- 1. The publication of the tracked tables.
+DO $bemi$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = {pub_literal}) THEN
+    CREATE PUBLICATION {publication} FOR {target};
+  END IF;
+END $bemi$;
+
+-- 2. REPLICA IDENTITY FULL, so that `before` holds the whole old row.
+DO $bemi$ DECLARE t regclass; BEGIN
+  FOR t IN SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg_toast%'{table_filter}
+  LOOP
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t);
+  END LOOP;
+END $bemi$;
+",
+            pub_literal = quote_literal(&self.publication),
+        );
+        if self.tables == Tables::All {
+            script.push_str(
+                "
+-- 3. Keep REPLICA IDENTITY FULL for tables created later.
+CREATE OR REPLACE FUNCTION _bemi_set_replica_identity() RETURNS event_trigger
+LANGUAGE plpgsql AS $bemi$
+DECLARE t regclass;
+BEGIN
+  FOR t IN SELECT objid::regclass FROM pg_event_trigger_ddl_commands()
+           WHERE command_tag = 'CREATE TABLE' AND object_type = 'table'
+  LOOP
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t);
+  END LOOP;
+END $bemi$;
+DO $bemi$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger
+                 WHERE evtname = '_bemi_set_replica_identity_trigger') THEN
+    CREATE EVENT TRIGGER _bemi_set_replica_identity_trigger ON ddl_command_end
+      WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION _bemi_set_replica_identity();
+  END IF;
+END $bemi$;
+",
+            );
+        }
+        script.push_str(&format!(
+            "
+-- 4. The replication slot (never dropped by the tracker).
+SELECT pg_create_logical_replication_slot({slot}, 'pgoutput')
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot});
+",
+            slot = quote_literal(&self.slot)
+        ));
+        script
+    }
+
+    /// Checks the server, runs [`script`](Self::script) and reports the result.
+    pub async fn apply(&self, client: &Client) -> Result<SetupReport> {
+        check_server(client).await?;
+        let publication_existed = self.publication_exists(client).await?;
+        let slot_existed = self.slot_row(client).await?.is_some();
+        client
+            .batch_execute(&format!(
+                "SET client_min_messages = warning;\n{}",
+                self.script()
+            ))
+            .await?;
+        let mut report = self.prepare(client).await?;
+        report.created_publication = !publication_existed;
+        report.created_slot = !slot_existed;
+        Ok(report)
+    }
+
+    async fn publication_exists(&self, client: &Client) -> Result<bool> {
+        Ok(client
             .query_opt(
                 "SELECT 1 FROM pg_publication WHERE pubname = $1",
                 &[&self.publication],
             )
             .await?
-            .is_some();
-        if exists {
+            .is_some())
+    }
+
+    async fn slot_row(&self, client: &Client) -> Result<Option<tokio_postgres::Row>> {
+        Ok(client
+            .query_opt(
+                "SELECT plugin, database, active_pid, wal_status, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await?)
+    }
+
+    async fn ensure_publication(&self, client: &Client) -> Result<bool> {
+        if self.publication_exists(client).await? {
             return Ok(false);
         }
         let target = match &self.tables {
@@ -143,14 +252,7 @@ impl SourceSetup {
     }
 
     async fn ensure_slot(&self, client: &Client) -> Result<(bool, Lsn)> {
-        let row = client
-            .query_opt(
-                "SELECT plugin, database, active_pid, wal_status, confirmed_flush_lsn::text \
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.slot],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(row) = self.slot_row(client).await? else {
             let row = client
                 .query_one(
                     "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",

@@ -335,6 +335,7 @@ impl Session {
                 biased;
                 _ = stop_requested(stop) => {
                     self.flush(&mut config.sink, progress).await?;
+                    self.catch_up(&mut config.sink, progress).await?;
                     self.stream.close().await;
                     tracing::info!("tracker stopped");
                     return Ok(());
@@ -389,6 +390,45 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Before stopping: reads on until the stream has passed the server's current end of WAL
+    /// (which includes the sink's own last write when it shares the database), so the slot is
+    /// left with no lag. Gives up quietly after a few seconds on a busy server.
+    async fn catch_up<S: ChangeSink>(
+        &mut self,
+        sink: &mut S,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        let row = self
+            .decoder
+            .catalog()
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
+        let target: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))?;
+        let catch_up = async {
+            while self.stream.feedback().confirmed() < target {
+                let event = self.stream.next_event().await?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        "the server ended the replication stream",
+                    )
+                })?;
+                self.handle(event, progress).await?;
+                self.flush(sink, progress).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), catch_up).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!(%target, "stopped before catching up with the end of WAL");
+                Ok(())
+            }
+        }
     }
 
     /// Hands buffered changes to the sink and confirms what became durable.

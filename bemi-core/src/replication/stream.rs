@@ -274,19 +274,22 @@ async fn send_feedback(mut write: WriteHalf<Transport>, shared: Arc<Shared>, int
     }
 }
 
-/// Encodes a standby status update: written, flushed, applied, client time, and 0 for "no
-/// reply needed".
+/// Encodes a standby status update: written, flushed and applied are all the confirmed
+/// position, then the client time and 0 for "no reply needed".
+///
+/// Reporting "written" below what was received is deliberate: a walsender that has sent more
+/// than the client reports written pings the client with a keepalive once it is caught up, and
+/// that keepalive is what lets an idle tracker confirm the end of WAL promptly.
 fn status_update(shared: &Shared, out: &mut BytesMut) {
     let confirmed = shared.confirmed.load(Ordering::Acquire);
-    let received = shared.received.load(Ordering::Acquire).max(confirmed);
     let mut body = BytesMut::with_capacity(34);
     body.put_u8(STANDBY_STATUS_UPDATE_TAG);
-    body.put_u64(received);
+    body.put_u64(confirmed);
     body.put_u64(confirmed);
     body.put_u64(confirmed);
     body.put_i64(PgTimestamp::from(chrono::Utc::now()).0);
     body.put_u8(0);
-    tracing::trace!(written = %Lsn(received), flushed = %Lsn(confirmed), "standby status update");
+    tracing::trace!(confirmed = %Lsn(confirmed), "standby status update");
     if let Ok(data) = frontend::CopyData::new(body.freeze()) {
         data.write(out);
     }

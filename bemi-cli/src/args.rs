@@ -1,0 +1,216 @@
+//! Command-line flags and environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bemi_core::setup::Tables;
+use bemi_core::{ConnectOptions, Result, SslMode};
+use clap::{Args, Parser, Subcommand};
+
+/// Track every change in a PostgreSQL database, with its application context, into Bemi's
+/// `changes` table.
+#[derive(Debug, Parser)]
+#[command(name = "bemi", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+
+    /// Log level: error, warn, info, debug or trace (Bemi's LOG_LEVEL; RUST_LOG overrides)
+    #[arg(long, env = "LOG_LEVEL", global = true)]
+    pub(crate) log_level: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the worker (the default): stream changes with their context into `changes`,
+    /// until SIGTERM or SIGINT, then flush and exit 0
+    Run(RunArgs),
+    /// Prepare the source database: check wal_level, create the publication, set REPLICA
+    /// IDENTITY FULL (and an event trigger keeping it for new tables), create the slot
+    Setup(SetupArgs),
+    /// Show the slot's state, the lag and the newest stored change
+    Status(StatusArgs),
+    /// A self-contained tour: tracks a `todo` table on a throwaway PostgreSQL (or the given
+    /// database) and prints the audit trail
+    Demo(DemoArgs),
+}
+
+/// The tracked database, the slot and the publication.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SourceArgs {
+    /// Connection URL of the tracked database, e.g. postgres://user:pass@host:5432/app
+    #[arg(long, env = "DATABASE_URL")]
+    pub(crate) database_url: Option<String>,
+    /// Host of the tracked database (used when no URL is given)
+    #[arg(long, env = "DB_HOST")]
+    pub(crate) db_host: Option<String>,
+    /// Port of the tracked database
+    #[arg(long, env = "DB_PORT")]
+    pub(crate) db_port: Option<u16>,
+    /// Name of the tracked database
+    #[arg(long, env = "DB_NAME")]
+    pub(crate) db_name: Option<String>,
+    /// User for the tracked database (needs REPLICATION, or superuser for setup)
+    #[arg(long, env = "DB_USER")]
+    pub(crate) db_user: Option<String>,
+    /// Password for the tracked database
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub(crate) db_password: Option<String>,
+    /// TLS mode: disable, prefer, require, verify-ca or verify-full
+    #[arg(long, env = "DB_SSL_MODE")]
+    pub(crate) sslmode: Option<String>,
+    /// PEM file of trusted certificate authorities, for verify-ca and verify-full
+    #[arg(long, env = "DB_SSL_ROOT_CERT")]
+    pub(crate) sslrootcert: Option<PathBuf>,
+    /// Replication slot name
+    #[arg(long, env = "BEMI_SLOT", default_value = "bemi")]
+    pub(crate) slot: String,
+    /// Publication name
+    #[arg(long, env = "BEMI_PUBLICATION", default_value = "bemi")]
+    pub(crate) publication: String,
+    /// Tables to track, comma-separated (default: all tables)
+    #[arg(long, env = "BEMI_TABLES", value_delimiter = ',')]
+    pub(crate) tables: Vec<String>,
+}
+
+/// Where `changes` goes; each setting falls back to the tracked database's.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DestinationArgs {
+    /// Connection URL of the database that stores `changes` (default: the tracked database)
+    #[arg(long, env = "DESTINATION_DATABASE_URL")]
+    pub(crate) destination_url: Option<String>,
+    /// Host of the destination database (falls back to DB_HOST)
+    #[arg(long, env = "DESTINATION_DB_HOST")]
+    pub(crate) destination_db_host: Option<String>,
+    /// Port of the destination database (falls back to DB_PORT)
+    #[arg(long, env = "DESTINATION_DB_PORT")]
+    pub(crate) destination_db_port: Option<u16>,
+    /// Name of the destination database (falls back to DB_NAME)
+    #[arg(long, env = "DESTINATION_DB_NAME")]
+    pub(crate) destination_db_name: Option<String>,
+    /// User for the destination database (falls back to DB_USER)
+    #[arg(long, env = "DESTINATION_DB_USER")]
+    pub(crate) destination_db_user: Option<String>,
+    /// Password for the destination database (falls back to DB_PASSWORD)
+    #[arg(long, env = "DESTINATION_DB_PASSWORD", hide_env_values = true)]
+    pub(crate) destination_db_password: Option<String>,
+    /// Schema of the `changes` table
+    #[arg(long, env = "BEMI_DESTINATION_SCHEMA", default_value = "public")]
+    pub(crate) destination_schema: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    #[command(flatten)]
+    pub(crate) destination: DestinationArgs,
+    /// Most changes written to `changes` in one statement
+    #[arg(long, env = "BEMI_BATCH_SIZE", default_value_t = 1000)]
+    pub(crate) batch_size: usize,
+    /// Longest wait, in milliseconds, before a partial batch is written
+    #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
+    pub(crate) flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SetupArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Print the SQL instead of running it (for DBAs), including an optional dedicated role
+    #[arg(long)]
+    pub(crate) print_sql: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    #[command(flatten)]
+    pub(crate) destination: DestinationArgs,
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Connection URL of a database to run the demo in (default: a throwaway PostgreSQL)
+    #[arg(long, env = "DATABASE_URL")]
+    pub(crate) database_url: Option<String>,
+}
+
+impl SourceArgs {
+    /// Connection settings: the URL, then DB_* values over it.
+    pub(crate) fn options(&self) -> Result<ConnectOptions> {
+        let mut options = match &self.database_url {
+            Some(url) => url.parse()?,
+            None => ConnectOptions::new().with_application_name("bemi"),
+        };
+        if let Some(host) = &self.db_host {
+            options = options.with_host(host);
+        }
+        if let Some(port) = self.db_port {
+            options = options.with_port(port);
+        }
+        if let Some(name) = &self.db_name {
+            options = options.with_dbname(name);
+        }
+        if let Some(user) = &self.db_user {
+            options = options.with_user(user);
+        }
+        if let Some(password) = &self.db_password {
+            options = options.with_password(password);
+        }
+        if let Some(mode) = &self.sslmode {
+            options = options.with_ssl_mode(mode.parse::<SslMode>()?);
+        }
+        if let Some(cert) = &self.sslrootcert {
+            options = options.with_ssl_root_cert(cert);
+        }
+        Ok(options)
+    }
+
+    pub(crate) fn tables(&self) -> Tables {
+        if self.tables.is_empty() {
+            Tables::All
+        } else {
+            Tables::Only(self.tables.clone())
+        }
+    }
+}
+
+impl DestinationArgs {
+    /// Destination settings: the URL, or the source's settings with DESTINATION_DB_* over them.
+    pub(crate) fn options(&self, source: &ConnectOptions) -> Result<ConnectOptions> {
+        let mut options = match &self.destination_url {
+            Some(url) => url.parse()?,
+            None => source.clone(),
+        };
+        if let Some(host) = &self.destination_db_host {
+            options = options.with_host(host);
+        }
+        if let Some(port) = self.destination_db_port {
+            options = options.with_port(port);
+        }
+        if let Some(name) = &self.destination_db_name {
+            options = options.with_dbname(name);
+        }
+        if let Some(user) = &self.destination_db_user {
+            options = options.with_user(user);
+        }
+        if let Some(password) = &self.destination_db_password {
+            options = options.with_password(password);
+        }
+        Ok(options)
+    }
+}
+
+impl RunArgs {
+    pub(crate) fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+}
