@@ -106,6 +106,12 @@ impl SourceSetup {
     /// Running it again changes nothing. `bemi setup --print-sql` prints it for DBAs;
     /// [`apply`](Self::apply) runs it.
     pub fn script(&self) -> String {
+        self.statements().concat()
+    }
+
+    /// The parts of [`script`](Self::script), each run in its own transaction (a slot cannot
+    /// be created in a transaction that has written).
+    fn statements(&self) -> Vec<String> {
         let publication = quote_identifier(&self.publication);
         let (target, table_filter) = match &self.tables {
             Tables::All => ("ALL TABLES".to_owned(), String::new()),
@@ -121,8 +127,10 @@ impl SourceSetup {
                 )
             }
         };
-        let mut script = format!(
-            "-- Bemi source setup (idempotent). Needs wal_level = logical and a superuser.
+        let pub_literal = quote_literal(&self.publication);
+        let mut statements = vec![
+            format!(
+                "-- Bemi source setup (idempotent). Needs wal_level = logical and a superuser.
 
 -- 1. The publication of the tracked tables.
 DO $bemi$ BEGIN
@@ -130,7 +138,10 @@ DO $bemi$ BEGIN
     CREATE PUBLICATION {publication} FOR {target};
   END IF;
 END $bemi$;
-
+"
+            ),
+            format!(
+                "
 -- 2. REPLICA IDENTITY FULL, so that `before` holds the whole old row.
 DO $bemi$ DECLARE t regclass; BEGIN
   FOR t IN SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -141,11 +152,11 @@ DO $bemi$ DECLARE t regclass; BEGIN
     EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t);
   END LOOP;
 END $bemi$;
-",
-            pub_literal = quote_literal(&self.publication),
-        );
+"
+            ),
+        ];
         if self.tables == Tables::All {
-            script.push_str(
+            statements.push(
                 "
 -- 3. Keep REPLICA IDENTITY FULL for tables created later.
 CREATE OR REPLACE FUNCTION _bemi_set_replica_identity() RETURNS event_trigger
@@ -165,10 +176,11 @@ DO $bemi$ BEGIN
       WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION _bemi_set_replica_identity();
   END IF;
 END $bemi$;
-",
+"
+                .to_owned(),
             );
         }
-        script.push_str(&format!(
+        statements.push(format!(
             "
 -- 4. The replication slot (never dropped by the tracker).
 SELECT pg_create_logical_replication_slot({slot}, 'pgoutput')
@@ -176,7 +188,7 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot});
 ",
             slot = quote_literal(&self.slot)
         ));
-        script
+        statements
     }
 
     /// Checks the server, runs [`script`](Self::script) and reports the result.
@@ -185,11 +197,11 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot});
         let publication_existed = self.publication_exists(client).await?;
         let slot_existed = self.slot_row(client).await?.is_some();
         client
-            .batch_execute(&format!(
-                "SET client_min_messages = warning;\n{}",
-                self.script()
-            ))
+            .batch_execute("SET client_min_messages = warning")
             .await?;
+        for statement in self.statements() {
+            client.batch_execute(&statement).await?;
+        }
         let mut report = self.prepare(client).await?;
         report.created_publication = !publication_existed;
         report.created_slot = !slot_existed;
