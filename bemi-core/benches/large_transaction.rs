@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bemi_core::embedded::TempPostgres;
 use bemi_core::setup::SourceSetup;
-use bemi_core::sink::PostgresSink;
+use bemi_core::sink::{JsonLinesSink, PostgresSink};
 use bemi_core::{ConnectOptions, Tracker};
 
 fn main() {
@@ -45,6 +45,10 @@ async fn run(rows: i64) {
     .await
     .expect("schema");
     SourceSetup::new("bench", "bench").prepare(&sql).await.expect("tracker slot");
+    SourceSetup::new("decode_only", "bench")
+        .prepare(&sql)
+        .await
+        .expect("decode-only slot");
     sql.query(
         "SELECT pg_create_logical_replication_slot('reference', 'pgoutput')",
         &[],
@@ -79,6 +83,19 @@ async fn run(rows: i64) {
     assert!(status.success(), "pg_recvlogical failed");
     let reference = reference.elapsed();
 
+    // The tracker without storage: decode and stitch, then discard (JSON lines to nowhere).
+    let decode_only = Instant::now();
+    let tracker = Tracker::builder(source.clone(), JsonLinesSink::new(tokio::io::sink()))
+        .slot("decode_only")
+        .publication("bench")
+        .spawn();
+    let progress = tracker
+        .wait_for(|p| p.changes >= rows as u64 || p.last_error.is_some())
+        .await;
+    let decode_only = decode_only.elapsed();
+    tracker.shutdown().await.expect("clean stop");
+    assert_eq!(progress.changes, rows as u64, "{progress:?}");
+
     // The tracker: decode, stitch and store every row into audit.public.changes.
     let destination = source.clone().with_dbname("audit");
     let tracked = Instant::now();
@@ -107,6 +124,12 @@ async fn run(rows: i64) {
         "pg_recvlogical: {:.1?} ({:.0} rows/s)",
         reference,
         rows as f64 / secs(reference)
+    );
+    println!(
+        "tracker -> discard (decode, stitch, serialize): {:.1?} ({:.0} rows/s), {:.2}x the reference",
+        decode_only,
+        rows as f64 / secs(decode_only),
+        secs(decode_only) / secs(reference)
     );
     println!(
         "tracker -> changes table: {:.1?} ({:.0} rows/s), {:.1}x the reference",
