@@ -94,7 +94,7 @@ async fn killing_the_worker_ten_times_loses_and_doubles_nothing() {
     let mut worker = start_worker(&db);
     let mut kills = 0;
     while kills < KILLS {
-        tokio::time::sleep(Duration::from_millis(200 + random.below(1200))).await;
+        tokio::time::sleep(Duration::from_millis(100 + random.below(700))).await;
         worker.kill().unwrap();
         worker.wait().unwrap();
         kills += 1;

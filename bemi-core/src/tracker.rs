@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::ConnectOptions;
@@ -128,6 +128,24 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         self
     }
 
+    /// The settings apart from the sink, which sessions borrow while the sink moves between
+    /// them and their writer task.
+    fn split(self) -> (Settings, S) {
+        let settings = Settings {
+            source: self.source,
+            slot: self.slot,
+            publication: self.publication,
+            tables: self.tables,
+            setup: self.setup,
+            batch_size: self.batch_size,
+            flush_interval: self.flush_interval,
+            status_interval: self.status_interval,
+            min_backoff: self.min_backoff,
+            max_backoff: self.max_backoff,
+        };
+        (settings, self.sink)
+    }
+
     /// Spawns the tracker on the current tokio runtime.
     pub fn spawn(self) -> TrackerHandle {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -141,15 +159,21 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     }
 
     async fn run(
-        mut self,
+        self,
         mut stop: watch::Receiver<bool>,
         progress: watch::Sender<Progress>,
     ) -> Result<()> {
-        let mut backoff = self.min_backoff;
+        let (config, mut sink) = self.split();
+        let mut backoff = config.min_backoff;
         loop {
-            let session = Session::start(&mut self, &progress).await;
+            let session = Session::start(&config, &mut sink, &progress).await;
             let outcome = match session {
-                Ok(session) => session.run(&mut self, &mut stop, &progress).await,
+                Ok(session) => {
+                    let (returned, outcome) =
+                        session.run(&config, sink, &mut stop, &progress).await;
+                    sink = returned?;
+                    outcome
+                }
                 Err(e) => Err(e),
             };
             progress.send_modify(|p| p.connected = false);
@@ -164,7 +188,7 @@ impl<S: ChangeSink> TrackerBuilder<S> {
             };
             let made_progress = progress.borrow().connected_once;
             if made_progress {
-                backoff = self.min_backoff;
+                backoff = config.min_backoff;
                 progress.send_modify(|p| p.connected_once = false);
             }
             tracing::warn!(error = %error.report(), retry_in = ?backoff, "tracker session ended; reconnecting");
@@ -176,9 +200,23 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop_requested(&mut stop) => return Ok(()),
             }
-            backoff = (backoff * 2).min(self.max_backoff);
+            backoff = (backoff * 2).min(config.max_backoff);
         }
     }
+}
+
+#[derive(Debug)]
+struct Settings {
+    source: ConnectOptions,
+    slot: String,
+    publication: String,
+    tables: Tables,
+    setup: bool,
+    batch_size: usize,
+    flush_interval: Duration,
+    status_interval: Duration,
+    min_backoff: Duration,
+    max_backoff: Duration,
 }
 
 /// What a running tracker has done.
@@ -269,11 +307,75 @@ struct Session {
     batch: Batch,
     /// Changes were handed to the sink without a position recorded after them.
     unrecorded: bool,
+    /// Jobs sent to the writer and not yet acknowledged.
+    in_flight: usize,
+}
+
+/// Work for the writer task, done in order.
+enum Job {
+    /// Store a batch; acknowledged with its `durable_through`.
+    Write(Batch),
+    /// Nothing to store (transactions without changes to keep): acknowledged as durable once
+    /// every earlier batch is.
+    Confirm(Lsn),
+}
+
+/// What the writer reports per job: the position now durable, and how many changes it stored.
+type Ack = Result<(Option<Lsn>, u64)>;
+
+/// The sink on its own task, so that decoding the next batch overlaps with storing this one.
+struct Writer<S> {
+    jobs: mpsc::Sender<Job>,
+    acks: mpsc::UnboundedReceiver<Ack>,
+    task: JoinHandle<S>,
+}
+
+impl<S: ChangeSink> Writer<S> {
+    fn spawn(mut sink: S) -> Self {
+        let (jobs, mut queue) = mpsc::channel::<Job>(1);
+        let (ack, acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                let result = match job {
+                    Job::Write(batch) => {
+                        let (durable, count) = (batch.durable_through, batch.changes.len() as u64);
+                        sink.write(batch).await.map(|()| (durable, count))
+                    }
+                    Job::Confirm(lsn) => Ok((Some(lsn), 0)),
+                };
+                let failed = result.is_err();
+                if ack.send(result).is_err() || failed {
+                    break;
+                }
+            }
+            sink
+        });
+        Writer { jobs, acks, task }
+    }
+
+    /// Why the writer stopped: the error it acknowledged last (it stops after a failed write).
+    fn failure(&mut self) -> Error {
+        while let Ok(ack) = self.acks.try_recv() {
+            if let Err(e) = ack {
+                return e;
+            }
+        }
+        Error::new(ErrorKind::Sink, "the sink's writer stopped unexpectedly")
+    }
+
+    /// Stops the writer after its current job and takes the sink back.
+    async fn finish(self) -> Result<S> {
+        drop(self.jobs);
+        self.task.await.map_err(|e| {
+            Error::new(ErrorKind::Sink, "the sink panicked while writing").with_source(e)
+        })
+    }
 }
 
 impl Session {
     async fn start<S: ChangeSink>(
-        config: &mut TrackerBuilder<S>,
+        config: &Settings,
+        sink: &mut S,
         progress: &watch::Sender<Progress>,
     ) -> Result<Session> {
         let sql = config.source.connect().await?;
@@ -298,7 +400,7 @@ impl Session {
             database: database.clone(),
             slot: config.slot.clone(),
         };
-        let start = config.sink.open(&source).await?;
+        let start = sink.open(&source).await?;
         let mut stitcher = Stitcher::new(database);
         for (schema, table) in start.ignore_tables {
             stitcher.ignore_table(schema, table);
@@ -319,12 +421,30 @@ impl Session {
             stitcher,
             batch: Batch::default(),
             unrecorded: false,
+            in_flight: 0,
         })
     }
 
+    /// Streams until a stop is requested or an error ends the session; always gives the sink
+    /// back.
     async fn run<S: ChangeSink>(
         mut self,
-        config: &mut TrackerBuilder<S>,
+        config: &Settings,
+        sink: S,
+        stop: &mut watch::Receiver<bool>,
+        progress: &watch::Sender<Progress>,
+    ) -> (Result<S>, Result<()>) {
+        let mut writer = Writer::spawn(sink);
+        let outcome = self
+            .stream_until_stopped(config, &mut writer, stop, progress)
+            .await;
+        (writer.finish().await, outcome)
+    }
+
+    async fn stream_until_stopped<S: ChangeSink>(
+        &mut self,
+        config: &Settings,
+        writer: &mut Writer<S>,
         stop: &mut watch::Receiver<bool>,
         progress: &watch::Sender<Progress>,
     ) -> Result<()> {
@@ -334,24 +454,53 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = stop_requested(stop) => {
-                    self.flush(&mut config.sink, progress).await?;
-                    self.catch_up(&mut config.sink, progress).await?;
+                    self.flush(writer).await?;
+                    self.drain(writer, progress).await?;
+                    self.catch_up(writer, progress).await?;
                     self.stream.close().await;
                     tracing::info!("tracker stopped");
                     return Ok(());
                 }
-                _ = flush_timer.tick() => self.flush(&mut config.sink, progress).await?,
+                ack = writer.acks.recv() => self.acknowledged(ack, progress)?,
+                _ = flush_timer.tick() => self.flush(writer).await?,
                 event = self.stream.next_event() => {
                     let event = event?.ok_or_else(|| {
                         Error::new(ErrorKind::Connect, "the server ended the replication stream")
                     })?;
                     self.handle(event, progress).await?;
                     if self.batch.changes.len() >= config.batch_size {
-                        self.flush(&mut config.sink, progress).await?;
+                        self.flush(writer).await?;
                     }
                 }
             }
         }
+    }
+
+    /// Confirms what the writer made durable.
+    fn acknowledged(&mut self, ack: Option<Ack>, progress: &watch::Sender<Progress>) -> Result<()> {
+        let (durable, count) = ack.ok_or_else(|| {
+            Error::new(ErrorKind::Sink, "the sink's writer stopped unexpectedly")
+        })??;
+        self.in_flight -= 1;
+        if let Some(lsn) = durable {
+            self.stream.confirm(lsn);
+        }
+        progress.send_modify(|p| p.changes += count);
+        self.report(progress);
+        Ok(())
+    }
+
+    /// Waits until every job handed to the writer is acknowledged.
+    async fn drain<S: ChangeSink>(
+        &mut self,
+        writer: &mut Writer<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        while self.in_flight > 0 {
+            let ack = writer.acks.recv().await;
+            self.acknowledged(ack, progress)?;
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -380,6 +529,7 @@ impl Session {
             ReplicationEvent::Keepalive { wal_end, .. } => {
                 // Nothing in flight: everything before wal_end was sent and handled.
                 let idle = !self.stitcher.in_transaction()
+                    && self.in_flight == 0
                     && self.batch.changes.is_empty()
                     && self.batch.durable_through.is_none()
                     && !self.unrecorded;
@@ -397,7 +547,7 @@ impl Session {
     /// left with no lag. Gives up quietly after a few seconds on a busy server.
     async fn catch_up<S: ChangeSink>(
         &mut self,
-        sink: &mut S,
+        writer: &mut Writer<S>,
         progress: &watch::Sender<Progress>,
     ) -> Result<()> {
         let row = self
@@ -418,7 +568,8 @@ impl Session {
                     )
                 })?;
                 self.handle(event, progress).await?;
-                self.flush(sink, progress).await?;
+                self.flush(writer).await?;
+                self.drain(writer, progress).await?;
             }
             Ok::<_, Error>(())
         };
@@ -431,28 +582,23 @@ impl Session {
         }
     }
 
-    /// Hands buffered changes to the sink and confirms what became durable.
-    async fn flush<S: ChangeSink>(
-        &mut self,
-        sink: &mut S,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<()> {
+    /// Hands buffered changes to the writer; a position with nothing to store is queued as a
+    /// confirmation, so it is confirmed only after the batches before it are durable.
+    async fn flush<S: ChangeSink>(&mut self, writer: &mut Writer<S>) -> Result<()> {
         let durable = self.batch.durable_through;
         let needs_write = !self.batch.changes.is_empty() || (durable.is_some() && self.unrecorded);
-        if needs_write {
-            let batch = std::mem::take(&mut self.batch);
-            let count = batch.changes.len() as u64;
-            sink.write(batch).await?;
+        let job = if needs_write {
             self.unrecorded = durable.is_none();
-            progress.send_modify(|p| p.changes += count);
+            Job::Write(std::mem::take(&mut self.batch))
+        } else if let Some(lsn) = self.batch.durable_through.take() {
+            Job::Confirm(lsn)
         } else {
-            // Transactions without changes to store (own writes, replays): nothing to write.
-            self.batch.durable_through = None;
+            return Ok(());
+        };
+        if writer.jobs.send(job).await.is_err() {
+            return Err(writer.failure());
         }
-        if let Some(lsn) = durable {
-            self.stream.confirm(lsn);
-        }
-        self.report(progress);
+        self.in_flight += 1;
         Ok(())
     }
 

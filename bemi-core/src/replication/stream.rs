@@ -230,8 +230,11 @@ impl ReplicationStream {
     }
 
     /// Sends a last status update with the confirmed position and closes the connection.
-    pub async fn close(mut self) {
-        self.feedback.shared.closed.store(true, Ordering::Release);
+    /// Reading after this fails.
+    pub async fn close(&mut self) {
+        if self.feedback.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.feedback.shared.wake.notify_one();
         let _ = (&mut self.task).await;
     }
