@@ -140,6 +140,57 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Spawns a tracker of this database with its slot and publication, storing into the
+    /// `changes` table of the same database.
+    pub fn spawn_tracker(&self) -> Result<crate::TrackerHandle> {
+        let sink = crate::sink::PostgresSink::connect(&self.options)?;
+        Ok(crate::Tracker::builder(self.options(), sink)
+            .slot(self.slot())
+            .publication(self.publication())
+            .spawn())
+    }
+
+    /// Polls `SELECT count(*) FROM changes` until it reaches `expected` and returns the count;
+    /// fails after `timeout`, or at once if `tracker` stopped.
+    pub async fn wait_for_changes(
+        &self,
+        expected: i64,
+        tracker: &crate::TrackerHandle,
+        timeout: std::time::Duration,
+    ) -> Result<i64> {
+        let client = self.connect().await?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let count: i64 = client
+                .query_one("SELECT count(*) FROM changes", &[])
+                .await
+                .map(|row| row.get(0))
+                .unwrap_or(0);
+            if count >= expected {
+                return Ok(count);
+            }
+            let problem = if tracker.is_finished() {
+                Some("the tracker stopped")
+            } else if std::time::Instant::now() > deadline {
+                Some("timed out")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(Error::new(
+                    ErrorKind::Sink,
+                    format!(
+                        "{problem} with {count} of {expected} changes stored; progress: {:?}",
+                        tracker.progress()
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Streams a test database's changes as [`RowEvent`](crate::RowEvent)s, a transaction at a time.
 #[derive(Debug)]
 pub struct EventTap {

@@ -5,45 +5,11 @@ use std::time::{Duration, Instant};
 use bemi_core::setup::Tables;
 use bemi_core::sink::{ChannelSink, PostgresSink};
 use bemi_core::testing::TestDatabase;
-use bemi_core::{Operation, Tracker, TrackerHandle};
+use bemi_core::{Operation, Tracker};
 use futures_util::StreamExt as _;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn spawn(db: &TestDatabase) -> TrackerHandle {
-    let sink = PostgresSink::connect(&db.options()).expect("sink");
-    Tracker::builder(db.options(), sink)
-        .slot(db.slot())
-        .publication(db.publication())
-        .spawn()
-}
-
-/// Waits until `changes` holds `expected` rows.
-async fn wait_for_rows(sql: &Client, expected: i64, tracker: &TrackerHandle) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let n: i64 = sql
-            .query_one("SELECT count(*) FROM changes", &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if n >= expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "changes has {n} rows, expected {expected}; progress {:?}",
-            tracker.progress()
-        );
-        assert!(
-            !tracker.is_finished(),
-            "the tracker stopped: {:?}",
-            tracker.progress()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn scalar(sql: &Client, query: &str) -> i64 {
     sql.query_one(query, &[]).await.expect(query).get(0)
@@ -59,7 +25,7 @@ async fn thousand_transactions_with_their_own_context_give_exactly_ten_thousand_
     )
     .await
     .unwrap();
-    let tracker = spawn(&db);
+    let tracker = db.spawn_tracker().unwrap();
     tracker.wait_for(|p| p.connected).await;
 
     // Each transaction: its context, 5 inserts, 3 updates, 2 deletes.
@@ -76,7 +42,7 @@ async fn thousand_transactions_with_their_own_context_give_exactly_ten_thousand_
         .await
         .unwrap();
     }
-    wait_for_rows(&sql, 10_000, &tracker).await;
+    db.wait_for_changes(10_000, &tracker, WAIT).await.unwrap();
     tracker.shutdown().await.unwrap();
 
     assert_eq!(scalar(&sql, "SELECT count(*) FROM changes").await, 10_000);
@@ -171,7 +137,7 @@ async fn each_statement_keeps_its_own_context_and_bemi_row_triggers_are_stitched
     )
     .await
     .unwrap();
-    let tracker = spawn(&db);
+    let tracker = db.spawn_tracker().unwrap();
     tracker.wait_for(|p| p.connected).await;
 
     // Two contexts in one transaction, each before its own writes.
@@ -208,7 +174,7 @@ async fn each_statement_keeps_its_own_context_and_bemi_row_triggers_are_stitched
     .unwrap();
     tx.commit().await.unwrap();
 
-    wait_for_rows(&sql, 6, &tracker).await;
+    db.wait_for_changes(6, &tracker, WAIT).await.unwrap();
     tracker.shutdown().await.unwrap();
     let rows = sql
         .query(
@@ -244,7 +210,7 @@ async fn unusable_contexts_never_stop_the_tracker_and_are_recorded() {
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let tracker = spawn(&db);
+    let tracker = db.spawn_tracker().unwrap();
     tracker.wait_for(|p| p.connected).await;
     let payloads: [(&str, &str); 6] = [
         ("1", "'not json'"),
@@ -262,7 +228,7 @@ async fn unusable_contexts_never_stop_the_tracker_and_are_recorded() {
         .await
         .unwrap();
     }
-    wait_for_rows(&sql, 6, &tracker).await;
+    db.wait_for_changes(6, &tracker, WAIT).await.unwrap();
     tracker.shutdown().await.unwrap();
     let rows = sql
         .query(
