@@ -176,3 +176,25 @@ async fn an_invalidated_slot_is_reported_as_lost_with_the_fix() {
     assert_eq!(err.kind(), ErrorKind::SlotLost, "{err}");
     assert!(err.to_string().contains("recreate the slot"), "{err}");
 }
+
+#[tokio::test]
+async fn tables_without_replica_identity_full_are_listed() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE full_one (id int PRIMARY KEY); ALTER TABLE full_one REPLICA IDENTITY FULL;
+         CREATE TABLE keyed (id int PRIMARY KEY);
+         CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    let report = SourceSetup::new(db.slot(), db.publication())
+        .prepare(&sql)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.tables_without_full_identity,
+        ["billing.invoices", "public.keyed"]
+    );
+    assert!(report.created_slot && report.created_publication);
+}
