@@ -123,8 +123,8 @@ async fn wait_for_changes(sql: &Client, expected: usize) -> Result<Rows> {
 
 fn print_table(rows: &Rows) {
     println!(
-        "{:<9} {:<3} {:<48} {}",
-        "OPERATION", "ID", "CONTEXT", "BEFORE -> AFTER"
+        "{:<9} {:<3} {:<48} BEFORE -> AFTER",
+        "OPERATION", "ID", "CONTEXT"
     );
     for (operation, key, context, before, after) in rows {
         println!(

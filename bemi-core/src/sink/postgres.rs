@@ -1,19 +1,4 @@
-//! The Bemi-compatible `changes` table, written exactly once.
-//!
-//! On [`open`](ChangeSink::open) the sink creates the table with Bemi's columns and indexes
-//! when it is missing, or upgrades a table created by Bemi's own worker in place: it adds the
-//! idempotency columns `commit_lsn` and `ordinal` with a unique index, adds any missing index,
-//! and drops Bemi's unique key on `(position, table, schema, database, operation)`, which
-//! silently dropped rows (all rows of one COPY share a position). Existing rows are untouched.
-//!
-//! Each batch is one SQL statement, so one round trip and one transaction: the rows go in
-//! through `UNNEST` of column arrays with `ON CONFLICT (commit_lsn, ordinal) DO NOTHING`, and
-//! the durable position goes into the progress table (`_bemi_progress`, one row per slot) in
-//! the same statement.
-//!
-//! Differences from Bemi's storage, all within its columns' types: `primary_key` is the real
-//! primary key (composite keys as a JSON array); keys longer than the column's 255 characters
-//! are cut to 255 with a warning.
+//! The Bemi-compatible `changes` table sink ([`PostgresSink`]).
 
 use async_trait::async_trait;
 use bytes::BufMut as _;
@@ -28,7 +13,23 @@ use crate::replication::quote_identifier;
 
 const PRIMARY_KEY_CHARS: usize = 255;
 
-/// Writes changes to a `changes` table. See the [module docs](self) for the schema handling.
+/// Writes changes to a Bemi-compatible `changes` table, exactly once.
+///
+/// On [`open`](ChangeSink::open) the sink creates the table with Bemi's columns and indexes
+/// when it is missing, or upgrades a table created by Bemi's own worker in place: it adds the
+/// idempotency columns `commit_lsn` and `ordinal` with a unique index, adds any missing index,
+/// and drops Bemi's unique key on `(position, table, schema, database, operation)`, which
+/// silently dropped rows (all rows of one COPY share a position). Existing rows are untouched.
+///
+/// Each batch is one SQL statement, so one round trip and one transaction: the rows go in
+/// through `UNNEST` of column arrays with `ON CONFLICT (commit_lsn, ordinal) DO NOTHING`, and
+/// the durable position goes into the progress table (`_bemi_progress`, one row per slot) in
+/// the same statement.
+///
+/// Differences from Bemi's storage, all within its columns' types: `primary_key` is the real
+/// primary key (composite keys as a JSON array); keys longer than the column's 255 characters
+/// are cut to 255 with a warning.
+///
 ///
 /// ```no_run
 /// # async fn run() -> bemi_core::Result<()> {
