@@ -36,6 +36,15 @@ pub(crate) enum Command {
     /// A self-contained tour: tracks a `todo` table on a throwaway PostgreSQL (or the given
     /// database) and prints the audit trail
     Demo(DemoArgs),
+    /// A record's changes, oldest first; with --at, the record (or the whole table) as it was
+    /// at a moment
+    History(crate::history::HistoryArgs),
+    /// The changes that match filters (table, key, operation, time, JSON containment), a page
+    /// at a time
+    Changes(crate::changes::ChangesArgs),
+    /// Undo the changes that match filters (a transaction, a request's context, a time range)
+    /// in one transaction with its own context; refuses on conflicting later edits
+    Revert(crate::revert::RevertArgs),
 }
 
 /// The tracked database, the slot and the publication.

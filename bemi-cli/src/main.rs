@@ -5,6 +5,9 @@
 //! bemi setup   prepare the source database (publication, replica identity, slot)
 //! bemi status  slot state, lag and the newest stored change
 //! bemi demo    a self-contained tour on a throwaway PostgreSQL
+//! bemi history TABLE PK [--at TIME]   a record's changes, or the record as it was
+//! bemi changes [filters]              the changes that match filters, a page at a time
+//! bemi revert [filters] [--dry-run]   undo changes in one transaction with its own context
 //! ```
 //!
 //! Settings come from flags or from Bemi's variables (`DB_HOST`, `DB_PORT`, `DB_NAME`,
@@ -12,7 +15,10 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod args;
+mod changes;
 mod demo;
+mod history;
+mod revert;
 mod run;
 mod setup;
 mod status;
@@ -27,13 +33,23 @@ use args::{Cli, Command};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.run));
-    let quiet = matches!(command, Command::Demo(_) | Command::Status(_));
+    let quiet = matches!(
+        command,
+        Command::Demo(_)
+            | Command::Status(_)
+            | Command::History(_)
+            | Command::Changes(_)
+            | Command::Revert(_)
+    );
     init_logging(cli.log_level.as_deref(), quiet);
     let result = match command {
         Command::Run(args) => run::run(args).await,
         Command::Setup(args) => setup::setup(args).await,
         Command::Status(args) => status::status(args).await,
         Command::Demo(args) => demo::demo(args).await,
+        Command::History(args) => history::history(args).await,
+        Command::Changes(args) => changes::changes(args).await,
+        Command::Revert(args) => revert::revert(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,10 +4,12 @@
 
 mod change;
 mod config;
+pub mod context;
 pub mod embedded;
 mod error;
 mod lsn;
 pub mod pgoutput;
+pub mod query;
 mod relation;
 pub mod replication;
 mod row;

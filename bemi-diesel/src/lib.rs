@@ -1,1 +1,87 @@
-//! placeholder
+//! [Bemi](https://bemi.io)-compatible audit-trail context for [Diesel](https://diesel.rs)
+//! transactions on PostgreSQL.
+//!
+//! A Bemi tracker (such as `bemi-core`'s) records every row change from PostgreSQL's
+//! write-ahead log. This crate makes the changes of a Diesel transaction carry the
+//! application's context — the user, the endpoint, the job — by emitting it as the
+//! transaction's first statement:
+//!
+//! ```sql
+//! SELECT pg_logical_emit_message(true, '_bemi', $1)  -- $1 = '{"user_id":42,"job":"import"}'
+//! ```
+//!
+//! Diesel cannot rewrite queries, so the adapter wraps transactions rather than hooking
+//! statements: use [`transaction_with_context`] where you would use
+//! [`Connection::transaction`](diesel::Connection::transaction), or [`emit`] in a transaction
+//! you opened yourself.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bemi_diesel::{transaction_with_context, Context};
+//! use diesel::prelude::*;
+//!
+//! diesel::table! {
+//!     orders (id) {
+//!         id -> Int4,
+//!         item -> Text,
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut conn = PgConnection::establish("postgres://app@localhost/shop")?;
+//! let ctx = Context::new().with("user_id", 42).with("endpoint", "POST /orders");
+//!
+//! // An explicit context …
+//! transaction_with_context(&mut conn, Some(&ctx), |conn| {
+//!     diesel::insert_into(orders::table)
+//!         .values(orders::item.eq("book"))
+//!         .execute(conn)
+//! })?;
+//!
+//! // … or the current one (set here with scope_sync; from async code,
+//! // bemi_context::spawn_blocking carries the request's context to the blocking thread).
+//! bemi_context::scope_sync(ctx, || {
+//!     transaction_with_context(&mut conn, None, |conn| {
+//!         diesel::delete(orders::table.filter(orders::item.eq("book"))).execute(conn)
+//!     })
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! The functions take any [`Connection`](diesel::Connection) to PostgreSQL, such as a
+//! [`PgConnection`](diesel::PgConnection) or an r2d2 pooled connection.
+//!
+//! # The payload
+//!
+//! The context's JSON text ([`bemi_context::payload`]) is bound as the statement's text
+//! parameter; it is never spliced into SQL, so quotes, backslashes, `/*`, `*/` and any Unicode
+//! are safe. With no context, an empty one, or one over
+//! [`MAX_PAYLOAD_CHARS`](bemi_context::MAX_PAYLOAD_CHARS) characters, nothing is emitted and the
+//! transaction runs as usual (an oversized context is logged as a `tracing` warning).
+//!
+//! # Cost
+//!
+//! One round trip per transaction that has a context, and no other work. Diesel sends `BEGIN`
+//! and waits for it before the closure runs, and its connections do not pipeline, so the emit
+//! cannot share a round trip with `BEGIN` without splicing the payload into SQL, which this crate
+//! never does. The emit statement is prepared once per connection and cached by Diesel like its
+//! own queries: each later emit only executes it. Transactions without context cost nothing
+//! extra.
+//!
+//! # Feature flags
+//!
+//! - `async` (off by default): the same functions for
+//!   [diesel-async](https://docs.rs/diesel-async) connections, such as `AsyncPgConnection` (which
+//!   runs on tokio-postgres, without libpq), in [`async_pg`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub mod async_pg;
+mod query;
+mod sync;
+
+pub use bemi_context::Context;
+pub use sync::{emit, emit_current, transaction_with_context};

@@ -1,0 +1,431 @@
+//! Context emitted through tokio-postgres and deadpool-postgres (`bemi_core::context`), end to
+//! end: written through a real server, read by the tracker, stored in `changes`.
+
+use std::time::{Duration, Instant};
+
+use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
+use bemi_core::context::{begin_with_context, emit, emit_current};
+use bemi_core::sink::PostgresSink;
+use bemi_core::testing::TestDatabase;
+use bemi_core::{Host, Tracker, TrackerHandle};
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A test database with an `items` table and a tracker storing its changes in `changes`.
+struct Harness {
+    db: TestDatabase,
+    sql: Client,
+    tracker: TrackerHandle,
+}
+
+/// One row of `changes`.
+#[derive(Debug, Clone, PartialEq)]
+struct Recorded {
+    operation: String,
+    primary_key: Option<String>,
+    before: Value,
+    after: Value,
+    context: Value,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let db = TestDatabase::create().await.expect("database");
+        let sql = db.connect().await.expect("connect");
+        sql.batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, task int NOT NULL, note text);
+             ALTER TABLE items REPLICA IDENTITY FULL;",
+        )
+        .await
+        .expect("schema");
+        let sink = PostgresSink::connect(&db.options()).expect("sink");
+        let tracker = Tracker::builder(db.options(), sink)
+            .slot(db.slot())
+            .publication(db.publication())
+            .spawn();
+        tracker.wait_for(|p| p.connected).await;
+        Harness { db, sql, tracker }
+    }
+
+    async fn connect(&self) -> Client {
+        self.db.connect().await.expect("connect")
+    }
+
+    /// Waits until `changes` holds at least `expected` rows.
+    async fn wait_for_rows(&self, expected: i64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let n: i64 = self
+                .sql
+                .query_one("SELECT count(*) FROM changes", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            if n >= expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "changes has {n} rows, expected {expected}; progress {:?}",
+                self.tracker.progress()
+            );
+            assert!(
+                !self.tracker.is_finished(),
+                "the tracker stopped: {:?}",
+                self.tracker.progress()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for `expected` rows, stops the tracker (which first catches up with the end of the
+    /// WAL, so nothing else can arrive) and returns every row in commit order.
+    async fn finish(self, expected: i64) -> Vec<Recorded> {
+        self.wait_for_rows(expected).await;
+        self.tracker.shutdown().await.expect("tracker");
+        self.sql
+            .query(
+                "SELECT operation, primary_key, before, after, context FROM changes
+                 ORDER BY commit_lsn, ordinal",
+                &[],
+            )
+            .await
+            .expect("changes")
+            .iter()
+            .map(|r| Recorded {
+                operation: r.get(0),
+                primary_key: r.get(1),
+                before: r.get(2),
+                after: r.get(3),
+                context: r.get(4),
+            })
+            .collect()
+    }
+}
+
+fn ctx(value: Value) -> Context {
+    Context::try_from(value).expect("an object")
+}
+
+async fn insert(tx: &tokio_postgres::Transaction<'_>, id: i32, task: i32) {
+    tx.execute(
+        "INSERT INTO items (id, task) VALUES ($1, $2)",
+        &[&id, &task],
+    )
+    .await
+    .expect("insert");
+}
+
+#[tokio::test]
+async fn a_transaction_with_context_records_exactly_its_rows_with_that_context() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    let context = json!({"user_id": 42, "endpoint": "POST /items", "roles": ["admin"]});
+
+    let tx = begin_with_context(&mut client, Some(&ctx(context.clone())))
+        .await
+        .unwrap();
+    insert(&tx, 1, 1).await;
+    insert(&tx, 2, 1).await;
+    tx.execute("UPDATE items SET note = 'updated' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    tx.execute("DELETE FROM items WHERE id = 2", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // Without a context, explicit or current: nothing emitted, the changes have `{}`.
+    let tx = begin_with_context(&mut client, None).await.unwrap();
+    insert(&tx, 3, 2).await;
+    tx.commit().await.unwrap();
+    let tx = begin_with_context(&mut client, Some(&Context::new()))
+        .await
+        .unwrap();
+    insert(&tx, 4, 3).await;
+    tx.commit().await.unwrap();
+
+    let rows = h.finish(6).await;
+    let got: Vec<(&str, Option<&str>, &Value)> = rows
+        .iter()
+        .map(|r| (r.operation.as_str(), r.primary_key.as_deref(), &r.context))
+        .collect();
+    let empty = json!({});
+    assert_eq!(
+        got,
+        [
+            ("CREATE", Some("1"), &context),
+            ("CREATE", Some("2"), &context),
+            ("UPDATE", Some("1"), &context),
+            ("DELETE", Some("2"), &context),
+            ("CREATE", Some("3"), &empty),
+            ("CREATE", Some("4"), &empty),
+        ]
+    );
+    assert_eq!(rows[2].before["note"], Value::Null);
+    assert_eq!(rows[2].after["note"], "updated");
+}
+
+#[tokio::test]
+async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+
+    // Joined with the first write: both requests go out together, the emit first.
+    let first = ctx(json!({"way": "pipelined"}));
+    let tx = client.transaction().await.unwrap();
+    let (emitted, inserted) = tokio::try_join!(
+        emit(&tx, &first),
+        tx.execute("INSERT INTO items (id, task) VALUES (1, 1)", &[])
+    )
+    .unwrap();
+    assert!(emitted);
+    assert_eq!(inserted, 1);
+    tx.commit().await.unwrap();
+
+    // The current context, after a write: the transaction's first message still applies to it.
+    let current = ctx(json!({"way": "current"}));
+    scope(current.clone(), async {
+        let tx = client.transaction().await.unwrap();
+        insert(&tx, 2, 2).await;
+        assert!(emit_current(&tx).await.unwrap());
+        insert(&tx, 3, 2).await;
+        tx.commit().await.unwrap();
+    })
+    .await;
+
+    // Nothing to emit.
+    let tx = client.transaction().await.unwrap();
+    assert!(!emit(&tx, &Context::new()).await.unwrap());
+    assert!(!emit_current(&tx).await.unwrap());
+    insert(&tx, 4, 3).await;
+    tx.commit().await.unwrap();
+
+    // A deadpool-postgres object dereferences to the client.
+    let pool = pool(&h.db, 2);
+    let mut object = pool.get().await.unwrap();
+    let pooled = ctx(json!({"way": "deadpool"}));
+    let tx = begin_with_context(&mut object, Some(&pooled))
+        .await
+        .unwrap();
+    insert(&tx, 5, 4).await;
+    tx.commit().await.unwrap();
+    // deadpool's own transaction (with its statement cache) dereferences to tokio-postgres's.
+    let tx = object.transaction().await.unwrap();
+    assert!(emit(&tx, &pooled).await.unwrap());
+    insert(&tx, 6, 4).await;
+    tx.commit().await.unwrap();
+
+    let rows = h.finish(6).await;
+    let contexts: Vec<&Value> = rows.iter().map(|r| &r.context).collect();
+    assert_eq!(
+        contexts,
+        [
+            &json!({"way": "pipelined"}),
+            &json!({"way": "current"}),
+            &json!({"way": "current"}),
+            &json!({}),
+            &json!({"way": "deadpool"}),
+            &json!({"way": "deadpool"}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_no_rows() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    let context = ctx(json!({"user_id": 1}));
+
+    let tx = begin_with_context(&mut client, Some(&context))
+        .await
+        .unwrap();
+    insert(&tx, 1, 1).await;
+    tx.rollback().await.unwrap();
+    {
+        // dropped without commit
+        let tx = begin_with_context(&mut client, Some(&context))
+            .await
+            .unwrap();
+        insert(&tx, 2, 1).await;
+    }
+    // A failed statement aborts the transaction; it commits nothing.
+    let tx = begin_with_context(&mut client, Some(&context))
+        .await
+        .unwrap();
+    insert(&tx, 3, 1).await;
+    assert!(tx
+        .execute("INSERT INTO items (id, task) VALUES (3, 1)", &[])
+        .await
+        .is_err());
+    drop(tx);
+
+    // A committed marker: once it is in `changes`, everything before it was read.
+    let marker = ctx(json!({"marker": true}));
+    let tx = begin_with_context(&mut client, Some(&marker))
+        .await
+        .unwrap();
+    insert(&tx, 4, 2).await;
+    tx.commit().await.unwrap();
+
+    let rows = h.finish(1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].primary_key.as_deref(), Some("4"));
+    assert_eq!(rows[0].context, json!({"marker": true}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_carried_into_a_spawned_task_arrives() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    let context = json!({"request_id": "r-7", "endpoint": "POST /jobs"});
+
+    // a background task started while handling the request
+    let handle = scope_sync(ctx(context.clone()), || {
+        bemi_context::spawn(async move {
+            let tx = begin_with_context(&mut client, None).await.unwrap();
+            insert(&tx, 1, 1).await;
+            tx.commit().await.unwrap();
+            client
+        })
+    });
+    let mut client = handle.await.unwrap();
+
+    // A plain tokio::spawn does not carry it: nothing is emitted there.
+    scope(ctx(json!({"lost": true})), async move {
+        tokio::spawn(async move {
+            let tx = begin_with_context(&mut client, None).await.unwrap();
+            insert(&tx, 2, 2).await;
+            tx.commit().await.unwrap();
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+
+    let rows = h.finish(2).await;
+    assert_eq!(rows[0].context, context);
+    assert_eq!(rows[1].context, json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
+    let h = Harness::start().await;
+    let pool = pool(&h.db, 10);
+    let tasks: Vec<_> = (0..100)
+        .map(|task: i32| {
+            let pool = pool.clone();
+            let context = ctx(json!({"task": task, "user": format!("u{task}")}));
+            tokio::spawn(scope(context, async move {
+                for step in 0..2 {
+                    // yield between steps so tasks interleave on the connections
+                    tokio::task::yield_now().await;
+                    let mut object = pool.get().await.unwrap();
+                    let tx = begin_with_context(&mut object, None).await.unwrap();
+                    if step == 0 {
+                        insert(&tx, task, task).await;
+                    } else {
+                        tx.execute(
+                            "UPDATE items SET note = $2 WHERE id = $1",
+                            &[&task, &format!("step {step}")],
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+            }))
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let rows = h.finish(200).await;
+    assert_eq!(rows.len(), 200);
+    for row in &rows {
+        let task = &row.after["task"];
+        assert_eq!(
+            row.context,
+            json!({"task": task, "user": format!("u{task}")}),
+            "{row:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    let big = ctx(json!({"blob": "x".repeat(MAX_PAYLOAD_CHARS)}));
+    assert_eq!(bemi_context::payload(&big), None);
+
+    let tx = begin_with_context(&mut client, Some(&big)).await.unwrap();
+    insert(&tx, 1, 1).await;
+    tx.commit().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    assert!(!emit(&tx, &big).await.unwrap());
+    insert(&tx, 2, 1).await;
+    tx.commit().await.unwrap();
+
+    let rows = h.finish(2).await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.context == json!({})), "{rows:?}");
+}
+
+#[tokio::test]
+async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    let context = json!({
+        "comment": "*/ DROP TABLE items; /*",
+        "quotes": "it's \"quoted\" '' $$ $bemi$",
+        "backslashes": "C:\\Users\\zoë \\x00 \\\\",
+        "unicode": "Zoë Ångström 東京 🦀👩‍💻",
+        "control": "line\nbreak\ttab \u{0001}",
+        "*/ key /*": ["'", "\\", "\""],
+    });
+
+    let tricky = ctx(context.clone());
+    let tx = begin_with_context(&mut client, Some(&tricky))
+        .await
+        .unwrap();
+    insert(&tx, 1, 1).await;
+    tx.commit().await.unwrap();
+    // and pipelined
+    let tx = client.transaction().await.unwrap();
+    tokio::try_join!(
+        emit(&tx, &tricky),
+        tx.execute("INSERT INTO items (id, task) VALUES (2, 1)", &[])
+    )
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let rows = h.finish(2).await;
+    assert_eq!(rows[0].context, context);
+    assert_eq!(rows[1].context, context);
+}
+
+/// A deadpool-postgres pool for the test database (the tests' server needs no TLS).
+fn pool(db: &TestDatabase, size: usize) -> deadpool_postgres::Pool {
+    let options = db.options();
+    let mut config = tokio_postgres::Config::new();
+    match options.host() {
+        Host::Tcp(name) => config.host(name),
+        Host::Unix(dir) => config.host_path(dir),
+    };
+    config
+        .port(options.port())
+        .user(options.user())
+        .dbname(options.dbname());
+    if let Some(password) = options.password() {
+        config.password(password);
+    }
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .expect("pool")
+}
