@@ -38,13 +38,18 @@ async fn run(rows: i64) {
         .expect("throwaway PostgreSQL");
     let source: ConnectOptions = pg.url("postgres").parse().expect("url");
     let sql = source.connect().await.expect("connect");
-    sql.batch_execute("CREATE DATABASE audit").await.expect("database");
+    sql.batch_execute("CREATE DATABASE audit")
+        .await
+        .expect("database");
     sql.batch_execute(
         "CREATE TABLE big (id int8 PRIMARY KEY, label text, n int4, at timestamptz, amount numeric);",
     )
     .await
     .expect("schema");
-    SourceSetup::new("bench", "bench").prepare(&sql).await.expect("tracker slot");
+    SourceSetup::new("bench", "bench")
+        .prepare(&sql)
+        .await
+        .expect("tracker slot");
     SourceSetup::new("decode_only", "bench")
         .prepare(&sql)
         .await
@@ -70,12 +75,21 @@ async fn run(rows: i64) {
         .await
         .expect("lsn")
         .get(0);
-    println!("wrote {rows} rows in one transaction in {:.1?}", write.elapsed());
+    println!(
+        "wrote {rows} rows in one transaction in {:.1?}",
+        write.elapsed()
+    );
 
     // Reference: pg_recvlogical decodes the same WAL and throws it away.
     let reference = Instant::now();
     let status = Command::new(pg.bindir().join("pg_recvlogical"))
-        .args(["-d", &pg.connection_string("postgres"), "-S", "reference", "--start"])
+        .args([
+            "-d",
+            &pg.connection_string("postgres"),
+            "-S",
+            "reference",
+            "--start",
+        ])
         .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
         .args(["-E", &end, "-f", "/dev/null", "--no-loop"])
         .status()
@@ -137,7 +151,10 @@ async fn run(rows: i64) {
         rows as f64 / secs(tracked),
         secs(tracked) / secs(reference)
     );
-    println!("peak RSS of the tracker process: {:.1} MiB", peak as f64 / 1024.0);
+    println!(
+        "peak RSS of the tracker process: {:.1} MiB",
+        peak as f64 / 1024.0
+    );
 }
 
 fn secs(d: Duration) -> f64 {

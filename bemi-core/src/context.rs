@@ -60,7 +60,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! * **Least work**: as above, with [`EMIT_SQL`](bemi_context::EMIT_SQL) prepared once per
+//! * **Least work**: as above, with [`EMIT_SQL`] prepared once per
 //!   connection, so the server only binds and executes it. tokio-postgres keeps no statement
 //!   cache, so this needs one of the application's; deadpool-postgres has one:
 //!
