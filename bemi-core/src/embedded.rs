@@ -5,7 +5,9 @@
 //! `127.0.0.1` port, with its Unix socket in the same directory. When the current process runs as
 //! root (PostgreSQL refuses to), the server runs as the unprivileged `postgres` user.
 //!
-//! Dropping the value stops the server and removes the directory. A small watchdog process does
+//! The directory is `/tmp/bemi-pg-*`, or under `$BEMI_PG_TMP` when set (keep it short: the
+//! Unix socket path must fit in about 100 bytes). Dropping the value stops the server and
+//! removes the directory. A small watchdog process does
 //! the same when this process dies without dropping it (a panic that aborts, `SIGKILL`, a
 //! `static` that is never dropped): it waits on a pipe that only this process holds open, and
 //! the kernel closes that pipe however the process ends.
@@ -534,8 +536,11 @@ fn make_temp_dir() -> Result<PathBuf> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    // /tmp rather than $TMPDIR: the Unix socket path must stay under ~100 bytes.
-    let dir = PathBuf::from("/tmp").join(name);
+    // /tmp rather than $TMPDIR: the Unix socket path must stay under ~100 bytes. CI points
+    // BEMI_PG_TMP at a directory of its own to check that nothing is left behind.
+    let parent =
+        std::env::var_os("BEMI_PG_TMP").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let dir = parent.join(name);
     fs::create_dir(&dir)
         .and_then(|()| {
             fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
