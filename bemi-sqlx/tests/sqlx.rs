@@ -130,6 +130,7 @@ async fn begin_on_a_connection_and_nested_savepoints() {
     })
     .await;
     assert!(!raw.is_in_transaction());
+    drop(conn);
 
     let changes = h.changes().await;
     let ids: Vec<&Value> = changes.iter().map(|c| &c.after["id"]).collect();
@@ -162,6 +163,7 @@ async fn emit_into_a_transaction_the_caller_holds() {
     assert!(!bemi_sqlx::emit(&mut tx).await.unwrap());
     insert(&mut tx, 1, 1).await;
     tx.commit().await.unwrap();
+    drop(conn);
 
     let current = Context::new().with("from", "scope");
     scope(current.clone(), async {
@@ -221,6 +223,7 @@ async fn execute_runs_a_single_write_in_a_transaction_with_its_context() {
     bemi_sqlx::execute_with(&mut conn, &ctx, sqlx::query("INSERT INTO items VALUES (9)"))
         .await
         .unwrap();
+    drop(conn);
 
     let changes = h.changes().await;
     let ctx = Value::from(ctx);

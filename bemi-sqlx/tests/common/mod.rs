@@ -153,7 +153,9 @@ impl Harness {
     }
 
     pub async fn shutdown(self) {
-        self.pool.close().await;
+        tokio::time::timeout(Duration::from_secs(30), self.pool.close())
+            .await
+            .expect("the pool closes (does the test still hold a connection?)");
         self.tracker.shutdown().await.expect("tracker shutdown");
     }
 }
