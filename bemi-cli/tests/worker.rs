@@ -323,7 +323,7 @@ async fn a_changes_table_made_by_bemi_is_upgraded_in_place_and_filled() {
 
     let mut worker = bemi(&db, &["run"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     // A COPY: every row shares one position, which Bemi's unique key would have collapsed.

@@ -236,6 +236,67 @@ impl ConnectOptions {
         self
     }
 
+    /// The settings as a `postgres://` URL that libpq, sqlx and this crate all read (the
+    /// password included; a Unix socket directory as the `host` parameter).
+    ///
+    /// ```
+    /// let options: bemi_core::ConnectOptions = "host=db user='a b' dbname=app sslmode=require".parse()?;
+    /// assert_eq!(options.to_url(), "postgres://a%20b@db:5432/app?sslmode=require");
+    /// assert_eq!(options.to_url().parse::<bemi_core::ConnectOptions>()?, options);
+    /// # Ok::<(), bemi_core::Error>(())
+    /// ```
+    pub fn to_url(&self) -> String {
+        let mut url = format!("postgres://{}", percent_encode(&self.user));
+        if let Some(password) = &self.password {
+            url.push(':');
+            url.push_str(&percent_encode(password));
+        }
+        url.push('@');
+        let mut query = Vec::new();
+        match &self.host {
+            Host::Tcp(name) if name.contains(':') => {
+                url.push_str(&format!("[{name}]:{}", self.port))
+            }
+            Host::Tcp(name) => url.push_str(&format!("{}:{}", percent_encode(name), self.port)),
+            // The socket directory goes in the `host` parameter, which overrides the
+            // authority's host (some parsers require one there).
+            Host::Unix(dir) => {
+                url.push_str(&format!("localhost:{}", self.port));
+                query.push(format!(
+                    "host={}",
+                    percent_encode(&dir.display().to_string())
+                ));
+            }
+        }
+        url.push('/');
+        url.push_str(&percent_encode(self.dbname()));
+        let mode = match self.ssl_mode {
+            SslMode::Disable => Some("disable"),
+            SslMode::Prefer => None,
+            SslMode::Require => Some("require"),
+            SslMode::VerifyCa => Some("verify-ca"),
+            SslMode::VerifyFull => Some("verify-full"),
+        };
+        query.extend(mode.map(|m| format!("sslmode={m}")));
+        if let Some(cert) = &self.ssl_root_cert {
+            query.push(format!(
+                "sslrootcert={}",
+                percent_encode(&cert.display().to_string())
+            ));
+        }
+        if let Some(name) = &self.application_name {
+            query.push(format!("application_name={}", percent_encode(name)));
+        }
+        if let Some(timeout) = self.connect_timeout {
+            query.push(format!("connect_timeout={}", timeout.as_secs()));
+        }
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query.join("&"));
+        }
+        url
+    }
+
     /// Applies one libpq keyword. Unknown keywords are an error, so typos do not pass silently.
     fn set(&mut self, key: &str, value: String) -> Result<()> {
         match key {
@@ -451,6 +512,18 @@ fn parse_host(host: String) -> Host {
     }
 }
 
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn percent_decode(text: &str) -> Result<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -530,6 +603,18 @@ mod tests {
         assert!(err("user='open").contains("unterminated"));
         assert!(err("postgres://h/db?sslmode").contains("no value"));
         assert!(err("postgres://u%zz@h").contains("percent"));
+    }
+
+    #[test]
+    fn urls_round_trip() {
+        for text in [
+            "postgres://u%20x:p%3Aw@[::1]:5433/my%2Fdb?sslmode=verify-ca&sslrootcert=/ca.pem&application_name=bemi&connect_timeout=5",
+            "host=/tmp/pg port=7 user=app dbname=db",
+            "postgres://app@localhost/db",
+        ] {
+            let options = parse(text);
+            assert_eq!(parse(&options.to_url()), options, "{}", options.to_url());
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::PostgresSink;
-use bemi_core::{ConnectOptions, Host, SslMode, Tracker, TrackerHandle};
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use bemi_core::{ConnectOptions, Tracker, TrackerHandle};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 use crate::BoxError;
@@ -63,30 +63,10 @@ impl Database {
 
 /// sqlx settings for the database of `options`.
 pub fn sqlx_options(options: &ConnectOptions) -> PgConnectOptions {
-    let sqlx = PgConnectOptions::new()
-        .port(options.port())
-        .username(options.user())
-        .database(options.dbname())
-        .ssl_mode(match options.ssl_mode() {
-            SslMode::Disable => PgSslMode::Disable,
-            SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require => PgSslMode::Require,
-            SslMode::VerifyCa => PgSslMode::VerifyCa,
-            SslMode::VerifyFull => PgSslMode::VerifyFull,
-            _ => PgSslMode::Require,
-        });
-    let sqlx = match options.host() {
-        Host::Tcp(name) => sqlx.host(name),
-        Host::Unix(dir) => sqlx.socket(dir),
-    };
-    let sqlx = match options.ssl_root_cert() {
-        Some(path) => sqlx.ssl_root_cert(path),
-        None => sqlx,
-    };
-    match options.password() {
-        Some(password) => sqlx.password(password),
-        None => sqlx,
-    }
+    options
+        .to_url()
+        .parse()
+        .expect("sqlx reads the URLs of ConnectOptions")
 }
 
 /// Spawns a tracker of the database of `options` that stores changes in its `changes` table,
@@ -155,7 +135,10 @@ mod tests {
         assert_eq!(sqlx.get_port(), 6000);
         assert_eq!(sqlx.get_username(), "app");
         assert_eq!(sqlx.get_database(), Some("shop"));
-        assert!(matches!(sqlx.get_ssl_mode(), PgSslMode::Disable));
+        assert!(matches!(
+            sqlx.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::Disable
+        ));
         let socket: ConnectOptions = "host=/run/pg port=5433 dbname=x".parse().unwrap();
         assert_eq!(
             sqlx_options(&socket).get_socket(),

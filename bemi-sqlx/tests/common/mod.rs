@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bemi_core::sink::PostgresSink;
 use bemi_core::testing::TestDatabase;
-use bemi_core::{ConnectOptions, Host, SslMode, Tracker, TrackerHandle};
+use bemi_core::{ConnectOptions, Tracker, TrackerHandle};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -23,26 +23,10 @@ pub const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, task int, note 
 
 /// sqlx settings for the same database as `options`.
 pub fn sqlx_options(options: &ConnectOptions) -> PgConnectOptions {
-    let mut sqlx = PgConnectOptions::new()
-        .port(options.port())
-        .username(options.user())
-        .database(options.dbname())
-        .ssl_mode(match options.ssl_mode() {
-            SslMode::Disable => PgSslMode::Disable,
-            SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require => PgSslMode::Require,
-            SslMode::VerifyCa => PgSslMode::VerifyCa,
-            SslMode::VerifyFull => PgSslMode::VerifyFull,
-            _ => PgSslMode::Require,
-        });
-    sqlx = match options.host() {
-        Host::Tcp(name) => sqlx.host(name),
-        Host::Unix(dir) => sqlx.socket(dir),
-    };
-    if let Some(password) = options.password() {
-        sqlx = sqlx.password(password);
-    }
-    sqlx
+    options
+        .to_url()
+        .parse()
+        .expect("sqlx reads the URLs of ConnectOptions")
 }
 
 /// A change of `items` as the tracker stored it.
