@@ -9,7 +9,7 @@ use bemi_core::testing::TestDatabase;
 use bemi_core::{ConnectOptions, Host};
 use tokio_postgres::Client;
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 /// `bemi` with Bemi's variables for `db`, slot and publication unique to it.
 fn bemi(db: &TestDatabase, args: &[&str]) -> Command {
