@@ -2,6 +2,8 @@
 //! workload and restarted each time; `changes` ends with every change exactly once.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bemi_core::testing::TestDatabase;
@@ -73,6 +75,8 @@ async fn killing_the_worker_ten_times_loses_and_doubles_nothing() {
     let mut random = Random(seed);
 
     let writer = db.connect().await.unwrap();
+    let written = Arc::new(AtomicI64::new(0));
+    let progress = written.clone();
     let workload = tokio::spawn(async move {
         // Each transaction: its context, 5 inserts, 3 updates, 2 deletes.
         for txn in 0..TRANSACTIONS {
@@ -88,30 +92,46 @@ async fn killing_the_worker_ten_times_loses_and_doubles_nothing() {
                 ))
                 .await
                 .unwrap();
+            progress.store(txn + 1, Ordering::Release);
         }
     });
 
+    // Kill k lands at a random transaction within the k-th tenth of the first 90% of the
+    // workload, so every kill happens while the workload is still writing, however fast the
+    // machine is.
+    let segment = TRANSACTIONS * 9 / 10 / KILLS as i64;
     let mut worker = start_worker(&db);
-    let mut kills = 0;
-    while kills < KILLS {
-        tokio::time::sleep(Duration::from_millis(100 + random.below(700))).await;
+    for kill in 0..KILLS as i64 {
+        let at = kill * segment + random.below(segment as u64) as i64;
+        while written.load(Ordering::Acquire) < at {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            !workload.is_finished(),
+            "kill {kill} came after the workload"
+        );
         worker.kill().unwrap();
         worker.wait().unwrap();
-        kills += 1;
-        let stored = count(&sql, "SELECT count(*) FROM changes").await;
-        println!("kill {kills}: {stored} changes stored");
+        // The table appears once the first worker got that far.
+        let stored: i64 = sql
+            .query_one("SELECT count(*) FROM changes", &[])
+            .await
+            .map_or(0, |row| row.get(0));
+        println!(
+            "kill {}: at transaction {}, {stored} changes stored",
+            kill + 1,
+            written.load(Ordering::Acquire)
+        );
         worker = start_worker(&db);
     }
-    let stored_at_last_kill = count(&sql, "SELECT count(*) FROM changes").await;
     workload.await.unwrap();
-    assert!(
-        stored_at_last_kill < CHANGES,
-        "the kills should land during the workload"
-    );
 
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let stored = count(&sql, "SELECT count(*) FROM changes").await;
+        let stored: i64 = sql
+            .query_one("SELECT count(*) FROM changes", &[])
+            .await
+            .map_or(0, |row| row.get(0));
         if stored >= CHANGES {
             break;
         }
