@@ -1,7 +1,7 @@
 //! Context emitted through tokio-postgres and deadpool-postgres (`bemi_core::context`), end to
 //! end: written through a real server, read by the tracker, stored in `changes`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
 use bemi_core::context::{begin_with_context, emit, emit_current};
@@ -55,29 +55,10 @@ impl Harness {
 
     /// Waits until `changes` holds at least `expected` rows.
     async fn wait_for_rows(&self, expected: i64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let n: i64 = self
-                .sql
-                .query_one("SELECT count(*) FROM changes", &[])
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(0);
-            if n >= expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "changes has {n} rows, expected {expected}; progress {:?}",
-                self.tracker.progress()
-            );
-            assert!(
-                !self.tracker.is_finished(),
-                "the tracker stopped: {:?}",
-                self.tracker.progress()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.db
+            .wait_for_changes(expected, &self.tracker, WAIT)
+            .await
+            .expect("the changes are stored");
     }
 
     /// Waits for `expected` rows, stops the tracker (which first catches up with the end of the

@@ -2,12 +2,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bemi_context::Context;
 use bemi_core::sink::PostgresSink;
 use bemi_core::testing::TestDatabase;
-use bemi_core::{Host, Tracker, TrackerHandle};
+use bemi_core::{Tracker, TrackerHandle};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -59,50 +59,15 @@ impl Harness {
     /// A libpq connection string for the test database, which Diesel (libpq) and diesel-async
     /// (tokio-postgres) both read.
     pub fn conninfo(&self) -> String {
-        let options = self.db.options();
-        let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
-        let host = match options.host() {
-            Host::Tcp(name) => name.clone(),
-            Host::Unix(dir) => dir.display().to_string(),
-        };
-        let mut info = format!(
-            "host={} port={} user={} dbname={}",
-            quote(&host),
-            options.port(),
-            quote(options.user()),
-            quote(options.dbname())
-        );
-        if let Some(password) = options.password() {
-            info.push_str(&format!(" password={}", quote(password)));
-        }
-        info
+        self.db.options().to_url()
     }
 
     /// Waits until `changes` holds at least `expected` rows.
     pub async fn wait_for_rows(&self, expected: i64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let n: i64 = self
-                .sql
-                .query_one("SELECT count(*) FROM changes", &[])
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(0);
-            if n >= expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "changes has {n} rows, expected {expected}; progress {:?}",
-                self.tracker.progress()
-            );
-            assert!(
-                !self.tracker.is_finished(),
-                "the tracker stopped: {:?}",
-                self.tracker.progress()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.db
+            .wait_for_changes(expected, &self.tracker, WAIT)
+            .await
+            .expect("the changes are stored");
     }
 
     /// Waits for `expected` rows, stops the tracker (which first catches up with the end of the
