@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result};
 use crate::pgoutput::{self, ColumnValue, Message, Oid, OldTuple, PgTimestamp, TupleData};
 use crate::row::{ColumnInfo, RelationInfo, Row, RowEvent};
-use crate::value::text_to_json;
+use crate::value::{push_json_string, text_to_json};
 
 /// Turns pgoutput messages into row events, keeping the relation cache.
 #[derive(Debug)]
@@ -278,13 +278,6 @@ fn key_text(relation: &RelationInfo, row: &Row) -> Option<String> {
             let parts: Option<Vec<&str>> = columns.iter().map(|&i| row.value(i)).collect();
             Some(format!("[{}]", parts?.join(",")))
         }
-    }
-}
-
-fn push_json_string(text: &str, out: &mut String) {
-    // Writing a &str to a String cannot fail.
-    if let Ok(quoted) = serde_json::to_string(text) {
-        out.push_str(&quoted);
     }
 }
 

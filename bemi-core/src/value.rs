@@ -209,7 +209,7 @@ fn scalar_to_json(scalar: Scalar, text: &str, out: &mut String) {
 // Strings
 
 /// Appends `text` as a JSON string literal, escaped by serde_json when it needs escaping.
-fn push_json_string(text: &str, out: &mut String) {
+pub(crate) fn push_json_string(text: &str, out: &mut String) {
     // Most values need no escaping (JSON escapes only `"`, `\` and control characters).
     if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
         out.reserve(text.len() + 2);

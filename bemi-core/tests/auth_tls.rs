@@ -23,18 +23,6 @@ fn authority(name: &str) -> Authority {
     }
 }
 
-/// The full error text, causes included.
-fn chain(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 struct Fixture {
     pg: TempPostgres,
     ca_file: PathBuf,
@@ -125,10 +113,10 @@ async fn scram_md5_and_cleartext_passwords() {
             .with_ssl_mode(SslMode::Disable);
         replication_works(&options)
             .await
-            .unwrap_or_else(|e| panic!("{user}: {}", chain(&e)));
+            .unwrap_or_else(|e| panic!("{user}: {}", e.report()));
         let wrong = options.clone().with_password("wrong");
         let err = ReplicationClient::connect(&wrong).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Auth, "{user}: {}", chain(&err));
+        assert_eq!(err.kind(), ErrorKind::Auth, "{user}: {}", err.report());
         assert!(err.to_string().contains("password"), "{err}");
     }
     let err = ReplicationClient::connect(
@@ -155,7 +143,7 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
         .with_ssl_root_cert(&f.ca_file);
     replication_works(&full)
         .await
-        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        .unwrap_or_else(|e| panic!("{}", e.report()));
     assert!(uses_tls(&f, &full).await);
 
     // verify-full with a CA that did not sign the certificate.
@@ -163,7 +151,7 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
     let err = ReplicationClient::connect(&wrong_ca).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls);
     assert!(err.to_string().contains("sslrootcert"), "{err}");
-    assert!(chain(&err).contains("UnknownIssuer"), "{}", chain(&err));
+    assert!(err.report().contains("UnknownIssuer"), "{}", err.report());
 
     // verify-full with a host name the certificate does not name.
     let wrong_host = scram("127.0.0.1")
@@ -176,9 +164,9 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
         "{err}"
     );
     assert!(
-        chain(&err).contains("not valid for name"),
+        err.report().contains("not valid for name"),
         "{}",
-        chain(&err)
+        err.report()
     );
 
     // verify-ca checks the signer but not the name.
@@ -187,7 +175,7 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
         .with_ssl_root_cert(&f.ca_file);
     replication_works(&ca_only)
         .await
-        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        .unwrap_or_else(|e| panic!("{}", e.report()));
     let err = ReplicationClient::connect(&ca_only.with_ssl_root_cert(&f.other_ca_file))
         .await
         .unwrap_err();
@@ -198,7 +186,7 @@ async fn tls_modes_verify_the_certificate_as_libpq_does() {
         let options = scram("127.0.0.1").with_ssl_mode(mode);
         replication_works(&options)
             .await
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
+            .unwrap_or_else(|e| panic!("{}", e.report()));
         assert!(uses_tls(&f, &options).await, "{mode:?}");
     }
     let plain = scram("127.0.0.1").with_ssl_mode(SslMode::Disable);
