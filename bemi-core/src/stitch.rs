@@ -21,8 +21,6 @@
 //! limit it holds only the first 1,000 characters. A JSON object containing `\u0000`, which
 //! `jsonb` cannot store, is also recorded this way.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 
 use crate::change::{Change, ContextJson, Operation};
@@ -53,7 +51,8 @@ pub struct Committed {
 #[derive(Debug)]
 pub struct Stitcher {
     database: String,
-    ignored_tables: HashSet<(String, String)>,
+    /// (schema, table) pairs never recorded; a handful at most, so a list.
+    ignored_tables: Vec<(String, String)>,
     resume_after: Lsn,
     max_waiting: usize,
     txn: Option<Transaction>,
@@ -78,7 +77,7 @@ impl Stitcher {
     pub fn new(database: impl Into<String>) -> Self {
         Stitcher {
             database: database.into(),
-            ignored_tables: HashSet::new(),
+            ignored_tables: Vec::new(),
             resume_after: Lsn::ZERO,
             max_waiting: DEFAULT_MAX_WAITING,
             txn: None,
@@ -87,7 +86,7 @@ impl Stitcher {
 
     /// Never records changes of this table (the tracker's own `changes` table, for one).
     pub fn ignore_table(&mut self, schema: impl Into<String>, table: impl Into<String>) {
-        self.ignored_tables.insert((schema.into(), table.into()));
+        self.ignored_tables.push((schema.into(), table.into()));
     }
 
     /// Drops transactions already stored: those whose commit ends at or before `durable`.
@@ -260,7 +259,8 @@ impl Stitcher {
     ) {
         if self
             .ignored_tables
-            .contains(&(relation.schema.clone(), relation.table.clone()))
+            .iter()
+            .any(|(schema, table)| *schema == relation.schema && *table == relation.table)
         {
             return;
         }
