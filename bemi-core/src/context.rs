@@ -1,8 +1,8 @@
 //! Application context for writes made through tokio-postgres or deadpool-postgres.
 //!
 //! The tracker joins each row change with the `_bemi` logical decoding message of its own
-//! transaction (see [`bemi_context`]). This module opens a transaction and emits the context as
-//! its first statement:
+//! transaction (see [`bemi_context`]). This module emits the context as the transaction's first
+//! statement:
 //!
 //! ```no_run
 //! use bemi_core::context::{begin_with_context, Context};
@@ -23,76 +23,66 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A deadpool-postgres [`Object`](deadpool_postgres::Object) dereferences to a
-//! [`Client`], so `begin_with_context(&mut object, None)` works as is.
-//!
 //! The payload is [`bemi_context::payload`] of the context, bound as the text parameter of
 //! [`bemi_context::EMIT_SQL`], never spliced into SQL. With no context, an empty one,
 //! or one over [`MAX_PAYLOAD_CHARS`](bemi_context::MAX_PAYLOAD_CHARS), nothing is emitted and
 //! the transaction goes ahead without context.
 //!
-//! # Cost
+//! # Cost, and the cheapest way
 //!
 //! Emitting costs the server one more statement per transaction; how much more the application
-//! waits depends on how it is sent. tokio-postgres returns a [`Transaction`] only after its
-//! `BEGIN` has completed, and cannot adopt a transaction opened otherwise (say by a `BEGIN;
-//! SELECT pg_logical_emit_message(…)` batch in one simple query), so:
+//! waits depends on how the statement is sent. tokio-postgres hands out a [`Transaction`] only
+//! after its `BEGIN` has completed, so:
 //!
-//! * [`begin_with_context`] waits for `BEGIN`, then for the emit: **one extra round trip** per
-//!   transaction that has a context. The emit is an unnamed statement with its parameter type
-//!   given ([`Transaction::execute_typed`]): no separate prepare, nothing to cache or close, and
-//!   it works behind PgBouncer; but the server parses and plans it each time.
-//! * **No extra round trip**: open the transaction as usual and run [`emit`] concurrently with
-//!   the transaction's first statement. tokio-postgres sends requests in the order their futures
-//!   are first polled (`try_join!` polls its arguments in order), so the emit still precedes the
-//!   write on the wire and both travel together:
+//! * [`begin_with_context`] waits for `BEGIN`, then for the emit: **one extra round trip**.
+//! * [`emit_with`] sends the emit **in the same round trip** as the transaction's first
+//!   statement, just ahead of it (tokio-postgres sends requests in the order they are first
+//!   polled, and the server runs them in that order):
 //!
 //! ```no_run
-//! use bemi_core::context::{emit, Context};
+//! use bemi_core::context::emit_with;
 //!
-//! # async fn run(client: &mut tokio_postgres::Client, ctx: &Context) -> Result<(), tokio_postgres::Error> {
+//! # async fn run(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
 //! let tx = client.transaction().await?;
-//! let (_emitted, _rows) = tokio::try_join!(
-//!     emit(&tx, ctx),
-//!     tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&"book"]),
-//! )?;
+//! emit_with(&tx, None, tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&"book"])).await?;
+//! tx.execute("UPDATE stock SET count = count - 1 WHERE item = $1", &[&"book"]).await?;
 //! tx.commit().await?;
 //! # Ok(()) }
 //! ```
 //!
-//! * **Least work**: as above, with [`EMIT_SQL`] prepared once per
-//!   connection, so the server only binds and executes it. tokio-postgres keeps no statement
-//!   cache, so this needs one of the application's; deadpool-postgres has one:
+//! * The server's share shrinks when the emit is **prepared once per connection** and only bound
+//!   and executed afterwards. tokio-postgres keeps no statement cache, so on a plain
+//!   [`Transaction`] the emit is an unnamed statement the server parses and plans each time (it
+//!   needs nothing to be cached or closed, and works behind PgBouncer). deadpool-postgres keeps
+//!   one: every function here given a [`deadpool_postgres::Transaction`] uses it, and
+//!   [`begin_cached`] opens one from a pooled connection:
 //!
 //! ```no_run
-//! use bemi_context::{payload, Context, EMIT_SQL};
-//! use tokio_postgres::types::{ToSql, Type};
+//! use bemi_core::context::{begin_cached, emit_with};
 //!
-//! # async fn run(object: &mut deadpool_postgres::Object, ctx: &Context) -> Result<(), tokio_postgres::Error> {
-//! let emit = object.prepare_typed_cached(EMIT_SQL, &[Type::TEXT]).await?; // prepared once
-//! let tx = object.transaction().await?;
-//! let insert = "INSERT INTO orders (item) VALUES ('book')";
-//! match payload(ctx) {
-//!     Some(payload) => {
-//!         let params: [&(dyn ToSql + Sync); 1] = [&payload];
-//!         tokio::try_join!(tx.execute(&emit, &params), tx.execute(insert, &[]))?;
-//!     }
-//!     None => drop(tx.execute(insert, &[]).await?),
-//! }
+//! # async fn run(pool: &deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut client = pool.get().await?;
+//! // the emit prepared on first use, then cached
+//! let tx = client.transaction().await?;
+//! emit_with(&tx, None, tx.execute("INSERT INTO orders (item) VALUES ('book')", &[])).await?;
+//! tx.commit().await?;
+//!
+//! // or, paying the round trip, without choosing a first statement
+//! let tx = begin_cached(&mut client, None).await?;
+//! tx.execute("DELETE FROM orders WHERE item = 'book'", &[]).await?;
 //! tx.commit().await?;
 //! # Ok(()) }
 //! ```
 //!
-//! The `context_overhead` benchmark measures these (`cargo bench -p bemi-core --bench
-//! context_overhead`). On a 2-core machine, local server, `fsync` off, one connection, for
-//! transactions of one single-row insert (about 160 µs without context), the emit added about
-//! 90 µs with `begin_with_context`, 80 µs pipelined and 35 µs prepared and pipelined (as much
-//! as a `BEGIN; SELECT pg_logical_emit_message(…)` batch); for transactions of five inserts the
-//! prepared, pipelined emit cost 6% of the throughput. Against real commits (a WAL flush) and
-//! real work the share shrinks further.
+//! The `context_overhead` benchmark compares these ways with transactions without context
+//! (`cargo bench -p bemi-core --bench context_overhead`; figures in `BENCHMARKS.md`): the
+//! prepared emit sent with the first statement is the cheapest, and what
+//! [`emit_with`] on a deadpool transaction does.
 //!
 //! Errors are tokio-postgres's own: this module adds no failure of its own, so `?` works in code
 //! that already returns [`tokio_postgres::Error`] (and [`crate::Error`] converts from it).
+
+use std::future::Future;
 
 use bemi_context::EMIT_SQL;
 use tokio_postgres::types::Type;
@@ -100,15 +90,60 @@ use tokio_postgres::{Client, Error, Transaction};
 
 pub use bemi_context::Context;
 
+/// A transaction a context can be emitted into.
+///
+/// Implemented for tokio-postgres's [`Transaction`] (the emit is an unnamed statement, parsed
+/// by the server each time) and deadpool-postgres's [`deadpool_postgres::Transaction`] (the
+/// emit is prepared once per connection through the pool's statement cache, then only bound and
+/// executed). Sealed: other types cannot implement it.
+pub trait ContextTransaction: Sync + sealed::Sealed {
+    /// Sends the emit with `payload`; completes when the server has run it.
+    #[doc(hidden)]
+    fn emit_payload(&self, payload: &str) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for tokio_postgres::Transaction<'_> {}
+    impl Sealed for deadpool_postgres::Transaction<'_> {}
+}
+
+impl ContextTransaction for Transaction<'_> {
+    async fn emit_payload(&self, payload: &str) -> Result<(), Error> {
+        self.execute_typed(EMIT_SQL, &[(&payload, Type::TEXT)])
+            .await
+            .map(drop)
+    }
+}
+
+impl ContextTransaction for deadpool_postgres::Transaction<'_> {
+    async fn emit_payload(&self, payload: &str) -> Result<(), Error> {
+        let statement = self.prepare_typed_cached(EMIT_SQL, &[Type::TEXT]).await?;
+        self.execute(&statement, &[&payload]).await.map(drop)
+    }
+}
+
+/// The payload of `ctx`, or of the current task-local context when `ctx` is `None`.
+fn payload_of(ctx: Option<&Context>) -> Option<String> {
+    match ctx {
+        Some(ctx) => bemi_context::payload(ctx),
+        None => bemi_context::current_payload(),
+    }
+}
+
 /// Opens a transaction on `client` and emits a context as its first statement.
 ///
 /// The context is `ctx`, or when `ctx` is `None` the [current](bemi_context::current)
 /// task-local one. Nothing is emitted when there is no context, when it is empty, or when its
 /// payload is over the size limit; the transaction is opened all the same.
 ///
+/// A deadpool-postgres [`Object`](deadpool_postgres::Object) dereferences to a [`Client`], so
+/// `begin_with_context(&mut object, None)` works as is; [`begin_cached`] uses the pool's
+/// statement cache as well.
+///
 /// If the emit fails, the transaction is rolled back (as dropping a [`Transaction`] does) and
-/// the error returned. See the [module docs](self) for the cost and a way to avoid the extra
-/// round trip.
+/// the error returned. This waits for `BEGIN` and then for the emit: one round trip more than
+/// `client.transaction()`; [`emit_with`] saves it (see the [module docs](self)).
 ///
 /// # Errors
 ///
@@ -118,15 +153,78 @@ pub async fn begin_with_context<'a>(
     client: &'a mut Client,
     ctx: Option<&Context>,
 ) -> Result<Transaction<'a>, Error> {
-    let payload = match ctx {
-        Some(ctx) => bemi_context::payload(ctx),
-        None => bemi_context::current_payload(),
-    };
-    let tx = client.transaction().await?;
+    let payload = payload_of(ctx);
+    emitted(client.transaction().await?, payload).await
+}
+
+/// [`begin_with_context`] for a deadpool-postgres connection, with the emit prepared once per
+/// connection through the pool's statement cache.
+///
+/// Pass `&mut object` for a pooled [`Object`](deadpool_postgres::Object).
+///
+/// # Errors
+///
+/// As [`begin_with_context`], and any error preparing the emit the first time.
+pub async fn begin_cached<'a>(
+    client: &'a mut deadpool_postgres::ClientWrapper,
+    ctx: Option<&Context>,
+) -> Result<deadpool_postgres::Transaction<'a>, Error> {
+    let payload = payload_of(ctx);
+    emitted(client.transaction().await?, payload).await
+}
+
+/// `tx` after emitting `payload` into it, if any.
+async fn emitted<T: ContextTransaction>(tx: T, payload: Option<String>) -> Result<T, Error> {
     if let Some(payload) = payload {
-        emit_payload(&tx, &payload).await?;
+        tx.emit_payload(&payload).await?;
     }
     Ok(tx)
+}
+
+/// Emits a context into `tx` together with `first`, the transaction's first statement: both
+/// requests go out in the same round trip, the emit ahead, so the context costs no extra wait.
+///
+/// `first` is a future of a statement on `tx` that has not been polled yet, such as
+/// `tx.execute(…)` or `tx.query(…)`; its output is returned. The context is `ctx`, or when
+/// `ctx` is `None` the [current](bemi_context::current) task-local one; when there is nothing to
+/// emit, this is just `first.await`.
+///
+/// # Errors
+///
+/// The emit's error if it fails (the server then aborts the transaction, and `first` fails
+/// too), otherwise `first`'s.
+///
+/// # Example
+///
+/// ```no_run
+/// use bemi_core::context::{emit_with, Context};
+///
+/// # async fn run(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+/// let ctx = Context::new().with("user_id", 42);
+/// let tx = client.transaction().await?;
+/// let row = emit_with(
+///     &tx,
+///     Some(&ctx),
+///     tx.query_one("INSERT INTO orders (item) VALUES ('book') RETURNING id", &[]),
+/// )
+/// .await?;
+/// let id: i64 = row.get(0);
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub async fn emit_with<T, F>(
+    tx: &impl ContextTransaction,
+    ctx: Option<&Context>,
+    first: F,
+) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    match payload_of(ctx) {
+        // try_join polls the emit first, so its request is queued first.
+        Some(payload) => tokio::try_join!(tx.emit_payload(&payload), first).map(|((), out)| out),
+        None => first.await,
+    }
 }
 
 /// Emits `ctx` into the open transaction `tx`; returns whether a message was emitted (`false`
@@ -134,17 +232,13 @@ pub async fn begin_with_context<'a>(
 ///
 /// Changes the transaction made before the message take the transaction's first message, so
 /// emitting later in a transaction still gives all of its changes a context; changes after a
-/// second emit take the second one. Run this concurrently with the transaction's first
-/// statement to save a round trip (see the [module docs](self)).
+/// second emit take the second one. [`emit_with`] saves the round trip this waits for.
 ///
 /// # Errors
 ///
 /// Any error of the statement. On error PostgreSQL aborts the transaction.
-pub async fn emit(tx: &Transaction<'_>, ctx: &Context) -> Result<bool, Error> {
-    match bemi_context::payload(ctx) {
-        Some(payload) => emit_payload(tx, &payload).await.map(|()| true),
-        None => Ok(false),
-    }
+pub async fn emit(tx: &impl ContextTransaction, ctx: &Context) -> Result<bool, Error> {
+    emit_payload_of(tx, Some(ctx)).await
 }
 
 /// [`emit`] of the [current](bemi_context::current) task-local context; `Ok(false)` when there
@@ -153,15 +247,16 @@ pub async fn emit(tx: &Transaction<'_>, ctx: &Context) -> Result<bool, Error> {
 /// # Errors
 ///
 /// As [`emit`].
-pub async fn emit_current(tx: &Transaction<'_>) -> Result<bool, Error> {
-    match bemi_context::current_payload() {
-        Some(payload) => emit_payload(tx, &payload).await.map(|()| true),
-        None => Ok(false),
-    }
+pub async fn emit_current(tx: &impl ContextTransaction) -> Result<bool, Error> {
+    emit_payload_of(tx, None).await
 }
 
-async fn emit_payload(tx: &Transaction<'_>, payload: &str) -> Result<(), Error> {
-    tx.execute_typed(EMIT_SQL, &[(&payload, Type::TEXT)])
-        .await
-        .map(drop)
+async fn emit_payload_of(
+    tx: &impl ContextTransaction,
+    ctx: Option<&Context>,
+) -> Result<bool, Error> {
+    match payload_of(ctx) {
+        Some(payload) => tx.emit_payload(&payload).await.map(|()| true),
+        None => Ok(false),
+    }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
-use bemi_core::context::{begin_with_context, emit, emit_current};
+use bemi_core::context::{begin_cached, begin_with_context, emit, emit_current, emit_with};
 use bemi_core::sink::PostgresSink;
 use bemi_core::testing::TestDatabase;
 use bemi_core::{Host, Tracker, TrackerHandle};
@@ -154,15 +154,16 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
     let h = Harness::start().await;
     let mut client = h.connect().await;
 
-    // Joined with the first write: both requests go out together, the emit first.
+    // Sent with the first write, in the same round trip, the emit first.
     let first = ctx(json!({"way": "pipelined"}));
     let tx = client.transaction().await.unwrap();
-    let (emitted, inserted) = tokio::try_join!(
-        emit(&tx, &first),
-        tx.execute("INSERT INTO items (id, task) VALUES (1, 1)", &[])
+    let inserted = emit_with(
+        &tx,
+        Some(&first),
+        tx.execute("INSERT INTO items (id, task) VALUES (1, 1)", &[]),
     )
+    .await
     .unwrap();
-    assert!(emitted);
     assert_eq!(inserted, 1);
     tx.commit().await.unwrap();
 
@@ -181,11 +182,21 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
     let tx = client.transaction().await.unwrap();
     assert!(!emit(&tx, &Context::new()).await.unwrap());
     assert!(!emit_current(&tx).await.unwrap());
-    insert(&tx, 4, 3).await;
+    let rows = emit_with(
+        &tx,
+        None,
+        tx.query(
+            "INSERT INTO items (id, task) VALUES (4, 3) RETURNING id",
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 4);
     tx.commit().await.unwrap();
 
     // A deadpool-postgres object dereferences to the client.
-    let pool = pool(&h.db, 2);
+    let pool = pool(&h.db, 1);
     let mut object = pool.get().await.unwrap();
     let pooled = ctx(json!({"way": "deadpool"}));
     let tx = begin_with_context(&mut object, Some(&pooled))
@@ -193,13 +204,35 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
         .unwrap();
     insert(&tx, 5, 4).await;
     tx.commit().await.unwrap();
-    // deadpool's own transaction (with its statement cache) dereferences to tokio-postgres's.
+    // deadpool's own transactions use its statement cache: the emit is prepared once.
+    let cached = ctx(json!({"way": "cached"}));
     let tx = object.transaction().await.unwrap();
-    assert!(emit(&tx, &pooled).await.unwrap());
-    insert(&tx, 6, 4).await;
+    assert!(emit(&tx, &cached).await.unwrap());
+    insert(&tx, 6, 5).await;
     tx.commit().await.unwrap();
+    let tx = begin_cached(&mut object, Some(&cached)).await.unwrap();
+    insert(&tx, 7, 5).await;
+    tx.commit().await.unwrap();
+    let tx = object.transaction().await.unwrap();
+    emit_with(
+        &tx,
+        Some(&cached),
+        tx.execute("INSERT INTO items (id, task) VALUES (8, 5)", &[]),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let prepared: i64 = object
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1",
+            &[&bemi_context::EMIT_SQL],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 1, "the emit is prepared once on the connection");
 
-    let rows = h.finish(6).await;
+    let rows = h.finish(8).await;
     let contexts: Vec<&Value> = rows.iter().map(|r| &r.context).collect();
     assert_eq!(
         contexts,
@@ -209,9 +242,70 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
             &json!({"way": "current"}),
             &json!({}),
             &json!({"way": "deadpool"}),
-            &json!({"way": "deadpool"}),
+            &json!({"way": "cached"}),
+            &json!({"way": "cached"}),
+            &json!({"way": "cached"}),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_failing_emit_reports_its_own_error_and_commits_nothing() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    // A role that may write but not emit, as after the hardening bemi_context documents.
+    let role = format!("{}_writer", h.db.name());
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role};
+             GRANT INSERT ON items TO {role};
+             REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC;
+             SET ROLE {role};"
+        ))
+        .await
+        .unwrap();
+    let context = ctx(json!({"user_id": 1}));
+    let denied = |e: tokio_postgres::Error| {
+        let message = e.as_db_error().map(|e| e.message().to_owned());
+        assert_eq!(
+            message.as_deref(),
+            Some("permission denied for function pg_logical_emit_message"),
+            "{e}"
+        );
+    };
+
+    match begin_with_context(&mut client, Some(&context)).await {
+        Ok(_) => panic!("the emit must fail"),
+        Err(e) => denied(e),
+    }
+    let tx = client.transaction().await.unwrap();
+    denied(
+        emit_with(
+            &tx,
+            Some(&context),
+            tx.execute("INSERT INTO items (id, task) VALUES (1, 1)", &[]),
+        )
+        .await
+        .unwrap_err(),
+    );
+    drop(tx);
+    // The connection is usable afterwards, and a write without context goes through.
+    let tx = begin_with_context(&mut client, Some(&Context::new()))
+        .await
+        .unwrap();
+    insert(&tx, 2, 2).await;
+    tx.commit().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "RESET ROLE; DROP OWNED BY {role}; DROP ROLE {role};"
+        ))
+        .await
+        .unwrap();
+
+    let rows = h.finish(1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].primary_key.as_deref(), Some("2"));
+    assert_eq!(rows[0].context, json!({}));
 }
 
 #[tokio::test]
@@ -377,10 +471,12 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     tx.commit().await.unwrap();
     // and pipelined
     let tx = client.transaction().await.unwrap();
-    tokio::try_join!(
-        emit(&tx, &tricky),
-        tx.execute("INSERT INTO items (id, task) VALUES (2, 1)", &[])
+    emit_with(
+        &tx,
+        Some(&tricky),
+        tx.execute("INSERT INTO items (id, task) VALUES (2, 1)", &[]),
     )
+    .await
     .unwrap();
     tx.commit().await.unwrap();
 
