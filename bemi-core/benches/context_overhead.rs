@@ -1,186 +1,130 @@
-//! What emitting a context costs a writing application that uses tokio-postgres: write
-//! transactions per second with and without a context, on a throwaway PostgreSQL.
+//! What emitting a context costs a writing application that uses tokio-postgres or
+//! deadpool-postgres: write transactions per second with and without a context.
 //!
 //! ```text
-//! cargo bench -p bemi-core --bench context_overhead [-- --secs 5 --clients 1,8 --statements 1,5 --fsync]
+//! cargo bench -p bemi-core --bench context_overhead [-- --secs 5 --clients 1,8 --statements 1,5 --no-fsync]
 //! ```
 //!
-//! The throwaway server runs with `fsync = off` unless `--fsync` is given; with it, commits
-//! wait for the disk as on a production server.
+//! The method and the options are those of [`bemi_core::testing::overhead`]. Ways, each client
+//! with a tokio-postgres connection and a deadpool-postgres one of its own:
 //!
-//! Each transaction makes `--statements` single-row inserts (a prepared statement) and commits.
-//! The ways of writing run in short blocks of `--block` transactions, in turn, so that drifts of
-//! the machine (other processes, frequency changes) hit them alike; a way's rate is its total
-//! over all its blocks, about `--secs` seconds. Ratios are to `plain`; `extra µs` is the latency
-//! each transaction gained.
+//! | way | what | baseline |
+//! | --- | --- | --- |
+//! | `plain` | `client.transaction()`, inserts, commit | |
+//! | `begin_with_context` | [`begin_with_context`]: waits for `BEGIN`, then for the emit | `plain` |
+//! | `emit_with` | `client.transaction()`, then [`emit_with`] the first insert (unnamed emit) | `plain` |
+//! | `pool_plain` | deadpool's `object.transaction()`, inserts, commit | |
+//! | `pool_begin_cached` | [`begin_cached`]: `BEGIN`, then the cached prepared emit | `pool_plain` |
+//! | `pool_emit_with` | `object.transaction()`, then [`emit_with`] the first insert (cached prepared emit) | `pool_plain` |
 //!
-//! - `plain`: `client.transaction()`, inserts, commit (no context);
-//! - `begin_with_context`: [`begin_with_context`] (waits for `BEGIN`, then for the emit);
-//! - `emit_pipelined`: `client.transaction()`, then [`emit`] joined with the first insert;
-//! - for reference, not APIs of this crate: `prepared_pipelined`, the emit as a statement
-//!   prepared once per connection joined with the first insert; `batch`, `BEGIN;
-//!   SELECT pg_logical_emit_message(…)` as one simple query with the payload quoted into it.
-//!
-//! No tracker runs: the server's `wal_level` is `logical`, so the message is written to the WAL
-//! as in production, and the tracker's own work does not disturb the measurement.
+//! Inserts are prepared statements in every way (cached by deadpool in the `pool_` ways).
 
-use std::time::{Duration, Instant};
-
-use bemi_core::context::{begin_with_context, emit, Context};
-use bemi_core::embedded::TempPostgres;
+use bemi_core::context::{begin_cached, begin_with_context, emit_with, Context};
+use bemi_core::testing::overhead::{compare, Settings, INSERT};
 use bemi_core::ConnectOptions;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Error, Statement, Transaction};
-
-const INSERT: &str = "INSERT INTO orders (customer, item, quantity) VALUES ($1, $2, $3)";
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement, Transaction};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Way {
     Plain,
     BeginWithContext,
-    EmitPipelined,
-    PreparedPipelined,
-    Batch,
+    EmitWith,
+    PoolPlain,
+    PoolBeginCached,
+    PoolEmitWith,
 }
 
-const WAYS: [Way; 5] = [
+const WAYS: [Way; 6] = [
     Way::Plain,
     Way::BeginWithContext,
-    Way::EmitPipelined,
-    Way::PreparedPipelined,
-    Way::Batch,
+    Way::EmitWith,
+    Way::PoolPlain,
+    Way::PoolBeginCached,
+    Way::PoolEmitWith,
 ];
 
-impl Way {
+impl bemi_core::testing::overhead::Way for Way {
     fn name(self) -> &'static str {
         match self {
             Way::Plain => "plain",
             Way::BeginWithContext => "begin_with_context",
-            Way::EmitPipelined => "emit_pipelined",
-            Way::PreparedPipelined => "prepared_pipelined",
-            Way::Batch => "batch",
+            Way::EmitWith => "emit_with",
+            Way::PoolPlain => "pool_plain",
+            Way::PoolBeginCached => "pool_begin_cached",
+            Way::PoolEmitWith => "pool_emit_with",
+        }
+    }
+
+    fn baseline(self) -> Way {
+        match self {
+            Way::Plain | Way::BeginWithContext | Way::EmitWith => Way::Plain,
+            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith => Way::PoolPlain,
         }
     }
 }
 
-struct Settings {
-    secs: f64,
-    block: u64,
-    clients: Vec<usize>,
-    statements: Vec<usize>,
-    fsync: bool,
-}
-
-fn list(value: String, name: &str) -> Vec<usize> {
-    value
-        .split(',')
-        .map(|n| {
-            n.parse()
-                .unwrap_or_else(|_| panic!("{name}: numbers separated by commas"))
-        })
-        .collect()
-}
-
-fn settings() -> Settings {
-    let mut settings = Settings {
-        secs: 5.0,
-        block: 100,
-        clients: vec![1, 8],
-        statements: vec![1, 5],
-        fsync: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--secs" => settings.secs = value().parse().expect("--secs: a number"),
-            "--block" => settings.block = value().parse().expect("--block: a number"),
-            "--clients" => settings.clients = list(value(), "--clients"),
-            "--statements" => settings.statements = list(value(), "--statements"),
-            "--fsync" => settings.fsync = true,
-            // cargo bench passes --bench to every bench binary
-            _ => {}
-        }
-    }
-    settings
-}
-
-/// One connection with its prepared statements and its context.
+/// One client: a tokio-postgres connection, a pooled one, and its context.
 struct Writer {
     client: Client,
     insert: Statement,
-    emit: Statement,
+    object: deadpool_postgres::Object,
     ctx: Context,
-    payload: String,
-    batch_begin: String,
 }
 
 impl Writer {
-    async fn connect(options: &ConnectOptions, id: usize) -> Writer {
+    async fn connect(options: &ConnectOptions, pool: &deadpool_postgres::Pool, id: usize) -> Self {
         let client = options.connect().await.expect("connect");
         let insert = client.prepare(INSERT).await.expect("prepare");
-        let emit = client
-            .prepare_typed(bemi_context::EMIT_SQL, &[Type::TEXT])
-            .await
-            .expect("prepare");
-        let ctx = Context::new()
-            .with("user_id", 4242 + id as u64)
-            .with("endpoint", "POST /orders")
-            .with("request_id", "0f8fad5b-d9cb-469f-a165-70867728950e");
-        let payload = bemi_context::payload(&ctx).expect("a payload");
-        let batch_begin = format!(
-            "BEGIN; {}",
-            bemi_context::emit_statement(&payload).expect("no NUL")
-        );
         Writer {
             client,
             insert,
-            emit,
-            ctx,
-            payload,
-            batch_begin,
+            object: pool.get().await.expect("a pooled connection"),
+            ctx: Context::new()
+                .with("user_id", 4242 + id as u64)
+                .with("endpoint", "POST /orders")
+                .with("request_id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
         }
     }
+}
 
-    async fn write(&mut self, way: Way, statements: usize, n: i32) -> Result<(), Error> {
-        let params: [&(dyn ToSql + Sync); 3] = [&"alice", &"book", &n];
-        let insert = &self.insert;
-        let rest = |tx| more_inserts(tx, insert, statements - 1, n);
+impl bemi_core::testing::overhead::Writer for Writer {
+    type Way = Way;
+
+    async fn write(&mut self, way: Way, statements: usize, n: i32) {
+        let params: &[&(dyn ToSql + Sync)] = &[&"alice", &"book", &n];
+        let ctx = Some(&self.ctx);
         match way {
-            Way::Plain => {
-                let tx = self.client.transaction().await?;
-                tx.execute(insert, &params).await?;
-                rest(&tx).await?;
-                tx.commit().await
-            }
-            Way::BeginWithContext => {
-                let tx = begin_with_context(&mut self.client, Some(&self.ctx)).await?;
-                tx.execute(insert, &params).await?;
-                rest(&tx).await?;
-                tx.commit().await
-            }
-            Way::EmitPipelined => {
-                let tx = self.client.transaction().await?;
-                tokio::try_join!(emit(&tx, &self.ctx), tx.execute(insert, &params))?;
-                rest(&tx).await?;
-                tx.commit().await
-            }
-            Way::PreparedPipelined => {
-                let tx = self.client.transaction().await?;
-                let emit_params: [&(dyn ToSql + Sync); 1] = [&self.payload];
-                tokio::try_join!(
-                    tx.execute(&self.emit, &emit_params),
-                    tx.execute(insert, &params)
-                )?;
-                rest(&tx).await?;
-                tx.commit().await
-            }
-            Way::Batch => {
-                self.client.batch_execute(&self.batch_begin).await?;
-                for _ in 0..statements {
-                    self.client.execute(insert, &params).await?;
+            Way::Plain | Way::BeginWithContext | Way::EmitWith => {
+                let tx = match way {
+                    Way::BeginWithContext => begin_with_context(&mut self.client, ctx).await,
+                    _ => self.client.transaction().await,
                 }
-                self.client.batch_execute("COMMIT").await
+                .expect("begin");
+                let first = tx.execute(&self.insert, params);
+                match way {
+                    Way::EmitWith => emit_with(&tx, ctx, first).await,
+                    _ => first.await,
+                }
+                .expect("insert");
+                more_inserts(&tx, &self.insert, statements - 1, params).await;
+                tx.commit().await.expect("commit");
+            }
+            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith => {
+                let insert = self.object.prepare_cached(INSERT).await.expect("prepare");
+                let tx = match way {
+                    Way::PoolBeginCached => begin_cached(&mut self.object, ctx).await,
+                    _ => self.object.transaction().await,
+                }
+                .expect("begin");
+                let first = tx.execute(&insert, params);
+                match way {
+                    Way::PoolEmitWith => emit_with(&tx, ctx, first).await,
+                    _ => first.await,
+                }
+                .expect("insert");
+                more_inserts(&tx, &insert, statements - 1, params).await;
+                tx.commit().await.expect("commit");
             }
         }
     }
@@ -190,44 +134,16 @@ async fn more_inserts(
     tx: &Transaction<'_>,
     insert: &Statement,
     count: usize,
-    n: i32,
-) -> Result<(), Error> {
+    params: &[&(dyn ToSql + Sync)],
+) {
     for _ in 0..count {
-        tx.execute(insert, &[&"alice", &"book", &n]).await?;
+        tx.execute(insert, params).await.expect("insert");
     }
-    Ok(())
-}
-
-/// Runs `per_writer` transactions of `way` on every writer at once; returns how many ran and
-/// how long they took.
-async fn block(
-    writers: &mut [Writer],
-    way: Way,
-    statements: usize,
-    per_writer: u64,
-) -> (u64, Duration) {
-    let start = Instant::now();
-    let runs = writers.iter_mut().map(|writer| {
-        Box::pin(async move {
-            for n in 0..per_writer {
-                writer
-                    .write(way, statements, n as i32)
-                    .await
-                    .expect("write");
-            }
-        })
-    });
-    futures_util::future::join_all(runs).await;
-    (per_writer * writers.len() as u64, start.elapsed())
 }
 
 fn main() {
-    let settings = settings();
-    let fsync = if settings.fsync { "on" } else { "off" };
-    let pg = TempPostgres::builder()
-        .setting("fsync", fsync)
-        .start()
-        .expect("start a throwaway PostgreSQL");
+    let settings = Settings::from_args();
+    let pg = settings.start_server();
     let options: ConnectOptions = pg.url("postgres").parse().expect("url");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -235,31 +151,14 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let admin = options.connect().await.expect("connect");
-        admin
-            .batch_execute(
-                "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL,
-                   item text NOT NULL, quantity int NOT NULL,
-                   created_at timestamptz NOT NULL DEFAULT now());
-                 ALTER TABLE orders REPLICA IDENTITY FULL;",
-            )
-            .await
-            .expect("create table");
-        let version: String = admin
-            .query_one("SHOW server_version", &[])
-            .await
-            .expect("version")
-            .get(0);
-        println!(
-            "PostgreSQL {version}, fsync {fsync}, about {}s per way in blocks of {} transactions",
-            settings.secs, settings.block
-        );
         for &clients in &settings.clients {
+            let pool = options.pool(clients).expect("pool");
             let mut writers = Vec::new();
             for id in 0..clients {
-                writers.push(Writer::connect(&options, id).await);
+                writers.push(Writer::connect(&options, &pool, id).await);
             }
             for &statements in &settings.statements {
-                run(&mut writers, statements, &settings).await;
+                compare(&mut writers, &WAYS, statements, &settings).await;
                 admin
                     .batch_execute("TRUNCATE orders")
                     .await
@@ -267,45 +166,6 @@ fn main() {
             }
         }
     });
+    drop(runtime);
     drop(pg);
-}
-
-async fn run(writers: &mut [Writer], statements: usize, settings: &Settings) {
-    let clients = writers.len();
-    // warm up: plans, caches, the first WAL segments
-    for way in WAYS {
-        block(writers, way, statements, 200).await;
-    }
-    let per_writer = (settings.block / clients as u64).max(1);
-    let mut totals = vec![(0u64, Duration::ZERO); WAYS.len()];
-    let deadline = Instant::now() + Duration::from_secs_f64(settings.secs * WAYS.len() as f64);
-    let mut turn = 0;
-    while Instant::now() < deadline {
-        // rotate the order so that no way always follows the same one
-        for k in 0..WAYS.len() {
-            let i = (turn + k) % WAYS.len();
-            let (count, took) = block(writers, WAYS[i], statements, per_writer).await;
-            totals[i].0 += count;
-            totals[i].1 += took;
-        }
-        turn += 1;
-    }
-    let rate = |(count, took): (u64, Duration)| count as f64 / took.as_secs_f64();
-    let base = rate(totals[0]);
-    println!("\n{clients} connection(s), {statements} insert(s) per transaction:");
-    println!(
-        "  {:<20} {:>8} {:>7} {:>10}",
-        "way", "tx/s", "ratio", "extra µs"
-    );
-    for (way, total) in WAYS.iter().zip(&totals) {
-        let r = rate(*total);
-        println!(
-            "  {:<20} {:>8.0} {:>7.3} {:>10.1}",
-            way.name(),
-            r,
-            r / base,
-            // each connection runs its transactions one after another
-            (1.0 / r - 1.0 / base) * 1e6 * clients as f64
-        );
-    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How to use TLS, as libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -479,6 +479,41 @@ impl ConnectOptions {
             }
         };
         Ok(client)
+    }
+
+    /// A deadpool-postgres pool of up to `max_size` ordinary SQL connections, with TLS as
+    /// `sslmode` says. Connections are opened on demand; a connection is checked with a cheap
+    /// test (is it closed?) when it is handed out again.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options: bemi_core::ConnectOptions = "postgres://app@localhost/shop".parse()?;
+    /// let pool = options.pool(16)?;
+    /// let mut client = pool.get().await?;
+    /// let tx = bemi_core::context::begin_cached(&mut client, None).await?;
+    /// # drop(tx); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Tls`] when the TLS settings cannot be loaded (say an unreadable
+    /// `sslrootcert`), [`ErrorKind::Config`] when the pool cannot be built.
+    pub fn pool(&self, max_size: usize) -> Result<deadpool_postgres::Pool> {
+        use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+        let config = self.to_tokio_postgres();
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match crate::tls::make_tls_connect(self)? {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        };
+        Pool::builder(manager)
+            .max_size(max_size)
+            .build()
+            .map_err(|e| {
+                Error::new(ErrorKind::Config, "could not build the connection pool").with_source(e)
+            })
     }
 }
 

@@ -13,6 +13,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod overhead;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 

@@ -7,7 +7,7 @@ use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
 use bemi_core::context::{begin_cached, begin_with_context, emit, emit_current, emit_with};
 use bemi_core::sink::PostgresSink;
 use bemi_core::testing::TestDatabase;
-use bemi_core::{Host, Tracker, TrackerHandle};
+use bemi_core::{Tracker, TrackerHandle};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -485,24 +485,7 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     assert_eq!(rows[1].context, context);
 }
 
-/// A deadpool-postgres pool for the test database (the tests' server needs no TLS).
+/// A deadpool-postgres pool for the test database.
 fn pool(db: &TestDatabase, size: usize) -> deadpool_postgres::Pool {
-    let options = db.options();
-    let mut config = tokio_postgres::Config::new();
-    match options.host() {
-        Host::Tcp(name) => config.host(name),
-        Host::Unix(dir) => config.host_path(dir),
-    };
-    config
-        .port(options.port())
-        .user(options.user())
-        .dbname(options.dbname());
-    if let Some(password) = options.password() {
-        config.password(password);
-    }
-    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .expect("pool")
+    db.options().pool(size).expect("pool")
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use bytes::BufMut as _;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{Batch, ChangeSink, SinkStart, SourceInfo};
@@ -51,18 +51,7 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// A sink writing through a new connection pool to the database of `options`.
     pub fn connect(options: &ConnectOptions) -> Result<Self> {
-        let config = options.to_tokio_postgres();
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match crate::tls::make_tls_connect(options)? {
-            Some(tls) => Manager::from_config(config, tls, manager_config),
-            None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
-        };
-        let pool = Pool::builder(manager).max_size(2).build().map_err(|e| {
-            Error::new(ErrorKind::Config, "could not build the connection pool").with_source(e)
-        })?;
-        Ok(Self::with_pool(pool))
+        Ok(Self::with_pool(options.pool(2)?))
     }
 
     /// A sink writing through an existing deadpool-postgres pool.
