@@ -14,6 +14,9 @@
 //! ```
 
 pub mod overhead;
+mod tracked;
+
+pub use tracked::{ctx, oversized_context, tricky_context, Recorded, Tracked, ITEMS};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;

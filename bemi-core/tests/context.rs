@@ -1,93 +1,14 @@
 //! Context emitted through tokio-postgres and deadpool-postgres (`bemi_core::context`), end to
 //! end: written through a real server, read by the tracker, stored in `changes`.
 
-use std::time::Duration;
-
-use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
+use bemi_context::{scope, scope_sync, Context};
 use bemi_core::context::{begin_cached, begin_with_context, emit, emit_current, emit_with};
-use bemi_core::sink::PostgresSink;
-use bemi_core::testing::TestDatabase;
-use bemi_core::{Tracker, TrackerHandle};
+use bemi_core::testing::{ctx, oversized_context, tricky_context, TestDatabase, Tracked};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
-const WAIT: Duration = Duration::from_secs(120);
-
-/// A test database with an `items` table and a tracker storing its changes in `changes`.
-struct Harness {
-    db: TestDatabase,
-    sql: Client,
-    tracker: TrackerHandle,
-}
-
-/// One row of `changes`.
-#[derive(Debug, Clone, PartialEq)]
-struct Recorded {
-    operation: String,
-    primary_key: Option<String>,
-    before: Value,
-    after: Value,
-    context: Value,
-}
-
-impl Harness {
-    async fn start() -> Harness {
-        let db = TestDatabase::create().await.expect("database");
-        let sql = db.connect().await.expect("connect");
-        sql.batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, task int NOT NULL, note text);
-             ALTER TABLE items REPLICA IDENTITY FULL;",
-        )
-        .await
-        .expect("schema");
-        let sink = PostgresSink::connect(&db.options()).expect("sink");
-        let tracker = Tracker::builder(db.options(), sink)
-            .slot(db.slot())
-            .publication(db.publication())
-            .spawn();
-        tracker.wait_for(|p| p.connected).await;
-        Harness { db, sql, tracker }
-    }
-
-    async fn connect(&self) -> Client {
-        self.db.connect().await.expect("connect")
-    }
-
-    /// Waits until `changes` holds at least `expected` rows.
-    async fn wait_for_rows(&self, expected: i64) {
-        self.db
-            .wait_for_changes(expected, &self.tracker, WAIT)
-            .await
-            .expect("the changes are stored");
-    }
-
-    /// Waits for `expected` rows, stops the tracker (which first catches up with the end of the
-    /// WAL, so nothing else can arrive) and returns every row in commit order.
-    async fn finish(self, expected: i64) -> Vec<Recorded> {
-        self.wait_for_rows(expected).await;
-        self.tracker.shutdown().await.expect("tracker");
-        self.sql
-            .query(
-                "SELECT operation, primary_key, before, after, context FROM changes
-                 ORDER BY commit_lsn, ordinal",
-                &[],
-            )
-            .await
-            .expect("changes")
-            .iter()
-            .map(|r| Recorded {
-                operation: r.get(0),
-                primary_key: r.get(1),
-                before: r.get(2),
-                after: r.get(3),
-                context: r.get(4),
-            })
-            .collect()
-    }
-}
-
-fn ctx(value: Value) -> Context {
-    Context::try_from(value).expect("an object")
+async fn connect(h: &Tracked) -> Client {
+    h.db.connect().await.expect("connect")
 }
 
 async fn insert(tx: &tokio_postgres::Transaction<'_>, id: i32, task: i32) {
@@ -101,8 +22,8 @@ async fn insert(tx: &tokio_postgres::Transaction<'_>, id: i32, task: i32) {
 
 #[tokio::test]
 async fn a_transaction_with_context_records_exactly_its_rows_with_that_context() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
     let context = json!({"user_id": 42, "endpoint": "POST /items", "roles": ["admin"]});
 
     let tx = begin_with_context(&mut client, Some(&ctx(context.clone())))
@@ -128,7 +49,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     insert(&tx, 4, 3).await;
     tx.commit().await.unwrap();
 
-    let rows = h.finish(6).await;
+    let rows = h.finish().await;
     let got: Vec<(&str, Option<&str>, &Value)> = rows
         .iter()
         .map(|r| (r.operation.as_str(), r.primary_key.as_deref(), &r.context))
@@ -151,8 +72,8 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
 
 #[tokio::test]
 async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
 
     // Sent with the first write, in the same round trip, the emit first.
     let first = ctx(json!({"way": "pipelined"}));
@@ -232,7 +153,7 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
         .get(0);
     assert_eq!(prepared, 1, "the emit is prepared once on the connection");
 
-    let rows = h.finish(8).await;
+    let rows = h.finish().await;
     let contexts: Vec<&Value> = rows.iter().map(|r| &r.context).collect();
     assert_eq!(
         contexts,
@@ -251,8 +172,8 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
 
 #[tokio::test]
 async fn a_failing_emit_reports_its_own_error_and_commits_nothing() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
     // A role that may write but not emit, as after the hardening bemi_context documents.
     let role = format!("{}_writer", h.db.name());
     client
@@ -302,7 +223,7 @@ async fn a_failing_emit_reports_its_own_error_and_commits_nothing() {
         .await
         .unwrap();
 
-    let rows = h.finish(1).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].primary_key.as_deref(), Some("2"));
     assert_eq!(rows[0].context, json!({}));
@@ -310,8 +231,8 @@ async fn a_failing_emit_reports_its_own_error_and_commits_nothing() {
 
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_rows() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
     let context = ctx(json!({"user_id": 1}));
 
     let tx = begin_with_context(&mut client, Some(&context))
@@ -345,7 +266,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     insert(&tx, 4, 2).await;
     tx.commit().await.unwrap();
 
-    let rows = h.finish(1).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].primary_key.as_deref(), Some("4"));
     assert_eq!(rows[0].context, json!({"marker": true}));
@@ -353,8 +274,8 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_carried_into_a_spawned_task_arrives() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
     let context = json!({"request_id": "r-7", "endpoint": "POST /jobs"});
 
     // a background task started while handling the request
@@ -380,14 +301,14 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     })
     .await;
 
-    let rows = h.finish(2).await;
+    let rows = h.finish().await;
     assert_eq!(rows[0].context, context);
     assert_eq!(rows[1].context, json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let pool = pool(&h.db, 10);
     let tasks: Vec<_> = (0..100)
         .map(|task: i32| {
@@ -418,7 +339,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
         task.await.unwrap();
     }
 
-    let rows = h.finish(200).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 200);
     for row in &rows {
         let task = &row.after["task"];
@@ -432,9 +353,9 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
 
 #[tokio::test]
 async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
-    let big = ctx(json!({"blob": "x".repeat(MAX_PAYLOAD_CHARS)}));
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
+    let big = oversized_context();
     assert_eq!(bemi_context::payload(&big), None);
 
     let tx = begin_with_context(&mut client, Some(&big)).await.unwrap();
@@ -445,25 +366,17 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     insert(&tx, 2, 1).await;
     tx.commit().await.unwrap();
 
-    let rows = h.finish(2).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.context == json!({})), "{rows:?}");
 }
 
 #[tokio::test]
 async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
-    let h = Harness::start().await;
-    let mut client = h.connect().await;
-    let context = json!({
-        "comment": "*/ DROP TABLE items; /*",
-        "quotes": "it's \"quoted\" '' $$ $bemi$",
-        "backslashes": "C:\\Users\\zoë \\x00 \\\\",
-        "unicode": "Zoë Ångström 東京 🦀👩‍💻",
-        "control": "line\nbreak\ttab \u{0001}",
-        "*/ key /*": ["'", "\\", "\""],
-    });
-
-    let tricky = ctx(context.clone());
+    let h = Tracked::start().await;
+    let mut client = connect(&h).await;
+    let tricky = tricky_context();
+    let context = Value::from(tricky.clone());
     let tx = begin_with_context(&mut client, Some(&tricky))
         .await
         .unwrap();
@@ -480,7 +393,7 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     .unwrap();
     tx.commit().await.unwrap();
 
-    let rows = h.finish(2).await;
+    let rows = h.finish().await;
     assert_eq!(rows[0].context, context);
     assert_eq!(rows[1].context, context);
 }

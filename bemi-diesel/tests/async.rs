@@ -5,16 +5,16 @@ mod common;
 
 use std::sync::Arc;
 
-use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
+use bemi_context::{scope, scope_sync, Context};
 use bemi_diesel::async_pg::{emit, emit_current, transaction_with_context};
-use common::{ctx, items, tricky, Harness};
+use common::{conninfo, ctx, items, oversized_context, tricky_context, Tracked};
 use diesel::prelude::*;
 use diesel_async::scoped_futures::ScopedFutureExt as _;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 
-async fn establish(h: &Harness) -> AsyncPgConnection {
-    AsyncPgConnection::establish(&h.conninfo())
+async fn establish(h: &Tracked) -> AsyncPgConnection {
+    AsyncPgConnection::establish(&conninfo(h))
         .await
         .expect("connect")
 }
@@ -28,7 +28,7 @@ async fn insert(conn: &mut AsyncPgConnection, id: i32, task: i32) -> QueryResult
 
 #[tokio::test]
 async fn a_transaction_with_context_records_exactly_its_rows_with_that_context() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h).await;
     let context = json!({"user_id": 42, "endpoint": "POST /items", "roles": ["admin"]});
     let later = json!({"job": "later"});
@@ -102,7 +102,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
         .unwrap();
     assert_eq!(prepared, 1);
 
-    let rows = h.finish(10).await;
+    let rows = h.finish().await;
     let got: Vec<(&str, Option<&str>, &Value)> = rows
         .iter()
         .map(|r| (r.operation.as_str(), r.primary_key.as_deref(), &r.context))
@@ -128,7 +128,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
 
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_rows() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h).await;
     let context = ctx(json!({"user_id": 1}));
 
@@ -158,7 +158,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     .await
     .unwrap();
 
-    let rows = h.finish(1).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].primary_key.as_deref(), Some("3"));
     assert_eq!(rows[0].context, json!({"marker": true}));
@@ -166,7 +166,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_carried_into_a_spawned_task_arrives() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h).await;
     let context = json!({"request_id": "r-7", "endpoint": "POST /jobs"});
 
@@ -193,14 +193,14 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     })
     .await;
 
-    let rows = h.finish(2).await;
+    let rows = h.finish().await;
     assert_eq!(rows[0].context, context);
     assert_eq!(rows[1].context, json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut connections = Vec::new();
     for _ in 0..10 {
         connections.push(tokio::sync::Mutex::new(establish(&h).await));
@@ -238,7 +238,7 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
         task.await.unwrap();
     }
 
-    let rows = h.finish(200).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 200);
     for row in &rows {
         let task = &row.after["task"];
@@ -252,9 +252,9 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
 
 #[tokio::test]
 async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h).await;
-    let big = ctx(json!({"blob": "x".repeat(MAX_PAYLOAD_CHARS)}));
+    let big = oversized_context();
     assert_eq!(bemi_context::payload(&big), None);
 
     transaction_with_context(&mut conn, Some(&big), |conn| {
@@ -273,22 +273,22 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     .await
     .unwrap();
 
-    let rows = h.finish(2).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.context == json!({})), "{rows:?}");
 }
 
 #[tokio::test]
 async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h).await;
-    let context = tricky();
+    let context = Value::from(tricky_context());
     transaction_with_context(&mut conn, Some(&ctx(context.clone())), |conn| {
         insert(conn, 1, 1).scope_boxed()
     })
     .await
     .unwrap();
 
-    let rows = h.finish(1).await;
+    let rows = h.finish().await;
     assert_eq!(rows[0].context, context);
 }

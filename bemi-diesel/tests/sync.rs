@@ -2,15 +2,15 @@
 
 mod common;
 
-use bemi_context::{scope, scope_sync, Context, MAX_PAYLOAD_CHARS};
+use bemi_context::{scope, scope_sync, Context};
 use bemi_diesel::{emit, emit_current, transaction_with_context};
-use common::{ctx, items, tricky, Harness};
+use common::{conninfo, ctx, items, oversized_context, tricky_context, Tracked};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde_json::{json, Value};
 
-fn establish(h: &Harness) -> PgConnection {
-    PgConnection::establish(&h.conninfo()).expect("connect")
+fn establish(h: &Tracked) -> PgConnection {
+    PgConnection::establish(&conninfo(h)).expect("connect")
 }
 
 fn insert(conn: &mut PgConnection, id: i32, task: i32) -> QueryResult<usize> {
@@ -21,7 +21,7 @@ fn insert(conn: &mut PgConnection, id: i32, task: i32) -> QueryResult<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_with_context_records_exactly_its_rows_with_that_context() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h);
     let context = json!({"user_id": 42, "endpoint": "POST /items", "roles": ["admin"]});
     let later = json!({"job": "later"});
@@ -73,7 +73,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     .await
     .unwrap();
 
-    let rows = h.finish(10).await;
+    let rows = h.finish().await;
     let got: Vec<(&str, Option<&str>, &Value)> = rows
         .iter()
         .map(|r| (r.operation.as_str(), r.primary_key.as_deref(), &r.context))
@@ -112,7 +112,7 @@ impl From<diesel::result::Error> for AppError {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_transaction_leaves_no_rows() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h);
     tokio::task::spawn_blocking(move || {
         let context = ctx(json!({"user_id": 1}));
@@ -149,7 +149,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     .await
     .unwrap();
 
-    let rows = h.finish(1).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].primary_key.as_deref(), Some("5"));
     assert_eq!(rows[0].context, json!({"marker": true}));
@@ -157,7 +157,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_carried_into_spawn_blocking_arrives() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h);
     let context = json!({"request_id": "r-7", "endpoint": "POST /jobs"});
 
@@ -200,17 +200,17 @@ async fn a_context_carried_into_spawn_blocking_arrives() {
     .await;
     drop(conn);
 
-    let rows = h.finish(3).await;
+    let rows = h.finish().await;
     let contexts: Vec<&Value> = rows.iter().map(|r| &r.context).collect();
     assert_eq!(contexts, [&context, &json!({"hops": 2}), &json!({})]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let pool = Pool::builder()
         .max_size(10)
-        .build(ConnectionManager::<PgConnection>::new(h.conninfo()))
+        .build(ConnectionManager::<PgConnection>::new(conninfo(&h)))
         .expect("pool");
     let tasks: Vec<_> = (0..100)
         .map(|task: i32| {
@@ -244,7 +244,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
         task.await.unwrap();
     }
 
-    let rows = h.finish(200).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 200);
     for row in &rows {
         let task = &row.after["task"];
@@ -258,10 +258,10 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h);
     tokio::task::spawn_blocking(move || {
-        let big = ctx(json!({"blob": "x".repeat(MAX_PAYLOAD_CHARS)}));
+        let big = oversized_context();
         assert_eq!(bemi_context::payload(&big), None);
         transaction_with_context(&mut conn, Some(&big), |conn| insert(conn, 1, 1)).unwrap();
         conn.transaction(|conn| {
@@ -273,16 +273,16 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     .await
     .unwrap();
 
-    let rows = h.finish(2).await;
+    let rows = h.finish().await;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.context == json!({})), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
-    let h = Harness::start().await;
+    let h = Tracked::start().await;
     let mut conn = establish(&h);
-    let context = tricky();
+    let context = Value::from(tricky_context());
     let c = ctx(context.clone());
     tokio::task::spawn_blocking(move || {
         transaction_with_context(&mut conn, Some(&c), |conn| insert(conn, 1, 1)).unwrap();
@@ -290,6 +290,6 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     .await
     .unwrap();
 
-    let rows = h.finish(1).await;
+    let rows = h.finish().await;
     assert_eq!(rows[0].context, context);
 }

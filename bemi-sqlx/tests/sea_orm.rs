@@ -44,7 +44,7 @@ async fn insert(txn: &DatabaseTransaction, id: i32, task: i32) -> Result<(), DbE
     .map(drop)
 }
 
-fn contexts(changes: &[common::Stored]) -> Vec<Value> {
+fn contexts(changes: &[common::Recorded]) -> Vec<Value> {
     changes.iter().map(|c| c.context.clone()).collect()
 }
 

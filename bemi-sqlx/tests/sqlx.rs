@@ -16,7 +16,7 @@ async fn insert(conn: &mut sqlx::PgConnection, id: i32, task: i32) {
         .expect("insert");
 }
 
-fn contexts(changes: &[common::Stored]) -> Vec<Value> {
+fn contexts(changes: &[common::Recorded]) -> Vec<Value> {
     changes.iter().map(|c| c.context.clone()).collect()
 }
 

@@ -16,6 +16,9 @@
 //!
 //! Without `--bench` (as under `cargo test --benches`) a benchmark makes a short smoke run.
 
+// A benchmark's report is its standard output.
+#![allow(clippy::print_stdout)]
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,196 @@
+//! A tracked test database for end-to-end tests of application context, shared by the
+//! adapters' tests (tokio-postgres here, sqlx, SeaORM, Diesel): a fresh database with the
+//! [`ITEMS`] tables, a tracker storing their changes in `changes`, and reading back what it
+//! stored.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bemi_context::Context;
+use serde_json::Value;
+
+use super::TestDatabase;
+use crate::TrackerHandle;
+
+/// How long [`Tracked::changes`] waits for the tracker.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The schema of every tracked test database: `items (id int primary key, task int, note text)`,
+/// which the tests write, and `markers`, which [`Tracked::changes`] writes.
+pub const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, task int, note text);
+     ALTER TABLE items REPLICA IDENTITY FULL;
+     CREATE TABLE markers (id bigint PRIMARY KEY);
+     ALTER TABLE markers REPLICA IDENTITY FULL;";
+
+/// A change of `items` as the tracker stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// `CREATE`, `UPDATE`, `DELETE` or `TRUNCATE`.
+    pub operation: String,
+    /// The row's `id`, as text.
+    pub primary_key: Option<String>,
+    /// The row before the change (`{}` for a create).
+    pub before: Value,
+    /// The row after the change (`{}` for a delete).
+    pub after: Value,
+    /// The context the change was stitched with (`{}` for none).
+    pub context: Value,
+}
+
+impl Recorded {
+    /// The `task` column of the row (after, or before for a delete).
+    pub fn task(&self) -> &Value {
+        match &self.after["task"] {
+            Value::Null => &self.before["task"],
+            task => task,
+        }
+    }
+}
+
+/// A test database with [`ITEMS`] and a running tracker.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The database; connect to it with [`TestDatabase::connect`] or its
+    /// [`options`](TestDatabase::options).
+    pub db: TestDatabase,
+    /// The tracker, storing into `changes` of the same database.
+    pub tracker: TrackerHandle,
+    sql: tokio_postgres::Client,
+}
+
+impl Tracked {
+    /// Creates the database and its tables, and starts the tracker.
+    ///
+    /// # Panics
+    ///
+    /// When the test server, the database or the tracker cannot start, with the reason: tests
+    /// fail loudly rather than skip.
+    pub async fn start() -> Tracked {
+        let db = TestDatabase::create()
+            .await
+            .expect("a test database on the throwaway PostgreSQL server");
+        let sql = db.connect().await.expect("connect");
+        sql.batch_execute(ITEMS).await.expect("schema");
+        let sink = crate::sink::PostgresSink::connect(&db.options()).expect("sink");
+        let tracker = crate::Tracker::builder(db.options(), sink)
+            .slot(db.slot())
+            .publication(db.publication())
+            .flush_interval(Duration::from_millis(20))
+            .spawn();
+        tracker
+            .wait_for(|p| p.connected || p.last_error.is_some())
+            .await;
+        assert!(
+            tracker.progress().connected,
+            "the tracker did not start: {:?}",
+            tracker.progress()
+        );
+        Tracked { db, tracker, sql }
+    }
+
+    /// Every change of `items` committed so far, in commit order.
+    ///
+    /// Commits a marker row and waits until the tracker has stored it: the tracker stores
+    /// transactions in commit order, so everything committed before the marker is stored too.
+    ///
+    /// # Panics
+    ///
+    /// When the tracker stops or does not store the marker within two minutes.
+    pub async fn changes(&self) -> Vec<Recorded> {
+        static MARKER: AtomicI64 = AtomicI64::new(0);
+        let marker = MARKER.fetch_add(1, Ordering::Relaxed);
+        self.sql
+            .execute("INSERT INTO markers VALUES ($1)", &[&marker])
+            .await
+            .expect("marker");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let seen: i64 = self
+                .sql
+                .query_one(
+                    "SELECT count(*) FROM changes
+                     WHERE \"table\" = 'markers' AND (after->>'id')::bigint = $1",
+                    &[&marker],
+                )
+                .await
+                .map_or(0, |row| row.get(0));
+            if seen == 1 {
+                break;
+            }
+            assert!(
+                !self.tracker.is_finished(),
+                "the tracker stopped: {:?}",
+                self.tracker.progress()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the tracker did not store the marker within {WAIT:?}: {:?}",
+                self.tracker.progress()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.sql
+            .query(
+                "SELECT operation, primary_key, before, after, context FROM changes
+                 WHERE \"table\" = 'items' ORDER BY commit_lsn, ordinal",
+                &[],
+            )
+            .await
+            .expect("changes")
+            .iter()
+            .map(|r| Recorded {
+                operation: r.get(0),
+                primary_key: r.get(1),
+                before: r.get(2),
+                after: r.get(3),
+                context: r.get(4),
+            })
+            .collect()
+    }
+
+    /// [`changes`](Self::changes), then stops the tracker.
+    pub async fn finish(self) -> Vec<Recorded> {
+        let changes = self.changes().await;
+        self.shutdown().await;
+        changes
+    }
+
+    /// Stops the tracker.
+    ///
+    /// # Panics
+    ///
+    /// When it stopped with an error.
+    pub async fn shutdown(self) {
+        self.tracker.shutdown().await.expect("tracker shutdown");
+    }
+}
+
+/// A context from a JSON object.
+///
+/// # Panics
+///
+/// When `value` is not an object.
+pub fn ctx(value: Value) -> Context {
+    Context::try_from(value).expect("an object")
+}
+
+/// A context whose strings are hard to quote: comment markers, quotes, backslashes, an
+/// injection attempt, dollar quotes, control characters and non-ASCII text, in keys too.
+pub fn tricky_context() -> Context {
+    ctx(serde_json::json!({
+        "comment": "*/ DROP TABLE items; /* /*Bemi {} Bemi*/",
+        "quotes": r#"it's "quoted" '' ''' "#,
+        "injection": "'); DROP TABLE items; --",
+        "backslash": r"C:\Users\zoë\n \' \\ E'\x41' \x00",
+        "dollars": "$$ $bemi$ $1",
+        "control": "line\nbreak\ttab\r\u{1}",
+        "unicode": "Zoë Ångström 東京 Привет 🦀👩‍💻",
+        "*/ key /*": ["'", "\\", "\""],
+        "nested": {"a": ["*/", "\\", "'"], "b": null},
+    }))
+}
+
+/// A context whose JSON text is over the 1,000,000-character limit.
+pub fn oversized_context() -> Context {
+    Context::new().with("blob", "x".repeat(bemi_context::MAX_PAYLOAD_CHARS + 1))
+}
