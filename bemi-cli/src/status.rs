@@ -48,10 +48,9 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         .await?
         .get(0);
     let destination = args.destination.options(&source_options)?.connect().await?;
-    let table = format!(
-        "{}.changes",
-        quote_identifier(&args.destination.destination_schema)
-    );
+    let table =
+        bemi_core::query::ChangesTable::new(&args.destination.destination_schema, "changes")
+            .qualified();
     let changes = match destination
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
@@ -138,8 +137,4 @@ fn print_human(s: &Status) {
             }
         }
     }
-}
-
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
