@@ -194,7 +194,7 @@ async fn emitted<T: ContextTransaction>(tx: T, payload: Option<String>) -> Resul
 /// # Errors
 ///
 /// The emit's error if it fails (the server then aborts the transaction, and `first` fails
-/// too), otherwise `first`'s.
+/// too, with "current transaction is aborted"), otherwise `first`'s.
 ///
 /// # Example
 ///
@@ -223,8 +223,14 @@ where
     F: Future<Output = Result<T, Error>>,
 {
     match payload_of(ctx) {
-        // try_join polls the emit first, so its request is queued first.
-        Some(payload) => tokio::try_join!(tx.emit_payload(&payload), first).map(|((), out)| out),
+        Some(payload) => {
+            // `join` polls its futures in order, every time: the emit's request is queued
+            // first. Both run to the end (a failed emit makes `first` fail fast with "current
+            // transaction is aborted"), and the emit's error is the one that explains it.
+            let (emitted, out) = futures_util::future::join(tx.emit_payload(&payload), first).await;
+            emitted?;
+            out
+        }
         None => first.await,
     }
 }
