@@ -2,38 +2,17 @@
 //! whose changes a tracker (in this process) records.
 
 use std::process::Output;
-use std::time::{Duration, Instant};
 
-use bemi_core::sink::PostgresSink;
+use bemi_core::testing::trail::{clock, rows, sync, track, write};
 use bemi_core::testing::TestDatabase;
-use bemi_core::{Host, Tracker, TrackerHandle};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
-
-const WAIT: Duration = Duration::from_secs(120);
-
-fn url(db: &TestDatabase) -> String {
-    let options = db.options();
-    let Host::Tcp(host) = options.host() else {
-        panic!("tests connect over TCP");
-    };
-    let password = options
-        .password()
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    format!(
-        "postgres://{}{password}@{host}:{}/{}",
-        options.user(),
-        options.port(),
-        options.dbname()
-    )
-}
 
 /// Runs `bemi` with `args` and `--database-url` for `db`.
 async fn bemi(db: &TestDatabase, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_bemi"))
         .args(args)
-        .args(["--database-url", &url(db)])
+        .args(["--database-url", &db.options().to_url()])
         .env_remove("DATABASE_URL")
         .env_remove("DB_HOST")
         .env_remove("DB_NAME")
@@ -58,77 +37,8 @@ fn json_out(output: &Output) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-async fn track(db: &TestDatabase, sql: &Client) -> TrackerHandle {
-    sql.batch_execute(
-        "CREATE TABLE sync_marker (id serial PRIMARY KEY);
-         ALTER TABLE sync_marker REPLICA IDENTITY FULL;",
-    )
-    .await
-    .unwrap();
-    let sink = PostgresSink::connect(&db.options()).expect("sink");
-    let tracker = Tracker::builder(db.options(), sink)
-        .slot(db.slot())
-        .publication(db.publication())
-        .spawn();
-    tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
-    assert!(tracker.progress().connected, "{:?}", tracker.progress());
-    tracker
-}
-
-/// Waits until everything committed so far is in `changes`.
-async fn sync(sql: &Client, tracker: &TrackerHandle) {
-    let id: i32 = sql
-        .query_one("INSERT INTO sync_marker DEFAULT VALUES RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let n: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM changes WHERE \"table\" = 'sync_marker' AND primary_key = $1",
-                &[&id.to_string()],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if n == 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{:?}", tracker.progress());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn write(sql: &Client, context: Value, statements: &str) {
-    sql.batch_execute(&format!(
-        "BEGIN;
-         SELECT pg_logical_emit_message(true, '_bemi', '{context}');
-         {statements}
-         COMMIT;"
-    ))
-    .await
-    .unwrap();
-}
-
 async fn todo(sql: &Client) -> Vec<Value> {
-    sql.query("SELECT to_jsonb(t)::text FROM todo t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
-        .collect()
-}
-
-async fn clock(sql: &Client) -> String {
-    let now: chrono::DateTime<chrono::Utc> = sql
-        .query_one("SELECT clock_timestamp()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    now.to_rfc3339()
+    rows(sql, "todo", "id").await
 }
 
 #[tokio::test]
@@ -148,7 +58,7 @@ async fn history_changes_and_time_travel_from_the_command_line() {
         "INSERT INTO todo VALUES (1, 'a0'), (2, 'b');",
     )
     .await;
-    let created = clock(&sql).await;
+    let created = clock(&sql).await.to_rfc3339();
     for i in 1..=5 {
         write(
             &sql,
@@ -157,14 +67,14 @@ async fn history_changes_and_time_travel_from_the_command_line() {
         )
         .await;
     }
-    let updated = clock(&sql).await;
+    let updated = clock(&sql).await.to_rfc3339();
     write(
         &sql,
         json!({"user": "bob"}),
         "DELETE FROM todo WHERE id = 1;",
     )
     .await;
-    let deleted = clock(&sql).await;
+    let deleted = clock(&sql).await.to_rfc3339();
     write(
         &sql,
         json!({"user": "carol"}),

@@ -15,6 +15,7 @@
 
 pub mod overhead;
 mod tracked;
+pub mod trail;
 
 pub use tracked::{ctx, oversized_context, tricky_context, Recorded, Tracked, ITEMS};
 

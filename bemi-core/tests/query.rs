@@ -1,103 +1,14 @@
 //! Reading the audit trail on a real server, through the tracker: history, filters, diff,
 //! pagination and index use, time travel, and revert.
 
-use std::time::{Duration, Instant};
-
 use bemi_core::query::{
     ChangeFilter, ChangeQuery, ConflictKind, Cursor, Order, Revert, StoredChange, TimeTravel,
 };
-use bemi_core::sink::PostgresSink;
+use bemi_core::testing::trail::{clock, rows, sync, track, write};
 use bemi_core::testing::TestDatabase;
-use bemi_core::{Operation, Tracker, TrackerHandle};
-use chrono::{DateTime, Utc};
+use bemi_core::Operation;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
-
-const WAIT: Duration = Duration::from_secs(120);
-
-/// Starts the tracker on `db` and waits until it streams (so `changes` exists).
-async fn track(db: &TestDatabase, sql: &Client) -> TrackerHandle {
-    sql.batch_execute(
-        "CREATE TABLE sync_marker (id serial PRIMARY KEY);
-         ALTER TABLE sync_marker REPLICA IDENTITY FULL;",
-    )
-    .await
-    .unwrap();
-    let sink = PostgresSink::connect(&db.options()).expect("sink");
-    let tracker = Tracker::builder(db.options(), sink)
-        .slot(db.slot())
-        .publication(db.publication())
-        .spawn();
-    tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
-    assert!(tracker.progress().connected, "{:?}", tracker.progress());
-    tracker
-}
-
-/// Waits until everything committed so far is in `changes`: commits a marker row and waits for
-/// its change (the tracker stores transactions in commit order).
-async fn sync(sql: &Client, tracker: &TrackerHandle) {
-    let id: i32 = sql
-        .query_one("INSERT INTO sync_marker DEFAULT VALUES RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let n: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM changes WHERE \"table\" = 'sync_marker' AND primary_key = $1",
-                &[&id.to_string()],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if n == 1 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the tracker did not catch up: {:?}",
-            tracker.progress()
-        );
-        assert!(!tracker.is_finished(), "{:?}", tracker.progress());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Runs `statements` in one transaction that first emits `context`.
-async fn write(sql: &Client, context: Value, statements: &str) {
-    sql.batch_execute(&format!(
-        "BEGIN;
-         SELECT pg_logical_emit_message(true, '_bemi', '{}');
-         {statements}
-         COMMIT;",
-        context.to_string().replace('\'', "''")
-    ))
-    .await
-    .unwrap();
-}
-
-async fn clock(sql: &Client) -> DateTime<Utc> {
-    sql.query_one("SELECT clock_timestamp()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// The rows of `table` as JSON values, ordered by `order`.
-async fn rows(sql: &Client, table: &str, order: &str) -> Vec<Value> {
-    sql.query(
-        &format!("SELECT to_jsonb(t)::text FROM {table} t ORDER BY {order}"),
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
-    .collect()
-}
 
 fn value(raw: &serde_json::value::RawValue) -> Value {
     serde_json::from_str(raw.get()).unwrap()

@@ -3,7 +3,7 @@
 mod common;
 
 use bemi_context::{scope, Context};
-use common::{oversized_context, tricky_context, Harness};
+use common::{contexts, oversized_context, tricky_context, Harness};
 use sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr,
     EntityTrait as _, SqlxPostgresConnector, TransactionError, TransactionTrait as _,
@@ -42,10 +42,6 @@ async fn insert(txn: &DatabaseTransaction, id: i32, task: i32) -> Result<(), DbE
     .insert(txn)
     .await
     .map(drop)
-}
-
-fn contexts(changes: &[common::Recorded]) -> Vec<Value> {
-    changes.iter().map(|c| c.context.clone()).collect()
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 mod common;
 
 use bemi_context::{scope, Context};
-use common::{oversized_context, tricky_context, Harness};
+use common::{contexts, oversized_context, tricky_context, Harness};
 use serde_json::{json, Value};
 use sqlx::{Acquire as _, Connection as _, PgPool};
 
@@ -14,10 +14,6 @@ async fn insert(conn: &mut sqlx::PgConnection, id: i32, task: i32) {
         .execute(conn)
         .await
         .expect("insert");
-}
-
-fn contexts(changes: &[common::Recorded]) -> Vec<Value> {
-    changes.iter().map(|c| c.context.clone()).collect()
 }
 
 #[tokio::test]

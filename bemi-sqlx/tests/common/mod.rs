@@ -21,6 +21,11 @@ pub fn sqlx_options(options: &ConnectOptions) -> PgConnectOptions {
         .expect("sqlx reads the URLs of ConnectOptions")
 }
 
+/// The contexts of `changes`, in order.
+pub fn contexts(changes: &[Recorded]) -> Vec<serde_json::Value> {
+    changes.iter().map(|c| c.context.clone()).collect()
+}
+
 /// A tracked test database and an sqlx pool on it.
 pub struct Harness {
     tracked: Tracked,

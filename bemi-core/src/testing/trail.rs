@@ -1,0 +1,116 @@
+//! Writing an audit trail on a test database and reading it back in step with the tracker,
+//! for tests of the query API and the `bemi` commands that read it.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use super::TestDatabase;
+use crate::TrackerHandle;
+
+/// How long [`sync`] waits for the tracker.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Creates the `sync_marker` table [`sync`] writes, starts the tracker on `db` (storing into its
+/// `changes`) and waits until it streams, so `changes` exists.
+///
+/// # Panics
+///
+/// When the tracker cannot start, with its progress.
+pub async fn track(db: &TestDatabase, sql: &Client) -> TrackerHandle {
+    sql.batch_execute(
+        "CREATE TABLE sync_marker (id serial PRIMARY KEY);
+         ALTER TABLE sync_marker REPLICA IDENTITY FULL;",
+    )
+    .await
+    .expect("sync_marker");
+    let tracker = db.spawn_tracker().expect("tracker");
+    tracker
+        .wait_for(|p| p.connected || p.last_error.is_some())
+        .await;
+    assert!(tracker.progress().connected, "{:?}", tracker.progress());
+    tracker
+}
+
+/// Waits until everything committed so far is in `changes`: commits a marker row and waits for
+/// its change (the tracker stores transactions in commit order).
+///
+/// # Panics
+///
+/// When the tracker stops, or does not catch up within two minutes.
+pub async fn sync(sql: &Client, tracker: &TrackerHandle) {
+    let id: i32 = sql
+        .query_one("INSERT INTO sync_marker DEFAULT VALUES RETURNING id", &[])
+        .await
+        .expect("marker")
+        .get(0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM changes WHERE \"table\" = 'sync_marker' AND primary_key = $1",
+                &[&id.to_string()],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tracker did not catch up: {:?}",
+            tracker.progress()
+        );
+        assert!(!tracker.is_finished(), "{:?}", tracker.progress());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `statements` in one transaction that first emits `context`.
+///
+/// # Panics
+///
+/// When a statement fails.
+pub async fn write(sql: &Client, context: Value, statements: &str) {
+    sql.batch_execute(&format!(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, '_bemi', '{}');
+         {statements}
+         COMMIT;",
+        context.to_string().replace('\'', "''")
+    ))
+    .await
+    .expect("write");
+}
+
+/// The server's clock now.
+///
+/// # Panics
+///
+/// When the query fails.
+pub async fn clock(sql: &Client) -> DateTime<Utc> {
+    sql.query_one("SELECT clock_timestamp()", &[])
+        .await
+        .expect("clock")
+        .get(0)
+}
+
+/// The rows of `table` as JSON values, ordered by `order`.
+///
+/// # Panics
+///
+/// When the query fails.
+pub async fn rows(sql: &Client, table: &str, order: &str) -> Vec<Value> {
+    sql.query(
+        &format!("SELECT to_jsonb(t)::text FROM {table} t ORDER BY {order}"),
+        &[],
+    )
+    .await
+    .expect("rows")
+    .iter()
+    .map(|r| serde_json::from_str(r.get::<_, &str>(0)).expect("JSON"))
+    .collect()
+}
