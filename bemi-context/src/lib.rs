@@ -121,7 +121,10 @@ pub use error::{Error, Result};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use layer::{ContextLayer, ContextService, MakeContext};
-pub use payload::{current_payload, emit_statement, payload, EMIT_SQL, MAX_PAYLOAD_CHARS, PREFIX};
+pub use payload::{
+    current_payload, emit_statement, payload, payload_or_current, EMIT_SQL, MAX_PAYLOAD_CHARS,
+    PREFIX,
+};
 pub use scope::{
     current, merge_current, scope, scope_sync, spawn, spawn_blocking, Scoped, WithContext,
 };

@@ -5,7 +5,8 @@
 //! (`transactional = true`, so a rolled-back transaction leaves no context behind). The tracker
 //! reads it back through `pgoutput` with the `messages 'true'` option (PostgreSQL 14+).
 
-use crate::{current, Context, Error, Result};
+use crate::scope::with_current;
+use crate::{Context, Error, Result};
 
 /// The logical decoding message prefix of context messages: `_bemi`.
 ///
@@ -81,10 +82,34 @@ pub fn payload(ctx: &Context) -> Option<String> {
     Some(text)
 }
 
-/// The payload of the [`current`] context: `None` outside any scope, and otherwise as
+/// The payload of the [`current`](crate::current) context: `None` outside any scope, and otherwise as
 /// [`payload`].
 pub fn current_payload() -> Option<String> {
-    current().and_then(|ctx| payload(&ctx))
+    with_current(payload).flatten()
+}
+
+/// The payload of `ctx`, or when `ctx` is `None` of the [`current`] context: what the adapters'
+/// functions that take an optional context emit.
+///
+/// ```
+/// use bemi_context::{payload_or_current, scope, Context};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ctx = Context::new().with("job", "import");
+/// assert_eq!(payload_or_current(Some(&ctx)).as_deref(), Some(r#"{"job":"import"}"#));
+/// assert_eq!(payload_or_current(None), None);
+/// scope(ctx, async {
+///     assert_eq!(payload_or_current(None).as_deref(), Some(r#"{"job":"import"}"#));
+/// })
+/// .await;
+/// # }
+/// ```
+pub fn payload_or_current(ctx: Option<&Context>) -> Option<String> {
+    match ctx {
+        Some(ctx) => payload(ctx),
+        None => current_payload(),
+    }
 }
 
 /// A complete statement that emits `payload`, with the payload quoted as a SQL string literal:

@@ -77,7 +77,12 @@ pub(crate) fn scope_sync_and_take<R>(ctx: Context, f: impl FnOnce() -> R) -> (R,
 /// Inside a scope whose context is empty this returns `Some` of an empty context; adapters treat
 /// both the same way and emit nothing (see [`payload`](crate::payload)).
 pub fn current() -> Option<Context> {
-    CURRENT.try_with(|cell| cell.borrow().clone()).ok()
+    with_current(Context::clone)
+}
+
+/// `f` of the current context without cloning it, or `None` outside any scope.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
+    CURRENT.try_with(|cell| f(&cell.borrow())).ok()
 }
 
 /// Merges the keys of `ctx` into the current context, like Bemi's `mergeBemiContext`: keys of

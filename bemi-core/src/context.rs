@@ -86,7 +86,7 @@
 
 use std::future::Future;
 
-use bemi_context::EMIT_SQL;
+use bemi_context::{payload_or_current, EMIT_SQL};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Error, Transaction};
 
@@ -125,14 +125,6 @@ impl ContextTransaction for deadpool_postgres::Transaction<'_> {
     }
 }
 
-/// The payload of `ctx`, or of the current task-local context when `ctx` is `None`.
-fn payload_of(ctx: Option<&Context>) -> Option<String> {
-    match ctx {
-        Some(ctx) => bemi_context::payload(ctx),
-        None => bemi_context::current_payload(),
-    }
-}
-
 /// Opens a transaction on `client` and emits a context as its first statement.
 ///
 /// The context is `ctx`, or when `ctx` is `None` the [current](bemi_context::current)
@@ -155,8 +147,9 @@ pub async fn begin_with_context<'a>(
     client: &'a mut Client,
     ctx: Option<&Context>,
 ) -> Result<Transaction<'a>, Error> {
-    let payload = payload_of(ctx);
-    emitted(client.transaction().await?, payload).await
+    let tx = client.transaction().await?;
+    emit_context(&tx, ctx).await?;
+    Ok(tx)
 }
 
 /// [`begin_with_context`] for a deadpool-postgres connection, with the emit prepared once per
@@ -171,15 +164,8 @@ pub async fn begin_cached<'a>(
     client: &'a mut deadpool_postgres::ClientWrapper,
     ctx: Option<&Context>,
 ) -> Result<deadpool_postgres::Transaction<'a>, Error> {
-    let payload = payload_of(ctx);
-    emitted(client.transaction().await?, payload).await
-}
-
-/// `tx` after emitting `payload` into it, if any.
-async fn emitted<T: ContextTransaction>(tx: T, payload: Option<String>) -> Result<T, Error> {
-    if let Some(payload) = payload {
-        tx.emit_payload(&payload).await?;
-    }
+    let tx = client.transaction().await?;
+    emit_context(&tx, ctx).await?;
     Ok(tx)
 }
 
@@ -222,7 +208,7 @@ pub async fn emit_with<T, F>(
 where
     F: Future<Output = Result<T, Error>>,
 {
-    match payload_of(ctx) {
+    match payload_or_current(ctx) {
         Some(payload) => {
             // `join` polls its futures in order, every time: the emit's request is queued
             // first. Both run to the end (a failed emit makes `first` fail fast with "current
@@ -246,7 +232,7 @@ where
 ///
 /// Any error of the statement. On error PostgreSQL aborts the transaction.
 pub async fn emit(tx: &impl ContextTransaction, ctx: &Context) -> Result<bool, Error> {
-    emit_payload_of(tx, Some(ctx)).await
+    emit_context(tx, Some(ctx)).await
 }
 
 /// [`emit`] of the [current](bemi_context::current) task-local context; `Ok(false)` when there
@@ -256,14 +242,11 @@ pub async fn emit(tx: &impl ContextTransaction, ctx: &Context) -> Result<bool, E
 ///
 /// As [`emit`].
 pub async fn emit_current(tx: &impl ContextTransaction) -> Result<bool, Error> {
-    emit_payload_of(tx, None).await
+    emit_context(tx, None).await
 }
 
-async fn emit_payload_of(
-    tx: &impl ContextTransaction,
-    ctx: Option<&Context>,
-) -> Result<bool, Error> {
-    match payload_of(ctx) {
+async fn emit_context(tx: &impl ContextTransaction, ctx: Option<&Context>) -> Result<bool, Error> {
+    match payload_or_current(ctx) {
         Some(payload) => tx.emit_payload(&payload).await.map(|()| true),
         None => Ok(false),
     }

@@ -66,10 +66,7 @@ where
     E: From<diesel::result::Error> + Send + 'a,
     R: Send + 'a,
 {
-    let payload = match ctx {
-        Some(ctx) => bemi_context::payload(ctx),
-        None => bemi_context::current_payload(),
-    };
+    let payload = bemi_context::payload_or_current(ctx);
     conn.transaction(move |conn| {
         async move {
             if let Some(payload) = payload {

@@ -53,10 +53,7 @@ where
     F: FnOnce(&mut C) -> Result<T, E>,
     E: From<diesel::result::Error>,
 {
-    let payload = match ctx {
-        Some(ctx) => bemi_context::payload(ctx),
-        None => bemi_context::current_payload(),
-    };
+    let payload = bemi_context::payload_or_current(ctx);
     conn.transaction(|conn| {
         if let Some(payload) = payload {
             EmitQuery::new(payload).execute(conn)?;
