@@ -280,7 +280,8 @@ impl Revert {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
-                    "the selection holds changes of database {:?}, but the revert would write                      to database {database:?}; connect to {:?} or filter by database",
+                    "the selection holds changes of database {:?}, but the revert would write \
+                     to database {database:?}; connect to {:?} or filter by database",
                     other.database, other.database
                 ),
             ));
