@@ -193,6 +193,11 @@ impl SourceArgs {
 }
 
 impl DestinationArgs {
+    /// The `changes` table these arguments name.
+    pub(crate) fn changes_table(&self) -> bemi_core::query::ChangesTable {
+        bemi_core::query::ChangesTable::new(&self.destination_schema, "changes")
+    }
+
     /// Destination settings: the URL, or the source's settings with DESTINATION_DB_* over them.
     pub(crate) fn options(&self, source: &ConnectOptions) -> Result<ConnectOptions> {
         let mut options = match &self.destination_url {

@@ -104,7 +104,7 @@ impl DatabaseArgs {
         Ok(Connections {
             source,
             changes,
-            table: ChangesTable::new(&self.destination.destination_schema, "changes"),
+            table: self.destination.changes_table(),
         })
     }
 }

@@ -48,9 +48,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         .await?
         .get(0);
     let destination = args.destination.options(&source_options)?.connect().await?;
-    let table =
-        bemi_core::query::ChangesTable::new(&args.destination.destination_schema, "changes")
-            .qualified();
+    let table = args.destination.changes_table().qualified();
     let changes = match destination
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
@@ -92,10 +90,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         changes,
     };
     if args.json {
-        let json = serde_json::to_string_pretty(&status).map_err(|e| {
-            bemi_core::Error::new(bemi_core::ErrorKind::Sink, "could not print JSON").with_source(e)
-        })?;
-        println!("{json}");
+        crate::changes::print_json(&status)?;
     } else {
         print_human(&status);
     }

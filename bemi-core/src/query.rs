@@ -59,7 +59,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::quote_identifier;
+use crate::replication::quote_qualified;
 use crate::{Lsn, Operation};
 
 pub use diff::{ColumnChange, Diff};
@@ -95,11 +95,7 @@ impl ChangesTable {
 
     /// The quoted, schema-qualified name for SQL (`"public"."changes"`).
     pub fn qualified(&self) -> String {
-        format!(
-            "{}.{}",
-            quote_identifier(&self.schema),
-            quote_identifier(&self.name)
-        )
+        quote_qualified(Some(&self.schema), &self.name)
     }
 }
 

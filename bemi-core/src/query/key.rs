@@ -8,7 +8,7 @@ use tokio_postgres::GenericClient;
 
 use super::TableName;
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::quote_identifier;
+use crate::replication::quote_qualified;
 
 /// A live table as the catalog describes it.
 #[derive(Debug, Clone)]
@@ -31,14 +31,7 @@ impl LiveTable {
     where
         C: GenericClient + Sync,
     {
-        let name = match &table.schema {
-            Some(schema) => format!(
-                "{}.{}",
-                quote_identifier(schema),
-                quote_identifier(&table.name)
-            ),
-            None => quote_identifier(&table.name),
-        };
+        let name = quote_qualified(table.schema.as_deref(), &table.name);
         let row = client
             .query_opt(
                 "SELECT n.nspname::text, c.relname::text, \
@@ -89,11 +82,7 @@ impl LiveTable {
 
     /// `"schema"."table"`.
     pub(super) fn qualified(&self) -> String {
-        format!(
-            "{}.{}",
-            quote_identifier(&self.schema),
-            quote_identifier(&self.name)
-        )
+        quote_qualified(Some(&self.schema), &self.name)
     }
 }
 

@@ -134,6 +134,14 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes a table name for SQL, schema-qualified when a schema is given: `"public"."todo"`.
+pub(crate) fn quote_qualified(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some(schema) => format!("{}.{}", quote_identifier(schema), quote_identifier(name)),
+        None => quote_identifier(name),
+    }
+}
+
 /// Quotes an SQL string literal: `it's` → `'it''s'`.
 pub(crate) fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

@@ -9,7 +9,7 @@ use super::{Batch, ChangeSink, SinkStart, SourceInfo};
 use crate::change::Change;
 use crate::config::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::quote_identifier;
+use crate::replication::{quote_identifier, quote_qualified};
 
 const PRIMARY_KEY_CHARS: usize = 255;
 
@@ -84,11 +84,7 @@ impl PostgresSink {
     }
 
     fn qualified(&self, table: &str) -> String {
-        format!(
-            "{}.{}",
-            quote_identifier(&self.schema),
-            quote_identifier(table)
-        )
+        quote_qualified(Some(&self.schema), table)
     }
 
     fn build_sql(&mut self) {
