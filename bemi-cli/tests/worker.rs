@@ -39,7 +39,20 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
+/// A running `bemi run`, killed if the test ends without stopping it (say on a failed
+/// assertion), so that no worker outlives its test.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn terminate(Running(child): &mut Running) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -128,11 +141,13 @@ async fn setup_then_run_with_bemi_variables_then_sigterm_then_status() {
         text(&setup.stdout)
     );
 
-    let mut worker = bemi(&db, &["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut worker = Running(
+        bemi(&db, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Writes made while the worker starts are kept by the slot that setup created.
     let tx = sql.transaction().await.unwrap();
     tx.execute(
@@ -155,6 +170,7 @@ async fn setup_then_run_with_bemi_variables_then_sigterm_then_status() {
         use std::io::Read as _;
         let mut s = String::new();
         worker
+            .0
             .stderr
             .take()
             .unwrap()
@@ -321,21 +337,27 @@ async fn a_changes_table_made_by_bemi_is_upgraded_in_place_and_filled() {
         .unwrap()
         .get(0);
 
-    let mut worker = bemi(&db, &["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    // A COPY: every row shares one position, which Bemi's unique key would have collapsed.
+    let mut worker = Running(
+        bemi(&db, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until a walsender streams from the slot. A slot shows `active` already while it is
+    // being created (held by the creating backend, waiting for running transactions); what
+    // commits before its consistent point is not in its stream.
     wait_for_count(
         &sql,
         &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r
+               ON r.pid = s.active_pid WHERE s.slot_name = '{}'",
             db.slot()
         ),
         1,
     )
     .await;
+    // A COPY: every row shares one position, which Bemi's unique key would have collapsed.
     {
         use futures_util::SinkExt as _;
         let copy = sql.copy_in("COPY items FROM STDIN").await.unwrap();
