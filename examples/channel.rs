@@ -32,10 +32,8 @@ async fn main() -> bemi_core::Result<()> {
     let tracker = Tracker::builder(options.clone(), sink)
         .slot("bemi_example")
         .publication("bemi_example")
-        .spawn();
-    tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
+        .start()
+        .await?;
 
     if server.is_some() {
         let sql = options.connect().await?;

@@ -62,13 +62,8 @@ async fn main() -> Result<(), Error> {
     let tracker = Tracker::builder(options.clone(), PostgresSink::connect(&options)?)
         .slot("bemi_diesel_example")
         .publication("bemi_diesel_example")
-        .spawn();
-    tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
-    if let Some(error) = tracker.progress().last_error {
-        return Err(format!("the tracker could not start: {error}").into());
-    }
+        .start()
+        .await?;
     let start: i64 = sql
         .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
         .await?

@@ -40,17 +40,8 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
         .slot(SLOT)
         .publication(SLOT)
         .tables(bemi_core::setup::Tables::Only(vec![TABLE.to_owned()]))
-        .spawn();
-    tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
-    if let Some(error) = tracker.progress().last_error {
-        tracker.shutdown().await?;
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("the tracker could not start: {error}"),
-        ));
-    }
+        .start()
+        .await?;
     println!("Tracking {TABLE}; making changes as two users...\n");
 
     write(

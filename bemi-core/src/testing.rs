@@ -147,14 +147,18 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
-    /// Spawns a tracker of this database with its slot and publication, storing into the
-    /// `changes` table of the same database.
-    pub fn spawn_tracker(&self) -> Result<crate::TrackerHandle> {
+    /// A tracker of this database with its slot and publication, storing into the `changes`
+    /// table of the same database, to configure further.
+    pub fn tracker_builder(&self) -> Result<crate::TrackerBuilder<crate::sink::PostgresSink>> {
         let sink = crate::sink::PostgresSink::connect(&self.options)?;
         Ok(crate::Tracker::builder(self.options(), sink)
             .slot(self.slot())
-            .publication(self.publication())
-            .spawn())
+            .publication(self.publication()))
+    }
+
+    /// Spawns the tracker of [`tracker_builder`](Self::tracker_builder).
+    pub fn spawn_tracker(&self) -> Result<crate::TrackerHandle> {
+        Ok(self.tracker_builder()?.spawn())
     }
 
     /// Polls `SELECT count(*) FROM changes` until it reaches `expected` and returns the count;

@@ -146,6 +146,41 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         (settings, self.sink)
     }
 
+    /// Spawns the tracker and waits until it streams, so that an application learns at start
+    /// whether tracking works (settings, slot, publication, privileges, sink) before going on.
+    ///
+    /// ```no_run
+    /// # async fn run(options: bemi_core::ConnectOptions) -> bemi_core::Result<()> {
+    /// let sink = bemi_core::sink::PostgresSink::connect(&options)?;
+    /// let tracker = bemi_core::Tracker::builder(options, sink).start().await?;
+    /// # drop(tracker); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error that ended the first session, with its [`kind`](Error::kind). The tracker is
+    /// shut down then, even when the error was one it would retry after (say the server was
+    /// unreachable); use [`spawn`](Self::spawn) to start a tracker that keeps trying.
+    pub async fn start(self) -> Result<TrackerHandle> {
+        let tracker = self.spawn();
+        let progress = tracker
+            .wait_for(|p| p.connected || p.last_error.is_some())
+            .await;
+        if progress.connected {
+            return Ok(tracker);
+        }
+        // An error the tracker gives up on ends its task with that error; it keeps retrying
+        // after any other, whose report and kind are in the progress.
+        tracker.shutdown().await?;
+        Err(Error::new(
+            progress.last_error_kind.unwrap_or(ErrorKind::Connect),
+            format!(
+                "the tracker did not start: {}",
+                progress.last_error.as_deref().unwrap_or("it stopped")
+            ),
+        ))
+    }
+
     /// Spawns the tracker on the current tokio runtime.
     pub fn spawn(self) -> TrackerHandle {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -182,7 +217,7 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                 Err(e) if e.is_transient() => e,
                 Err(e) => {
                     tracing::error!(error = %e.report(), "tracker stopped");
-                    progress.send_modify(|p| p.last_error = Some(e.report()));
+                    progress.send_modify(|p| p.record_error(&e));
                     return Err(e);
                 }
             };
@@ -194,7 +229,7 @@ impl<S: ChangeSink> TrackerBuilder<S> {
             tracing::warn!(error = %error.report(), retry_in = ?backoff, "tracker session ended; reconnecting");
             progress.send_modify(|p| {
                 p.reconnects += 1;
-                p.last_error = Some(error.report());
+                p.record_error(&error);
             });
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -239,7 +274,16 @@ pub struct Progress {
     pub connected: bool,
     /// The error that ended the last session, if any.
     pub last_error: Option<String>,
+    /// The [`kind`](Error::kind) of [`last_error`](Self::last_error).
+    pub last_error_kind: Option<ErrorKind>,
     connected_once: bool,
+}
+
+impl Progress {
+    fn record_error(&mut self, error: &Error) {
+        self.last_error = Some(error.report());
+        self.last_error_kind = Some(error.kind());
+    }
 }
 
 /// Controls a spawned tracker.

@@ -198,3 +198,31 @@ async fn tables_without_replica_identity_full_are_listed() {
     );
     assert!(report.created_slot && report.created_publication);
 }
+
+#[tokio::test]
+async fn start_returns_why_the_tracker_did_not_start() {
+    // A problem the tracker gives up on: no slot, and it may not create one.
+    let db = TestDatabase::create().await.unwrap();
+    let err = db
+        .tracker_builder()
+        .unwrap()
+        .create_missing(false)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotMissing, "{}", err.report());
+
+    // A problem it would retry after: nothing listens at the address. `start` gives up at once.
+    let nowhere: ConnectOptions = "postgres://bemi@127.0.0.1:1/bemi".parse().unwrap();
+    let sink = bemi_core::sink::PostgresSink::connect(&nowhere).unwrap();
+    let err = bemi_core::Tracker::builder(nowhere, sink)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{}", err.report());
+    assert!(
+        err.to_string().starts_with("the tracker did not start: "),
+        "{}",
+        err.report()
+    );
+}

@@ -81,21 +81,8 @@ pub async fn spawn_tracker(
         .slot(slot)
         .publication(publication)
         .flush_interval(Duration::from_millis(50))
-        .spawn();
-    let progress = tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
-    if !progress.connected {
-        let error = tracker.shutdown().await.err();
-        return Err(format!(
-            "the tracker did not start: {}",
-            error
-                .map(|e| e.report())
-                .or(progress.last_error)
-                .unwrap_or_default()
-        )
-        .into());
-    }
+        .start()
+        .await?;
     Ok(tracker)
 }
 

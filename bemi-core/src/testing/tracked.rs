@@ -71,20 +71,13 @@ impl Tracked {
             .expect("a test database on the throwaway PostgreSQL server");
         let sql = db.connect().await.expect("connect");
         sql.batch_execute(ITEMS).await.expect("schema");
-        let sink = crate::sink::PostgresSink::connect(&db.options()).expect("sink");
-        let tracker = crate::Tracker::builder(db.options(), sink)
-            .slot(db.slot())
-            .publication(db.publication())
+        let tracker = db
+            .tracker_builder()
+            .expect("sink")
             .flush_interval(Duration::from_millis(20))
-            .spawn();
-        tracker
-            .wait_for(|p| p.connected || p.last_error.is_some())
-            .await;
-        assert!(
-            tracker.progress().connected,
-            "the tracker did not start: {:?}",
-            tracker.progress()
-        );
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.report()));
         Tracked { db, tracker, sql }
     }
 

@@ -26,12 +26,8 @@ pub async fn track(db: &TestDatabase, sql: &Client) -> TrackerHandle {
     )
     .await
     .expect("sync_marker");
-    let tracker = db.spawn_tracker().expect("tracker");
-    tracker
-        .wait_for(|p| p.connected || p.last_error.is_some())
-        .await;
-    assert!(tracker.progress().connected, "{:?}", tracker.progress());
-    tracker
+    let tracker = db.tracker_builder().expect("tracker").start().await;
+    tracker.unwrap_or_else(|e| panic!("{}", e.report()))
 }
 
 /// Waits until everything committed so far is in `changes`: commits a marker row and waits for
