@@ -11,6 +11,7 @@
 //! replica identity index's columns are used if the identity is not FULL; otherwise there is
 //! no key.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -264,18 +265,37 @@ fn row(
 /// The primary key as text: the value itself for a single column (strings unquoted), or a JSON
 /// array of the values for a composite key (`[1,"a"]`). `None` without a key or a key value.
 fn key_text(relation: &RelationInfo, row: &Row) -> Option<String> {
-    match relation.primary_key.as_slice() {
-        [] => None,
-        [single] => {
-            let json = row.value(*single)?;
-            match serde_json::from_str::<String>(json) {
+    format_key(
+        relation
+            .primary_key
+            .iter()
+            .map(|&i| row.value(i).map(Cow::Borrowed)),
+    )
+}
+
+/// The primary key text from the JSON texts of the key's columns, in key order: the value
+/// itself for one column (a string unquoted, anything else as JSON), a JSON array of the values
+/// for several (`[1,"a"]`). `None` without columns, when a value is missing, or when a
+/// single-column key is null. The one definition of the form stored in `primary_key`, which
+/// the queries of the audit trail look keys up by.
+pub(crate) fn format_key<'a, I>(values: I) -> Option<String>
+where
+    I: IntoIterator<Item = Option<Cow<'a, str>>>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut values = values.into_iter();
+    match values.len() {
+        0 => None,
+        1 => {
+            let json = values.next()??;
+            match serde_json::from_str::<String>(&json) {
                 Ok(text) => Some(text),
                 Err(_) if json == "null" => None,
-                Err(_) => Some(json.to_owned()),
+                Err(_) => Some(json.into_owned()),
             }
         }
-        columns => {
-            let parts: Option<Vec<&str>> = columns.iter().map(|&i| row.value(i)).collect();
+        _ => {
+            let parts: Option<Vec<Cow<'a, str>>> = values.collect();
             Some(format!("[{}]", parts?.join(",")))
         }
     }

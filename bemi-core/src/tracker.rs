@@ -148,6 +148,8 @@ impl<S: ChangeSink> TrackerBuilder<S> {
 
     /// Spawns the tracker and waits until it streams, so that an application learns at start
     /// whether tracking works (settings, slot, publication, privileges, sink) before going on.
+    /// Every change committed after this returns is tracked (with a slot it had to create,
+    /// changes committed while it was being created may precede the slot's starting point).
     ///
     /// ```no_run
     /// # async fn run(options: bemi_core::ConnectOptions) -> bemi_core::Result<()> {

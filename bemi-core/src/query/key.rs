@@ -1,6 +1,7 @@
 //! Primary keys of tracked tables: the key columns from the live catalog, and a row's key text
 //! read out of its JSON, in the form the tracker stores in `primary_key`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
@@ -101,24 +102,11 @@ where
 /// the value itself for one column (a string unquoted, anything else as JSON), a compact JSON
 /// array for several (`[7,"x"]`). `None` when a key column is missing or the key is null.
 pub(super) fn key_of(row: &BTreeMap<String, &RawValue>, key_columns: &[String]) -> Option<String> {
-    match key_columns {
-        [] => None,
-        [single] => {
-            let value = row.get(single)?.get();
-            match serde_json::from_str::<String>(value) {
-                Ok(text) => Some(text),
-                Err(_) if value == "null" => None,
-                Err(_) => Some(minify(value)),
-            }
-        }
-        columns => {
-            let parts: Option<Vec<String>> = columns
-                .iter()
-                .map(|c| row.get(c).map(|v| minify(v.get())))
-                .collect();
-            Some(format!("[{}]", parts?.join(",")))
-        }
-    }
+    crate::relation::format_key(
+        key_columns
+            .iter()
+            .map(|c| row.get(c).map(|v| Cow::Owned(minify(v.get())))),
+    )
 }
 
 /// Brings a primary key text given by a user to the form [`key_of`] gives: composite keys
