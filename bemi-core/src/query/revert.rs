@@ -286,36 +286,32 @@ impl Revert {
                 ),
             ));
         }
+        // The live table of each change, each table loaded once.
         let mut tables: Vec<TableCheck> = Vec::new();
-        let mut index: HashMap<(String, String), usize> = HashMap::new();
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut table_of = Vec::with_capacity(changes.len());
         for change in &changes {
-            let name = (change.schema.clone(), change.table.clone());
-            if let std::collections::hash_map::Entry::Vacant(entry) = index.entry(name) {
-                let live = LiveTable::load(target, &change.qualified_table()).await?;
-                entry.insert(tables.len());
-                tables.push(TableCheck {
-                    live,
-                    rows: Vec::new(),
-                });
-            }
+            let t = match index.entry((&change.schema, &change.table)) {
+                std::collections::hash_map::Entry::Occupied(entry) => *entry.get(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let live = LiveTable::load(target, &change.qualified_table()).await?;
+                    tables.push(TableCheck {
+                        live,
+                        rows: Vec::new(),
+                    });
+                    *entry.insert(tables.len() - 1)
+                }
+            };
+            table_of.push(t);
         }
-        let table_of = |change: &StoredChange| {
-            index
-                .get(&(change.schema.clone(), change.table.clone()))
-                .copied()
-                .unwrap_or_default()
-        };
 
         // Follow the set oldest first: the state each row is left in, and changes from
         // outside the set in between.
         let mut conflicts = Vec::new();
         let mut rows: HashMap<(usize, String), usize> = HashMap::new();
         let mut keyed = Vec::with_capacity(changes.len());
-        for change in &changes {
-            let t = table_of(change);
-            let live = &tables[t].live;
-            let keys = Keys::of(change, live)?;
-            keyed.push(keys.clone());
+        for (change, &t) in changes.iter().zip(&table_of) {
+            let keys = Keys::of(change, &tables[t].live)?;
             if let Some(before_key) = &keys.before {
                 let slot = *rows.entry((t, before_key.clone())).or_insert_with(|| {
                     tables[t].rows.push(ExpectedRow {
@@ -360,11 +356,12 @@ impl Revert {
                 row.expected = Some(change.after.clone());
                 row.key_row = change.after.clone();
             }
+            keyed.push(keys);
         }
 
         let mut steps = Vec::new();
-        for (change, keys) in changes.iter().zip(&keyed).rev() {
-            if let Some(step) = inverse(change, keys, &tables[table_of(change)].live, self.force)? {
+        for ((change, keys), &t) in changes.iter().zip(&keyed).zip(&table_of).rev() {
+            if let Some(step) = inverse(change, keys, &tables[t].live, self.force)? {
                 steps.push(step);
             }
         }
