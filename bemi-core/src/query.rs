@@ -52,7 +52,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
@@ -573,9 +572,15 @@ impl ChangeQuery {
     }
 
     fn build(&self, limit: Option<i64>) -> SqlBuilder {
+        self.build_with(limit, |_| ())
+    }
+
+    /// [`build`](Self::build) with more conditions added by `extra`.
+    fn build_with(&self, limit: Option<i64>, extra: impl FnOnce(&mut SqlBuilder)) -> SqlBuilder {
         let mut sql = SqlBuilder::default();
         sql.condition("commit_lsn IS NOT NULL".to_owned());
         self.filter.push_conditions(&mut sql);
+        extra(&mut sql);
         if let Some(cursor) = self.after {
             let lsn = sql.bind(cursor.commit_lsn.0 as i64);
             let ordinal = sql.bind(ordinal_param(cursor.ordinal));
@@ -776,25 +781,6 @@ fn select(changes: &ChangesTable, sql: &SqlBuilder, order: Order) -> String {
         changes.qualified(),
         sql.where_clause()
     )
-}
-
-/// Runs `sql` and hands each change to `each` as it arrives, until `each` returns `false`.
-async fn stream<C>(
-    client: &C,
-    sql: &SqlBuilder,
-    mut each: impl FnMut(StoredChange) -> Result<bool>,
-) -> Result<()>
-where
-    C: GenericClient + Sync,
-{
-    let rows = client.query_raw(sql.text.as_str(), sql.params()).await?;
-    futures_util::pin_mut!(rows);
-    while let Some(row) = rows.try_next().await? {
-        if !each(StoredChange::from_row(&row)?)? {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Query text with its conditions and bound parameters.

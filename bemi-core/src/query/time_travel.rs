@@ -3,15 +3,14 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::GenericClient;
 
 use super::diff::columns;
 use super::key::{canonical_key, compare_keys, key_objects, key_of, LiveTable};
-use super::{
-    select, stream, ChangeFilter, ChangesTable, Order, SqlBuilder, StoredChange, TableName,
-};
+use super::{ChangeFilter, ChangesTable, Order, SqlBuilder, StoredChange, TableName};
 use crate::error::{Error, ErrorKind, Result};
 use crate::Operation;
 
@@ -147,26 +146,24 @@ impl TimeTravel {
         // Every change that can touch the key: those stored under it (CREATE, UPDATE to it,
         // DELETE), updates away from it (stored under their new key, found by `before`), and
         // truncations of the table.
-        let mut sql = SqlBuilder::default();
-        sql.condition("commit_lsn IS NOT NULL".to_owned());
-        self.filter(schema).push_conditions(&mut sql);
-        let key_param = sql.bind(primary_key.to_owned());
-        let befores: Vec<String> = objects
-            .into_iter()
-            .map(|object| format!("before @> {}::text::jsonb", sql.bind(object)))
-            .collect();
-        sql.condition(format!(
-            "(primary_key = {key_param} OR (operation = 'UPDATE' AND ({})) \
-             OR operation = 'TRUNCATE')",
-            befores.join(" OR ")
-        ));
-        sql.text = select(&self.changes, &sql, Order::Asc);
+        let query = self
+            .filter(schema)
+            .query()
+            .changes_table(self.changes.clone());
+        let sql = query.build_with(None, |sql| {
+            let key_param = sql.bind(primary_key.to_owned());
+            let befores: Vec<String> = objects
+                .into_iter()
+                .map(|object| format!("before @> {}::text::jsonb", sql.bind(object)))
+                .collect();
+            sql.condition(format!(
+                "(primary_key = {key_param} OR (operation = 'UPDATE' AND ({})) \
+                 OR operation = 'TRUNCATE')",
+                befores.join(" OR ")
+            ));
+        });
         let mut replay = Replay::new(&key_columns, at, true);
-        stream(client, &sql, |change| {
-            replay.apply(&change);
-            Ok(!replay.done)
-        })
-        .await?;
+        replay.run(client, &sql).await?;
         Ok(replay.rows.remove(&key))
     }
 
@@ -198,11 +195,7 @@ impl TimeTravel {
         }
         let sql = query.build(None);
         let mut replay = Replay::new(&key_columns, at, truncate.is_none());
-        stream(client, &sql, |change| {
-            replay.apply(&change);
-            Ok(!replay.done)
-        })
-        .await?;
+        replay.run(client, &sql).await?;
         let mut rows: Vec<SnapshotRow> = replay
             .rows
             .into_iter()
@@ -237,6 +230,22 @@ impl<'a> Replay<'a> {
             infer,
             done: false,
         }
+    }
+
+    /// Applies the changes `sql` selects as they arrive, until later ones cannot matter.
+    async fn run<C>(&mut self, client: &C, sql: &SqlBuilder) -> Result<()>
+    where
+        C: GenericClient + Sync,
+    {
+        let rows = client.query_raw(sql.text.as_str(), sql.params()).await?;
+        futures_util::pin_mut!(rows);
+        while let Some(row) = rows.try_next().await? {
+            self.apply(&StoredChange::from_row(&row)?);
+            if self.done {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, change: &StoredChange) {
