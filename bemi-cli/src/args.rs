@@ -47,9 +47,9 @@ pub(crate) enum Command {
     Revert(crate::revert::RevertArgs),
 }
 
-/// The tracked database, the slot and the publication.
+/// How to connect to the tracked database.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct SourceArgs {
+pub(crate) struct ConnectionArgs {
     /// Connection URL of the tracked database, e.g. postgres://user:pass@host:5432/app
     #[arg(long, env = "DATABASE_URL")]
     pub(crate) database_url: Option<String>,
@@ -62,7 +62,7 @@ pub(crate) struct SourceArgs {
     /// Name of the tracked database
     #[arg(long, env = "DB_NAME")]
     pub(crate) db_name: Option<String>,
-    /// User for the tracked database (needs REPLICATION, or superuser for setup)
+    /// User for the tracked database (`run` needs REPLICATION, `setup` a superuser)
     #[arg(long, env = "DB_USER")]
     pub(crate) db_user: Option<String>,
     /// Password for the tracked database
@@ -74,6 +74,13 @@ pub(crate) struct SourceArgs {
     /// PEM file of trusted certificate authorities, for verify-ca and verify-full
     #[arg(long, env = "DB_SSL_ROOT_CERT")]
     pub(crate) sslrootcert: Option<PathBuf>,
+}
+
+/// The tracked database, the slot and the publication.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SourceArgs {
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs,
     /// Replication slot name
     #[arg(long, env = "BEMI_SLOT", default_value = "bemi")]
     pub(crate) slot: String,
@@ -153,6 +160,21 @@ pub(crate) struct DemoArgs {
 }
 
 impl SourceArgs {
+    /// Connection settings of the tracked database.
+    pub(crate) fn options(&self) -> Result<ConnectOptions> {
+        self.connection.options()
+    }
+
+    pub(crate) fn tables(&self) -> Tables {
+        if self.tables.is_empty() {
+            Tables::All
+        } else {
+            Tables::Only(self.tables.clone())
+        }
+    }
+}
+
+impl ConnectionArgs {
     /// Connection settings: the URL, then DB_* values over it.
     pub(crate) fn options(&self) -> Result<ConnectOptions> {
         let mut options = match &self.database_url {
@@ -181,14 +203,6 @@ impl SourceArgs {
             options = options.with_ssl_root_cert(cert);
         }
         Ok(options)
-    }
-
-    pub(crate) fn tables(&self) -> Tables {
-        if self.tables.is_empty() {
-            Tables::All
-        } else {
-            Tables::Only(self.tables.clone())
-        }
     }
 }
 

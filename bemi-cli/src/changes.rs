@@ -1,44 +1,20 @@
 //! `bemi changes`: the changes that match filters, a page at a time; and what `history` and
 //! `revert` share with it: the connection flags, the filter flags and the table output.
 
-use std::path::PathBuf;
-
 use bemi_core::query::{ChangeFilter, ChangesTable, Cursor, Diff, Order, StoredChange, TableName};
-use bemi_core::{ConnectOptions, Error, ErrorKind, Lsn, Operation, Result};
+use bemi_core::{Error, ErrorKind, Lsn, Operation, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::args::{DestinationArgs, SourceArgs};
+use crate::args::{ConnectionArgs, DestinationArgs};
 
 /// The tracked database (where rows are read and reverted) and where `changes` is.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DatabaseArgs {
-    /// Connection URL of the tracked database, e.g. postgres://user:pass@host:5432/app
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-    /// Host of the tracked database (used when no URL is given)
-    #[arg(long, env = "DB_HOST")]
-    db_host: Option<String>,
-    /// Port of the tracked database
-    #[arg(long, env = "DB_PORT")]
-    db_port: Option<u16>,
-    /// Name of the tracked database
-    #[arg(long, env = "DB_NAME")]
-    db_name: Option<String>,
-    /// User for the tracked database
-    #[arg(long, env = "DB_USER")]
-    db_user: Option<String>,
-    /// Password for the tracked database
-    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
-    db_password: Option<String>,
-    /// TLS mode: disable, prefer, require, verify-ca or verify-full
-    #[arg(long, env = "DB_SSL_MODE")]
-    sslmode: Option<String>,
-    /// PEM file of trusted certificate authorities, for verify-ca and verify-full
-    #[arg(long, env = "DB_SSL_ROOT_CERT")]
-    sslrootcert: Option<PathBuf>,
+    #[command(flatten)]
+    connection: ConnectionArgs,
     #[command(flatten)]
     destination: DestinationArgs,
 }
@@ -75,26 +51,9 @@ impl Connections {
 }
 
 impl DatabaseArgs {
-    fn source_options(&self) -> Result<ConnectOptions> {
-        SourceArgs {
-            database_url: self.database_url.clone(),
-            db_host: self.db_host.clone(),
-            db_port: self.db_port,
-            db_name: self.db_name.clone(),
-            db_user: self.db_user.clone(),
-            db_password: self.db_password.clone(),
-            sslmode: self.sslmode.clone(),
-            sslrootcert: self.sslrootcert.clone(),
-            slot: String::new(),
-            publication: String::new(),
-            tables: Vec::new(),
-        }
-        .options()
-    }
-
     /// Connects to the tracked database and, if elsewhere, the `changes` database.
     pub(crate) async fn connect(&self) -> Result<Connections> {
-        let source_options = self.source_options()?;
+        let source_options = self.connection.options()?;
         let changes_options = self.destination.options(&source_options)?;
         let source = source_options.connect().await?;
         let changes = match changes_options == source_options {
