@@ -19,8 +19,10 @@
 //!
 //! Inserts are prepared statements in every way (cached by deadpool in the `pool_` ways).
 
-use bemi_core::context::{begin_cached, begin_with_context, emit_with, Context};
-use bemi_core::testing::overhead::{compare, Settings, INSERT};
+use bemi_core::context::{
+    begin_cached, begin_with_context, emit_with, Context, ContextTransaction,
+};
+use bemi_core::testing::overhead::{client_context, compare, reset, Settings, INSERT};
 use bemi_core::ConnectOptions;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -80,10 +82,7 @@ impl Writer {
             client,
             insert,
             object: pool.get().await.expect("a pooled connection"),
-            ctx: Context::new()
-                .with("user_id", 4242 + id as u64)
-                .with("endpoint", "POST /orders")
-                .with("request_id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+            ctx: client_context(id),
         }
     }
 }
@@ -94,6 +93,8 @@ impl bemi_core::testing::overhead::Writer for Writer {
     async fn write(&mut self, way: Way, statements: usize, n: i32) {
         let params: &[&(dyn ToSql + Sync)] = &[&"alice", &"book", &n];
         let ctx = Some(&self.ctx);
+        // the ways that send the emit with the first insert
+        let with_first = matches!(way, Way::EmitWith | Way::PoolEmitWith).then_some(&self.ctx);
         match way {
             Way::Plain | Way::BeginWithContext | Way::EmitWith => {
                 let tx = match way {
@@ -101,13 +102,7 @@ impl bemi_core::testing::overhead::Writer for Writer {
                     _ => self.client.transaction().await,
                 }
                 .expect("begin");
-                let first = tx.execute(&self.insert, params);
-                match way {
-                    Way::EmitWith => emit_with(&tx, ctx, first).await,
-                    _ => first.await,
-                }
-                .expect("insert");
-                more_inserts(&tx, &self.insert, statements - 1, params).await;
+                inserts(&tx, &tx, with_first, &self.insert, statements, params).await;
                 tx.commit().await.expect("commit");
             }
             Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith => {
@@ -117,26 +112,30 @@ impl bemi_core::testing::overhead::Writer for Writer {
                     _ => self.object.transaction().await,
                 }
                 .expect("begin");
-                let first = tx.execute(&insert, params);
-                match way {
-                    Way::PoolEmitWith => emit_with(&tx, ctx, first).await,
-                    _ => first.await,
-                }
-                .expect("insert");
-                more_inserts(&tx, &insert, statements - 1, params).await;
+                inserts(&tx, &tx, with_first, &insert, statements, params).await;
                 tx.commit().await.expect("commit");
             }
         }
     }
 }
 
-async fn more_inserts(
+/// Runs the transaction's inserts on `tx`; the first with `emit_with` into `target` (`tx`
+/// itself, or the deadpool transaction around it) when `with_first` is given.
+async fn inserts(
+    target: &impl ContextTransaction,
     tx: &Transaction<'_>,
+    with_first: Option<&Context>,
     insert: &Statement,
-    count: usize,
+    statements: usize,
     params: &[&(dyn ToSql + Sync)],
 ) {
-    for _ in 0..count {
+    let first = tx.execute(insert, params);
+    match with_first {
+        Some(ctx) => emit_with(target, Some(ctx), first).await,
+        None => first.await,
+    }
+    .expect("insert");
+    for _ in 1..statements {
         tx.execute(insert, params).await.expect("insert");
     }
 }
@@ -150,7 +149,6 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let admin = options.connect().await.expect("connect");
         for &clients in &settings.clients {
             let pool = options.pool(clients).expect("pool");
             let mut writers = Vec::new();
@@ -159,10 +157,7 @@ fn main() {
             }
             for &statements in &settings.statements {
                 compare(&mut writers, &WAYS, statements, &settings).await;
-                admin
-                    .batch_execute("TRUNCATE orders")
-                    .await
-                    .expect("truncate");
+                reset(&pg);
             }
         }
     });

@@ -27,7 +27,7 @@
 use std::str::FromStr as _;
 
 use bemi_context::Context;
-use bemi_core::testing::overhead::{compare, Settings, INSERT};
+use bemi_core::testing::overhead::{client_context, compare, reset, Settings, INSERT};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgPool, Postgres};
@@ -125,23 +125,13 @@ impl Writer {
             };
         }
         match way {
-            Way::Plain => {
-                let mut tx = self.conn.begin().await?;
-                inserts!(tx);
-                tx.commit().await
-            }
-            Way::BeginWith => {
-                let mut tx = bemi_sqlx::begin_with(&mut self.conn, &self.ctx).await?;
-                inserts!(tx);
-                tx.commit().await
-            }
-            Way::PoolPlain => {
-                let mut tx = self.pool.begin().await?;
-                inserts!(tx);
-                tx.commit().await
-            }
-            Way::PoolBeginWith => {
-                let mut tx = bemi_sqlx::begin_with(&self.pool, &self.ctx).await?;
+            Way::Plain | Way::BeginWith | Way::PoolPlain | Way::PoolBeginWith => {
+                let mut tx = match way {
+                    Way::Plain => self.conn.begin().await?,
+                    Way::BeginWith => bemi_sqlx::begin_with(&mut self.conn, &self.ctx).await?,
+                    Way::PoolPlain => self.pool.begin().await?,
+                    _ => bemi_sqlx::begin_with(&self.pool, &self.ctx).await?,
+                };
                 inserts!(tx);
                 tx.commit().await
             }
@@ -203,9 +193,6 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let options = PgConnectOptions::from_str(&pg.url("postgres")).expect("url");
-        let admin = PgPool::connect_with(options.clone())
-            .await
-            .expect("connect");
         for &clients in &settings.clients {
             let pool_options = PgPoolOptions::new()
                 .max_connections(clients as u32)
@@ -226,10 +213,7 @@ fn main() {
                     pool: pool.clone(),
                     #[cfg(feature = "sea-orm")]
                     orm: sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
-                    ctx: Context::new()
-                        .with("user_id", 4242 + id as u64)
-                        .with("endpoint", "POST /orders")
-                        .with("request_id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+                    ctx: client_context(id),
                 });
             }
             for &statements in &settings.statements {
@@ -239,16 +223,12 @@ fn main() {
                     .filter(|w| w.runs_with(statements))
                     .collect();
                 compare(&mut writers, &ways, statements, &settings).await;
-                sqlx::raw_sql("TRUNCATE orders")
-                    .execute(&admin)
-                    .await
-                    .expect("truncate");
+                reset(&pg);
             }
             drop(writers);
             direct.close().await;
             pool.close().await;
         }
-        admin.close().await;
     });
     drop(runtime);
     drop(pg);

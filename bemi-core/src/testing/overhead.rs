@@ -22,6 +22,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use bemi_context::Context;
+
 use crate::embedded::TempPostgres;
 
 /// The benchmarks' table.
@@ -117,6 +119,23 @@ fn list(value: &str, name: &str) -> Vec<usize> {
                 .unwrap_or_else(|_| panic!("{name}: numbers separated by commas"))
         })
         .collect()
+}
+
+/// The context client `id` emits, as a web request's: a user, an endpoint and a request id.
+pub fn client_context(id: usize) -> Context {
+    Context::new()
+        .with("user_id", 4242 + id as u64)
+        .with("endpoint", "POST /orders")
+        .with("request_id", "0f8fad5b-d9cb-469f-a165-70867728950e")
+}
+
+/// Empties [`ORDERS`] between measurements.
+///
+/// # Panics
+///
+/// When `psql` fails.
+pub fn reset(pg: &TempPostgres) {
+    pg.psql("postgres", "TRUNCATE orders").expect("truncate");
 }
 
 /// A way of writing a transaction, compared with its baseline.
