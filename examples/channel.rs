@@ -10,23 +10,19 @@
 //! (drop it with `SELECT pg_drop_replication_slot('bemi_example')` so it does not pin WAL).
 #![allow(clippy::print_stdout)]
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::ChannelSink;
-use bemi_core::{ConnectOptions, Tracker};
+use bemi_core::Tracker;
+use bemi_examples::{BoxError, Database};
 use futures_util::StreamExt as _;
 
 #[tokio::main]
-async fn main() -> bemi_core::Result<()> {
-    let (options, server) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (url.parse::<ConnectOptions>()?, None),
-        Err(_) => {
-            let pg = tokio::task::spawn_blocking(TempPostgres::start)
-                .await
-                .expect("the server start does not panic")?;
-            println!("started a throwaway PostgreSQL at {}", pg.url("postgres"));
-            (pg.url("postgres").parse()?, Some(pg))
-        }
-    };
+async fn main() -> Result<(), BoxError> {
+    let db = Database::from_env().await?;
+    let throwaway = db.throwaway_url();
+    if let Some(url) = &throwaway {
+        println!("started a throwaway PostgreSQL at {url}");
+    }
+    let options = db.options().clone();
 
     let (sink, mut changes) = ChannelSink::new(1024);
     let tracker = Tracker::builder(options.clone(), sink)
@@ -35,7 +31,7 @@ async fn main() -> bemi_core::Result<()> {
         .start()
         .await?;
 
-    if server.is_some() {
+    if throwaway.is_some() {
         let sql = options.connect().await?;
         sql.batch_execute(
             "CREATE TABLE notes (id serial PRIMARY KEY, body text);
@@ -49,7 +45,7 @@ async fn main() -> bemi_core::Result<()> {
         .await?;
     }
 
-    let expected = if server.is_some() { Some(4) } else { None };
+    let expected = throwaway.as_ref().map(|_| 4);
     let mut seen = 0;
     loop {
         tokio::select! {
@@ -74,9 +70,7 @@ async fn main() -> bemi_core::Result<()> {
         }
     }
     tracker.shutdown().await?;
-    if server.is_some() {
-        // The example's own slot on the throwaway server goes away with the server.
-        drop(server);
-    }
+    // The example's own slot on a throwaway server goes away with the server.
+    db.close().await;
     Ok(())
 }

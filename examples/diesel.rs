@@ -19,10 +19,8 @@
 use std::time::{Duration, Instant};
 
 use bemi_context::{scope, Context};
-use bemi_core::embedded::TempPostgres;
-use bemi_core::sink::PostgresSink;
-use bemi_core::{ConnectOptions, Tracker};
 use bemi_diesel::transaction_with_context;
+use bemi_examples::{spawn_tracker, BoxError as Error, Database};
 use diesel::prelude::*;
 
 diesel::table! {
@@ -38,20 +36,15 @@ diesel::table! {
 }
 use bemi_example_orders as orders;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let (url, server) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (url, None),
-        Err(_) => {
-            let pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
-            println!("started a throwaway PostgreSQL at {}", pg.url("postgres"));
-            (pg.url("postgres"), Some(pg))
-        }
-    };
-    let options: ConnectOptions = url.parse()?;
-    let sql = options.connect().await?;
+    let db = Database::from_env().await?;
+    if let Some(url) = db.throwaway_url() {
+        println!("started a throwaway PostgreSQL at {url}");
+    }
+    // Diesel (libpq) reads the URL of the same settings.
+    let url = db.options().to_url();
+    let sql = db.options().connect().await?;
     sql.batch_execute(
         "CREATE TABLE IF NOT EXISTS bemi_example_orders (
            id serial PRIMARY KEY, item text NOT NULL, quantity int NOT NULL);
@@ -59,11 +52,7 @@ async fn main() -> Result<(), Error> {
     )
     .await?;
 
-    let tracker = Tracker::builder(options.clone(), PostgresSink::connect(&options)?)
-        .slot("bemi_diesel_example")
-        .publication("bemi_diesel_example")
-        .start()
-        .await?;
+    let tracker = spawn_tracker(db.options(), "bemi_diesel_example", "bemi_diesel_example").await?;
     let start: i64 = sql
         .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
         .await?
@@ -127,7 +116,7 @@ async fn main() -> Result<(), Error> {
         );
     }
     tracker.shutdown().await?;
-    drop(server);
+    db.close().await;
     if rows.len() < 4 {
         return Err(format!("expected 4 changes, the tracker recorded {}", rows.len()).into());
     }
