@@ -3,8 +3,7 @@
 //! [`ITEMS`] tables, a tracker storing their changes in `changes`, and reading back what it
 //! stored.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bemi_context::Context;
 use serde_json::Value;
@@ -12,15 +11,13 @@ use serde_json::Value;
 use super::TestDatabase;
 use crate::TrackerHandle;
 
-/// How long [`Tracked::changes`] waits for the tracker.
-const WAIT: Duration = Duration::from_secs(120);
-
 /// The schema of every tracked test database: `items (id int primary key, task int, note text)`,
-/// which the tests write, and `markers`, which [`Tracked::changes`] writes.
+/// which the tests write, and the `sync_marker` table [`Tracked::changes`] writes through
+/// [`sync`](super::trail::sync).
 pub const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, task int, note text);
      ALTER TABLE items REPLICA IDENTITY FULL;
-     CREATE TABLE markers (id bigint PRIMARY KEY);
-     ALTER TABLE markers REPLICA IDENTITY FULL;";
+     CREATE TABLE sync_marker (id serial PRIMARY KEY);
+     ALTER TABLE sync_marker REPLICA IDENTITY FULL;";
 
 /// A change of `items` as the tracker stored it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,45 +80,14 @@ impl Tracked {
 
     /// Every change of `items` committed so far, in commit order.
     ///
-    /// Commits a marker row and waits until the tracker has stored it: the tracker stores
-    /// transactions in commit order, so everything committed before the marker is stored too.
+    /// Waits for the tracker with [`sync`](super::trail::sync): a marker row committed now and
+    /// stored means everything committed before is stored too.
     ///
     /// # Panics
     ///
-    /// When the tracker stops or does not store the marker within two minutes.
+    /// When the tracker stops or does not catch up within two minutes.
     pub async fn changes(&self) -> Vec<Recorded> {
-        static MARKER: AtomicI64 = AtomicI64::new(0);
-        let marker = MARKER.fetch_add(1, Ordering::Relaxed);
-        self.sql
-            .execute("INSERT INTO markers VALUES ($1)", &[&marker])
-            .await
-            .expect("marker");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen: i64 = self
-                .sql
-                .query_one(
-                    "SELECT count(*) FROM changes
-                     WHERE \"table\" = 'markers' AND (after->>'id')::bigint = $1",
-                    &[&marker],
-                )
-                .await
-                .map_or(0, |row| row.get(0));
-            if seen == 1 {
-                break;
-            }
-            assert!(
-                !self.tracker.is_finished(),
-                "the tracker stopped: {:?}",
-                self.tracker.progress()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the tracker did not store the marker within {WAIT:?}: {:?}",
-                self.tracker.progress()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        super::trail::sync(&self.sql, &self.tracker).await;
         self.sql
             .query(
                 "SELECT operation, primary_key, before, after, context FROM changes
