@@ -17,7 +17,10 @@ pub mod overhead;
 mod tracked;
 pub mod trail;
 
-pub use tracked::{ctx, oversized_context, tricky_context, Recorded, Tracked, ITEMS};
+pub use tracked::{
+    assert_task_contexts, ctx, oversized_context, task_context, tricky_context, Recorded, Tracked,
+    ITEMS,
+};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;

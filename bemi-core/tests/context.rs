@@ -3,7 +3,10 @@
 
 use bemi_context::{scope, scope_sync, Context};
 use bemi_core::context::{begin_cached, begin_with_context, emit, emit_current, emit_with};
-use bemi_core::testing::{ctx, oversized_context, tricky_context, TestDatabase, Tracked};
+use bemi_core::testing::{
+    assert_task_contexts, ctx, oversized_context, task_context, tricky_context, TestDatabase,
+    Tracked,
+};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -313,7 +316,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
     let tasks: Vec<_> = (0..100)
         .map(|task: i32| {
             let pool = pool.clone();
-            let context = ctx(json!({"task": task, "user": format!("u{task}")}));
+            let context = task_context(task);
             tokio::spawn(scope(context, async move {
                 for step in 0..2 {
                     // yield between steps so tasks interleave on the connections
@@ -340,15 +343,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
     }
 
     let rows = h.finish().await;
-    assert_eq!(rows.len(), 200);
-    for row in &rows {
-        let task = &row.after["task"];
-        assert_eq!(
-            row.context,
-            json!({"task": task, "user": format!("u{task}")}),
-            "{row:?}"
-        );
-    }
+    assert_task_contexts(&rows, 200);
 }
 
 #[tokio::test]

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use bemi_context::{scope, scope_sync, Context};
 use bemi_diesel::async_pg::{emit, emit_current, transaction_with_context};
-use common::{conninfo, ctx, items, oversized_context, tricky_context, Tracked};
+use common::{
+    assert_task_contexts, conninfo, ctx, items, oversized_context, task_context, tricky_context,
+    Tracked,
+};
 use diesel::prelude::*;
 use diesel_async::scoped_futures::ScopedFutureExt as _;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -209,7 +212,7 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
     let tasks: Vec<_> = (0..100)
         .map(|task: i32| {
             let connections = connections.clone();
-            let context = ctx(json!({"task": task, "user": format!("u{task}")}));
+            let context = task_context(task);
             tokio::spawn(scope(context, async move {
                 for step in 0..2 {
                     tokio::task::yield_now().await;
@@ -239,15 +242,7 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
     }
 
     let rows = h.finish().await;
-    assert_eq!(rows.len(), 200);
-    for row in &rows {
-        let task = &row.after["task"];
-        assert_eq!(
-            row.context,
-            json!({"task": task, "user": format!("u{task}")}),
-            "{row:?}"
-        );
-    }
+    assert_task_contexts(&rows, 200);
 }
 
 #[tokio::test]

@@ -4,7 +4,10 @@ mod common;
 
 use bemi_context::{scope, scope_sync, Context};
 use bemi_diesel::{emit, emit_current, transaction_with_context};
-use common::{conninfo, ctx, items, oversized_context, tricky_context, Tracked};
+use common::{
+    assert_task_contexts, conninfo, ctx, items, oversized_context, task_context, tricky_context,
+    Tracked,
+};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde_json::{json, Value};
@@ -215,7 +218,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
     let tasks: Vec<_> = (0..100)
         .map(|task: i32| {
             let pool = pool.clone();
-            let context = ctx(json!({"task": task, "user": format!("u{task}")}));
+            let context = task_context(task);
             tokio::spawn(scope(context, async move {
                 for step in 0..2 {
                     let pool = pool.clone();
@@ -245,15 +248,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
     }
 
     let rows = h.finish().await;
-    assert_eq!(rows.len(), 200);
-    for row in &rows {
-        let task = &row.after["task"];
-        assert_eq!(
-            row.context,
-            json!({"task": task, "user": format!("u{task}")}),
-            "{row:?}"
-        );
-    }
+    assert_task_contexts(&rows, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,6 +133,30 @@ pub fn ctx(value: Value) -> Context {
     Context::try_from(value).expect("an object")
 }
 
+/// The context task `task` of a concurrency test writes with.
+pub fn task_context(task: i32) -> Context {
+    ctx(serde_json::json!({"task": task, "user": format!("u{task}")}))
+}
+
+/// Asserts that `rows` are `expected` changes, each stitched with the
+/// [`task_context`] of the task in its `task` column: concurrent tasks never mixed contexts.
+///
+/// # Panics
+///
+/// When they are not, naming the row.
+#[track_caller]
+pub fn assert_task_contexts(rows: &[Recorded], expected: usize) {
+    assert_eq!(rows.len(), expected);
+    for row in rows {
+        let task = &row.after["task"];
+        assert_eq!(
+            row.context,
+            serde_json::json!({"task": task, "user": format!("u{task}")}),
+            "{row:?}"
+        );
+    }
+}
+
 /// A context whose strings are hard to quote: comment markers, quotes, backslashes, an
 /// injection attempt, dollar quotes, control characters and non-ASCII text, in keys too.
 pub fn tricky_context() -> Context {

@@ -2,7 +2,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub use bemi_core::testing::{ctx, oversized_context, tricky_context, Tracked};
+pub use bemi_core::testing::{
+    assert_task_contexts, ctx, oversized_context, task_context, tricky_context, Tracked,
+};
 
 diesel::table! {
     items (id) {
