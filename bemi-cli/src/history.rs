@@ -1,7 +1,7 @@
 //! `bemi history TABLE PK`: a record's changes, oldest first; with `--at`, the record (or the
 //! whole table) as it was at a moment.
 
-use bemi_core::query::{primary_key_columns, ChangeQuery, TableName, TimeTravel};
+use bemi_core::query::{ChangeQuery, TableName, TimeTravel};
 use bemi_core::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -54,8 +54,8 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<()> {
 
     let mut travel = TimeTravel::new(table.clone()).changes_table(connections.table.clone());
     if connections.separate() {
-        // The key columns come from the tracked database's catalog.
-        travel = travel.key_columns(primary_key_columns(connections.source(), &table).await?);
+        // The schema and key columns come from the tracked database's catalog.
+        travel = travel.with_catalog_of(connections.source()).await?;
     }
     match &args.pk {
         Some(pk) => {

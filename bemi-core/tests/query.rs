@@ -636,3 +636,38 @@ async fn conflicting_edits_make_a_revert_refuse_and_name_the_rows() {
         .is_err());
     tracker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn time_travel_resolves_an_unqualified_table_from_the_tracked_catalog() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE SCHEMA other;
+         CREATE TABLE public.todo (id int PRIMARY KEY, task text);
+         CREATE TABLE other.todo (id int PRIMARY KEY, task text);
+         ALTER TABLE public.todo REPLICA IDENTITY FULL;
+         ALTER TABLE other.todo REPLICA IDENTITY FULL;",
+    )
+    .await
+    .unwrap();
+    let tracker = track(&db, &sql).await;
+    write(
+        &sql,
+        json!({"user": "a"}),
+        "INSERT INTO public.todo VALUES (1, 'public'); INSERT INTO other.todo VALUES (2, 'other');",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+    let at = clock(&sql).await;
+
+    // Key columns given without the schema: every schema's `todo` matches.
+    let loose = TimeTravel::new("todo").key_columns(["id"]);
+    assert_eq!(loose.table_at(&sql, at).await.unwrap().len(), 2);
+    // Resolved from the tracked database's catalog (as `bemi history` does when `changes` is
+    // in another database): the table `search_path` finds, public.todo.
+    let resolved = TimeTravel::new("todo").with_catalog_of(&sql).await.unwrap();
+    let rows = resolved.table_at(&sql, at).await.unwrap();
+    let rows: Vec<Value> = rows.iter().map(|r| value(&r.row)).collect();
+    assert_eq!(rows, [json!({"id": 1, "task": "public"})]);
+    tracker.shutdown().await.unwrap();
+}

@@ -91,6 +91,25 @@ impl TimeTravel {
         self
     }
 
+    /// Reads the table's schema and primary key columns from the catalog of the database
+    /// `client` is connected to: the tracked database, when `changes` lives in another one
+    /// (then [`row_at`](Self::row_at) and [`table_at`](Self::table_at) are given a client of
+    /// that other database). A table named without a schema resolves as the tracked database's
+    /// `search_path` says, as when both are the same database.
+    ///
+    /// # Errors
+    ///
+    /// When the table does not exist there or has no primary key.
+    pub async fn with_catalog_of<C>(mut self, client: &C) -> Result<Self>
+    where
+        C: GenericClient + Sync,
+    {
+        let live = LiveTable::load(client, &self.table).await?;
+        self.table = TableName::qualified(live.schema, live.name);
+        self.key_columns = Some(live.key_columns);
+        Ok(self)
+    }
+
     /// The schema to filter on (if known) and the key columns.
     async fn resolve<C>(&self, client: &C) -> Result<(Option<String>, Vec<String>)>
     where
