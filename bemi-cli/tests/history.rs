@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use bemi_core::testing::trail::{clock, rows, sync, track, write};
+use bemi_core::testing::trail::{clock, rows, start, sync, write};
 use bemi_core::testing::TestDatabase;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
@@ -43,15 +43,11 @@ async fn todo(sql: &Client) -> Vec<Value> {
 
 #[tokio::test]
 async fn history_changes_and_time_travel_from_the_command_line() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
+    let (db, sql, tracker) = start(
         "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false);
          ALTER TABLE todo REPLICA IDENTITY FULL;",
     )
-    .await
-    .unwrap();
-    let tracker = track(&db, &sql).await;
+    .await;
     write(
         &sql,
         json!({"user": "alice"}),
@@ -235,16 +231,12 @@ async fn history_changes_and_time_travel_from_the_command_line() {
 
 #[tokio::test]
 async fn revert_from_the_command_line_with_dry_run_conflicts_and_force() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
+    let (db, sql, tracker) = start(
         "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false);
          ALTER TABLE todo REPLICA IDENTITY FULL;
          INSERT INTO todo VALUES (1, 'a'), (2, 'b'), (3, 'c');",
     )
-    .await
-    .unwrap();
-    let tracker = track(&db, &sql).await;
+    .await;
     let earlier = todo(&sql).await;
     write(
         &sql,

@@ -4,8 +4,7 @@
 use bemi_core::query::{
     ChangeFilter, ChangeQuery, ConflictKind, Cursor, Order, Revert, StoredChange, TimeTravel,
 };
-use bemi_core::testing::trail::{clock, rows, sync, track, write};
-use bemi_core::testing::TestDatabase;
+use bemi_core::testing::trail::{clock, rows, start, sync, write};
 use bemi_core::Operation;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
@@ -23,18 +22,14 @@ fn afters(changes: &[StoredChange], column: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn history_filters_diff_and_pagination() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
+    let (db, sql, tracker) = start(
         "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false,
                             meta jsonb NOT NULL DEFAULT '{}');
          ALTER TABLE todo REPLICA IDENTITY FULL;
          CREATE TABLE bulk (id int PRIMARY KEY, n int);
          ALTER TABLE bulk REPLICA IDENTITY FULL;",
     )
-    .await
-    .unwrap();
-    let tracker = track(&db, &sql).await;
+    .await;
 
     write(
         &sql,
@@ -248,17 +243,13 @@ async fn history_filters_diff_and_pagination() {
 
 #[tokio::test]
 async fn time_travel_rebuilds_rows_and_tables_at_every_moment() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
+    let (_db, sql, tracker) = start(
         "CREATE TABLE acct (id int PRIMARY KEY, owner text NOT NULL, balance numeric(10, 2));
          ALTER TABLE acct REPLICA IDENTITY FULL;
          -- A row from before tracking began.
          INSERT INTO acct VALUES (9, 'old', 1.50);",
     )
-    .await
-    .unwrap();
-    let tracker = track(&db, &sql).await;
+    .await;
 
     let steps = [
         "INSERT INTO acct VALUES (1, 'ann', 10), (2, 'ben', 20.25);",
@@ -324,15 +315,11 @@ async fn time_travel_rebuilds_rows_and_tables_at_every_moment() {
 
 #[tokio::test]
 async fn time_travel_with_a_composite_key() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
+    let (_db, sql, tracker) = start(
         "CREATE TABLE slot (day date, room text, who text, PRIMARY KEY (room, day));
          ALTER TABLE slot REPLICA IDENTITY FULL;",
     )
-    .await
-    .unwrap();
-    let tracker = track(&db, &sql).await;
+    .await;
     write(
         &sql,
         json!({}),
@@ -419,10 +406,7 @@ async fn shop(sql: &Client) -> (Vec<Value>, Vec<Value>) {
 
 #[tokio::test]
 async fn reverting_a_request_restores_both_tables_and_is_itself_tracked() {
-    let db = TestDatabase::create().await.unwrap();
-    let mut sql = db.connect().await.unwrap();
-    sql.batch_execute(SHOP).await.unwrap();
-    let tracker = track(&db, &sql).await;
+    let (_db, mut sql, tracker) = start(SHOP).await;
     shop_baseline(&sql).await;
     let earlier = shop(&sql).await;
 
@@ -526,10 +510,7 @@ async fn reverting_a_request_restores_both_tables_and_is_itself_tracked() {
 
 #[tokio::test]
 async fn conflicting_edits_make_a_revert_refuse_and_name_the_rows() {
-    let db = TestDatabase::create().await.unwrap();
-    let mut sql = db.connect().await.unwrap();
-    sql.batch_execute(SHOP).await.unwrap();
-    let tracker = track(&db, &sql).await;
+    let (_db, mut sql, tracker) = start(SHOP).await;
     shop_baseline(&sql).await;
     let r1 = json!({"request_id": "r1"});
     write(
@@ -639,18 +620,14 @@ async fn conflicting_edits_make_a_revert_refuse_and_name_the_rows() {
 
 #[tokio::test]
 async fn time_travel_resolves_an_unqualified_table_from_the_tracked_catalog() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
+    let (_db, sql, tracker) = start(
         "CREATE SCHEMA other;
          CREATE TABLE public.todo (id int PRIMARY KEY, task text);
          CREATE TABLE other.todo (id int PRIMARY KEY, task text);
          ALTER TABLE public.todo REPLICA IDENTITY FULL;
          ALTER TABLE other.todo REPLICA IDENTITY FULL;",
     )
-    .await
-    .unwrap();
-    let tracker = track(&db, &sql).await;
+    .await;
     write(
         &sql,
         json!({"user": "a"}),

@@ -13,6 +13,20 @@ use crate::TrackerHandle;
 /// How long [`sync`] waits for the tracker.
 const WAIT: Duration = Duration::from_secs(120);
 
+/// A fresh test database with `schema` run in it, a connection, and the tracker following it
+/// (see [`track`]).
+///
+/// # Panics
+///
+/// When the database, the schema or the tracker fails.
+pub async fn start(schema: &str) -> (TestDatabase, Client, TrackerHandle) {
+    let db = TestDatabase::create().await.expect("a test database");
+    let sql = db.connect().await.expect("connect");
+    sql.batch_execute(schema).await.expect("schema");
+    let tracker = track(&db, &sql).await;
+    (db, sql, tracker)
+}
+
 /// Creates the `sync_marker` table [`sync`] writes, starts the tracker on `db` (storing into its
 /// `changes`) and waits until it streams, so `changes` exists.
 ///
