@@ -88,7 +88,7 @@ pub fn current_payload() -> Option<String> {
     with_current(payload).flatten()
 }
 
-/// The payload of `ctx`, or when `ctx` is `None` of the [`current`] context: what the adapters'
+/// The payload of `ctx`, or when `ctx` is `None` of the [`current`](crate::current) context: what the adapters'
 /// functions that take an optional context emit.
 ///
 /// ```
