@@ -82,14 +82,14 @@ pub fn payload(ctx: &Context) -> Option<String> {
     Some(text)
 }
 
-/// The payload of the [`current`](crate::current) context: `None` outside any scope, and otherwise as
-/// [`payload`].
+/// The payload of the [`current`](crate::current) context: `None` outside any scope, and
+/// otherwise as [`payload`].
 pub fn current_payload() -> Option<String> {
     with_current(payload).flatten()
 }
 
-/// The payload of `ctx`, or when `ctx` is `None` of the [`current`](crate::current) context: what the adapters'
-/// functions that take an optional context emit.
+/// The payload of `ctx`, or when `ctx` is `None` of the [`current`](crate::current) context:
+/// what the adapters' functions that take an optional context emit.
 ///
 /// ```
 /// use bemi_context::{payload_or_current, scope, Context};
