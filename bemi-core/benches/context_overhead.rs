@@ -16,8 +16,11 @@
 //! | `pool_plain` | deadpool's `object.transaction()`, inserts, commit | |
 //! | `pool_begin_cached` | [`begin_cached`]: `BEGIN`, then the cached prepared emit | `pool_plain` |
 //! | `pool_emit_with` | `object.transaction()`, then [`emit_with`] the first insert (cached prepared emit) | `pool_plain` |
+//! | `pool_select_1` | reference: `pool_emit_with` with a prepared `SELECT 1` in place of the emit | `pool_plain` |
 //!
 //! Inserts are prepared statements in every way (cached by deadpool in the `pool_` ways).
+//! `pool_select_1` is the cheapest statement a client can add to a transaction, sent the
+//! cheapest way: what any context, however carried, would cost at least.
 
 use bemi_core::context::{
     begin_cached, begin_with_context, emit_with, Context, ContextTransaction,
@@ -35,15 +38,17 @@ enum Way {
     PoolPlain,
     PoolBeginCached,
     PoolEmitWith,
+    PoolSelect1,
 }
 
-const WAYS: [Way; 6] = [
+const WAYS: [Way; 7] = [
     Way::Plain,
     Way::BeginWithContext,
     Way::EmitWith,
     Way::PoolPlain,
     Way::PoolBeginCached,
     Way::PoolEmitWith,
+    Way::PoolSelect1,
 ];
 
 impl bemi_core::testing::overhead::Way for Way {
@@ -55,13 +60,16 @@ impl bemi_core::testing::overhead::Way for Way {
             Way::PoolPlain => "pool_plain",
             Way::PoolBeginCached => "pool_begin_cached",
             Way::PoolEmitWith => "pool_emit_with",
+            Way::PoolSelect1 => "pool_select_1",
         }
     }
 
     fn baseline(self) -> Way {
         match self {
             Way::Plain | Way::BeginWithContext | Way::EmitWith => Way::Plain,
-            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith => Way::PoolPlain,
+            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith | Way::PoolSelect1 => {
+                Way::PoolPlain
+            }
         }
     }
 }
@@ -93,8 +101,19 @@ impl bemi_core::testing::overhead::Writer for Writer {
     async fn write(&mut self, way: Way, statements: usize, n: i32) {
         let params: &[&(dyn ToSql + Sync)] = &[&"alice", &"book", &n];
         let ctx = Some(&self.ctx);
-        // the ways that send the emit with the first insert
-        let with_first = matches!(way, Way::EmitWith | Way::PoolEmitWith).then_some(&self.ctx);
+        let select_1;
+        let with_first = match way {
+            Way::EmitWith | Way::PoolEmitWith => WithFirst::Context(&self.ctx),
+            Way::PoolSelect1 => {
+                select_1 = self
+                    .object
+                    .prepare_cached("SELECT 1")
+                    .await
+                    .expect("prepare");
+                WithFirst::Select1(&select_1)
+            }
+            _ => WithFirst::Nothing,
+        };
         match way {
             Way::Plain | Way::BeginWithContext | Way::EmitWith => {
                 let tx = match way {
@@ -105,7 +124,7 @@ impl bemi_core::testing::overhead::Writer for Writer {
                 inserts(&tx, &tx, with_first, &self.insert, statements, params).await;
                 tx.commit().await.expect("commit");
             }
-            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith => {
+            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith | Way::PoolSelect1 => {
                 let insert = self.object.prepare_cached(INSERT).await.expect("prepare");
                 let tx = match way {
                     Way::PoolBeginCached => begin_cached(&mut self.object, ctx).await,
@@ -119,20 +138,34 @@ impl bemi_core::testing::overhead::Writer for Writer {
     }
 }
 
-/// Runs the transaction's inserts on `tx`; the first with `emit_with` into `target` (`tx`
-/// itself, or the deadpool transaction around it) when `with_first` is given.
+/// What a way sends in the first insert's round trip.
+enum WithFirst<'a> {
+    Nothing,
+    /// The context, with [`emit_with`].
+    Context(&'a Context),
+    /// A prepared `SELECT 1`, queued ahead of the insert as `emit_with` queues the emit.
+    Select1(&'a Statement),
+}
+
+/// Runs the transaction's inserts on `tx`, the first with `with_first`; a context is emitted
+/// into `target` (`tx` itself, or the deadpool transaction around it).
 async fn inserts(
     target: &impl ContextTransaction,
     tx: &Transaction<'_>,
-    with_first: Option<&Context>,
+    with_first: WithFirst<'_>,
     insert: &Statement,
     statements: usize,
     params: &[&(dyn ToSql + Sync)],
 ) {
     let first = tx.execute(insert, params);
     match with_first {
-        Some(ctx) => emit_with(target, Some(ctx), first).await,
-        None => first.await,
+        WithFirst::Nothing => first.await,
+        WithFirst::Context(ctx) => emit_with(target, Some(ctx), first).await,
+        WithFirst::Select1(select_1) => {
+            let (selected, inserted) =
+                futures_util::future::join(tx.execute(select_1, &[]), first).await;
+            selected.and(inserted)
+        }
     }
     .expect("insert");
     for _ in 1..statements {
@@ -156,7 +189,7 @@ fn main() {
                 writers.push(Writer::connect(&options, &pool, id).await);
             }
             for &statements in &settings.statements {
-                compare(&mut writers, &WAYS, statements, &settings).await;
+                compare(&mut writers, &WAYS, statements, &settings, &pg).await;
                 reset(&pg);
             }
         }

@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | `plain` | `conn.begin()`, inserts, commit | |
 //! | `begin_with` | [`bemi_sqlx::begin_with`]: the emit and `BEGIN` in one round trip | `plain` |
+//! | `select_1_begin` | reference: `SELECT 1; BEGIN` in place of `begin_with`'s statement | `plain` |
 //! | `pool_plain` | `pool.begin()`, inserts, commit | |
 //! | `pool_begin_with` | `bemi_sqlx::begin_with(&pool, …)` | `pool_plain` |
 //! | `single_plain` | one autocommit insert (only with 1 statement) | |
@@ -20,7 +21,8 @@
 //!
 //! `plain` ways use a connection per client; `pool_` and `orm_` ways share a pool of as many
 //! connections as clients (sqlx's default pool options, which check a connection when it is
-//! handed out).
+//! handed out). `select_1_begin` is the cheapest statement sqlx can add to a transaction
+//! without another round trip: what any context, however carried, would cost it at least.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -36,6 +38,7 @@ use sqlx::{Connection as _, PgPool, Postgres};
 enum Way {
     Plain,
     BeginWith,
+    Select1Begin,
     PoolPlain,
     PoolBeginWith,
     SinglePlain,
@@ -49,6 +52,7 @@ enum Way {
 const WAYS: &[Way] = &[
     Way::Plain,
     Way::BeginWith,
+    Way::Select1Begin,
     Way::PoolPlain,
     Way::PoolBeginWith,
     Way::SinglePlain,
@@ -64,6 +68,7 @@ impl bemi_core::testing::overhead::Way for Way {
         match self {
             Way::Plain => "plain",
             Way::BeginWith => "begin_with",
+            Way::Select1Begin => "select_1_begin",
             Way::PoolPlain => "pool_plain",
             Way::PoolBeginWith => "pool_begin_with",
             Way::SinglePlain => "single_plain",
@@ -77,7 +82,7 @@ impl bemi_core::testing::overhead::Way for Way {
 
     fn baseline(self) -> Way {
         match self {
-            Way::Plain | Way::BeginWith => Way::Plain,
+            Way::Plain | Way::BeginWith | Way::Select1Begin => Way::Plain,
             Way::PoolPlain | Way::PoolBeginWith => Way::PoolPlain,
             Way::SinglePlain | Way::SingleExecute => Way::SinglePlain,
             #[cfg(feature = "sea-orm")]
@@ -125,10 +130,15 @@ impl Writer {
             };
         }
         match way {
-            Way::Plain | Way::BeginWith | Way::PoolPlain | Way::PoolBeginWith => {
+            Way::Plain
+            | Way::BeginWith
+            | Way::Select1Begin
+            | Way::PoolPlain
+            | Way::PoolBeginWith => {
                 let mut tx = match way {
                     Way::Plain => self.conn.begin().await?,
                     Way::BeginWith => bemi_sqlx::begin_with(&mut self.conn, &self.ctx).await?,
+                    Way::Select1Begin => self.conn.begin_with("SELECT 1; BEGIN").await?,
                     Way::PoolPlain => self.pool.begin().await?,
                     _ => bemi_sqlx::begin_with(&self.pool, &self.ctx).await?,
                 };
@@ -222,7 +232,7 @@ fn main() {
                     .copied()
                     .filter(|w| w.runs_with(statements))
                     .collect();
-                compare(&mut writers, &ways, statements, &settings).await;
+                compare(&mut writers, &ways, statements, &settings, &pg).await;
                 reset(&pg);
             }
             drop(writers);

@@ -6,7 +6,11 @@
 //! The ways of writing run in short blocks of `--block` transactions, in turn and in a rotating
 //! order, so that drifts of the machine (other processes, frequency changes) hit them alike; a
 //! way's rate is its total over all its blocks, about `--secs` seconds. Each way is reported
-//! with its ratio to its baseline way and the latency each transaction gained (`extra µs`).
+//! with its ratio to its baseline way, the ratio's uncertainty (`±`, half the 95 % confidence
+//! interval of the mean of the per-round ratios, where a round is one block of every way), the
+//! latency each transaction gained (`extra µs`), and the CPU time each transaction took on the
+//! clients' side and on the server's (see [`cpu`]; `extra cpu` is both sides' gain over the
+//! baseline): client and server share the machine, so throughput mixes the two.
 //!
 //! The server keeps PostgreSQL's default durability (`fsync` and `synchronous_commit` on, as in
 //! production) unless `--no-fsync` is given, which makes commits nearly free and so shows the
@@ -19,12 +23,15 @@
 // A benchmark's report is its standard output.
 #![allow(clippy::print_stdout)]
 
+mod cpu;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bemi_context::Context;
 
 use crate::embedded::TempPostgres;
+use cpu::{CpuClock, CpuTime};
 
 /// The benchmarks' table.
 pub const ORDERS: &str = "CREATE TABLE orders (id bigserial PRIMARY KEY, customer text NOT NULL,
@@ -156,7 +163,28 @@ pub trait Writer {
     fn write(&mut self, way: Self::Way, statements: usize, n: i32) -> impl Future<Output = ()>;
 }
 
-/// Measures `ways` on `writers` (all clients at once) and prints their rates and ratios.
+/// What the blocks of one way added up to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Total {
+    transactions: u64,
+    took: Duration,
+    cpu: CpuTime,
+}
+
+impl Total {
+    fn rate(&self) -> f64 {
+        self.transactions as f64 / self.took.as_secs_f64()
+    }
+
+    /// CPU microseconds per transaction: (clients, server).
+    fn cpu_per_transaction(&self) -> (f64, f64) {
+        let per = |ns: u64| ns as f64 / 1e3 / self.transactions as f64;
+        (per(self.cpu.client), per(self.cpu.server))
+    }
+}
+
+/// Measures `ways` on `writers` (all clients at once, against `pg`) and prints their rates,
+/// ratios and CPU time.
 ///
 /// # Panics
 ///
@@ -166,57 +194,94 @@ pub async fn compare<W: Writer>(
     ways: &[W::Way],
     statements: usize,
     settings: &Settings,
+    pg: &TempPostgres,
 ) {
     let clients = writers.len();
+    let clock = CpuClock::of(pg);
     // warm up: connections, prepared statements, plans, the first WAL segments
     for &way in ways {
-        block(writers, way, statements, 200.min(settings.block * 2)).await;
+        block(
+            writers,
+            way,
+            statements,
+            200.min(settings.block * 2),
+            &clock,
+        )
+        .await;
     }
     let per_writer = (settings.block / clients as u64).max(1);
-    let mut totals = vec![(0u64, Duration::ZERO); ways.len()];
+    let mut totals = vec![Total::default(); ways.len()];
+    // each round's block rates, one per way, for the spread of the ratios
+    let mut rounds: Vec<Vec<f64>> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(settings.secs * ways.len() as f64);
     let mut turn = 0;
     while Instant::now() < deadline {
+        let mut rates = vec![0.0; ways.len()];
         // rotate the order so that no way always follows the same one
         for k in 0..ways.len() {
             let i = (turn + k) % ways.len();
-            let (count, took) = block(writers, ways[i], statements, per_writer).await;
-            totals[i].0 += count;
-            totals[i].1 += took;
+            let ran = block(writers, ways[i], statements, per_writer, &clock).await;
+            rates[i] = ran.rate();
+            totals[i].transactions += ran.transactions;
+            totals[i].took += ran.took;
+            totals[i].cpu += ran.cpu;
         }
+        rounds.push(rates);
         turn += 1;
     }
-    let rate = |(count, took): (u64, Duration)| count as f64 / took.as_secs_f64();
     println!("\n{clients} connection(s), {statements} insert(s) per transaction:");
     println!(
-        "  {:<22} {:>8} {:>7} {:>10}",
-        "way", "tx/s", "ratio", "extra µs"
+        "  {:<22} {:>8} {:>7} {:>6} {:>10} {:>13} {:>13} {:>10}",
+        "way", "tx/s", "ratio", "±", "extra µs", "client cpu µs", "server cpu µs", "extra cpu"
     );
-    for (way, total) in ways.iter().zip(&totals) {
+    for (i, (way, total)) in ways.iter().zip(&totals).enumerate() {
         let base = ways
             .iter()
             .position(|w| *w == way.baseline())
             .unwrap_or_else(|| panic!("the baseline of {} runs", way.name()));
-        let (r, base) = (rate(*total), rate(totals[base]));
+        let spread = ratio_spread(rounds.iter().map(|rates| rates[i] / rates[base]));
+        let (r, base) = (total.rate(), totals[base]);
+        let ((client, server), (base_client, base_server)) =
+            (total.cpu_per_transaction(), base.cpu_per_transaction());
         println!(
-            "  {:<22} {:>8.0} {:>7.3} {:>10.1}",
+            "  {:<22} {:>8.0} {:>7.3} {:>6.3} {:>10.1} {:>13.1} {:>13.1} {:>10.1}",
             way.name(),
             r,
-            r / base,
+            r / base.rate(),
+            spread,
             // each client runs its transactions one after another
-            (1.0 / r - 1.0 / base) * 1e6 * clients as f64
+            (1.0 / r - 1.0 / base.rate()) * 1e6 * clients as f64,
+            client,
+            server,
+            client + server - base_client - base_server,
         );
     }
 }
 
+/// The half-width of the 95 % confidence interval of the mean of `ratios` (normal
+/// approximation: 1.96 standard errors); 0 for fewer than two.
+fn ratio_spread(ratios: impl Iterator<Item = f64>) -> f64 {
+    let ratios: Vec<f64> = ratios.collect();
+    let n = ratios.len() as f64;
+    if ratios.len() < 2 {
+        return 0.0;
+    }
+    let mean = ratios.iter().sum::<f64>() / n;
+    let variance = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    1.96 * (variance / n).sqrt()
+}
+
 /// Runs `per_writer` transactions of `way` on every writer at once, polled on this task (no
-/// spawning, so the runtime adds no noise); returns how many ran and how long they took.
+/// spawning, so the runtime adds no noise); returns how many ran, how long they took and the
+/// CPU time they used.
 async fn block<W: Writer>(
     writers: &mut [W],
     way: W::Way,
     statements: usize,
     per_writer: u64,
-) -> (u64, Duration) {
+    clock: &CpuClock,
+) -> Total {
+    let cpu = clock.before();
     let start = Instant::now();
     let runs = writers.iter_mut().map(|writer| {
         Box::pin(async move {
@@ -226,5 +291,27 @@ async fn block<W: Writer>(
         })
     });
     futures_util::future::join_all(runs).await;
-    (per_writer * writers.len() as u64, start.elapsed())
+    let took = start.elapsed();
+    Total {
+        transactions: per_writer * writers.len() as u64,
+        took,
+        cpu: clock.after() - cpu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_spread_is_the_95_percent_half_interval_of_the_mean() {
+        assert_eq!(ratio_spread([0.9].into_iter()), 0.0);
+        assert_eq!(ratio_spread([0.9, 0.9, 0.9].into_iter()), 0.0);
+        // mean 1, sample variance 0.02 / 3, standard error sqrt(0.02 / 12)
+        let spread = ratio_spread([0.9, 1.0, 1.1, 1.0].into_iter());
+        assert!(
+            (spread - 1.96 * (0.02f64 / 12.0).sqrt()).abs() < 1e-12,
+            "{spread}"
+        );
+    }
 }
