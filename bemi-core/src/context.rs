@@ -76,10 +76,12 @@
 //!
 //! The `context_overhead` benchmark compares these ways with transactions without context
 //! (`cargo bench -p bemi-core --bench context_overhead`; figures in `BENCHMARKS.md`). With a
-//! local durable server on a 2-core machine, where a one-row write transaction takes about
-//! 330 µs, a context added about 20 µs with [`emit_with`] on a deadpool transaction (prepared
-//! and sent with the first statement, the cheapest way), 45 µs with [`begin_cached`], 55 µs with
-//! [`emit_with`] on a plain transaction and 100 µs with [`begin_with_context`].
+//! local durable server on a 2-core machine, a one-row write transaction takes about 200 µs of
+//! CPU (client and server together); a context added about 20–35 µs of CPU per transaction with
+//! [`emit_with`] on a deadpool transaction (prepared and sent with the first statement, the
+//! cheapest way: about what a prepared `SELECT 1` sent the same way costs), 40–56 µs with
+//! [`begin_cached`], 55–80 µs with [`emit_with`] on a plain transaction and 75–105 µs with
+//! [`begin_with_context`], which also waits for one more round trip.
 //!
 //! Errors are tokio-postgres's own: this module adds no failure of its own, so `?` works in code
 //! that already returns [`tokio_postgres::Error`] (and [`crate::Error`] converts from it).

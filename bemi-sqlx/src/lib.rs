@@ -78,10 +78,11 @@
 //! as the parameter of [`EMIT_SQL`](bemi_context::EMIT_SQL) instead, which costs one more round
 //! trip.
 //!
-//! What remains is the server's work for one more, tiny statement: about 40 µs per transaction
-//! on a 2-core machine, which is 10–15 % of a transaction that inserts a single row with
-//! `fsync = off`, and a few percent of transactions that do more. The `context_overhead`
-//! benchmark of this crate measures it (`cargo bench -p bemi-sqlx --all-features`).
+//! What remains is the work for one more, tiny statement: about 30–40 µs of CPU per
+//! transaction on a 2-core machine with the server on it, 10–15 µs more than `SELECT 1` sent the
+//! same way; that is 5–18 % of the throughput of transactions that insert a single row, and a
+//! few percent of transactions that do more. The `context_overhead` benchmark of this crate
+//! measures it (`cargo bench -p bemi-sqlx --all-features`; figures in `BENCHMARKS.md`).
 //!
 //! # Feature flags
 //!
