@@ -9,8 +9,9 @@
 //! with its ratio to its baseline way, the ratio's uncertainty (`±`, half the 95 % confidence
 //! interval of the mean of the per-round ratios, where a round is one block of every way), the
 //! latency each transaction gained (`extra µs`), and the CPU time each transaction took on the
-//! clients' side and on the server's (from Linux's scheduler statistics; `extra cpu` is both sides' gain over the
-//! baseline): client and server share the machine, so throughput mixes the two.
+//! clients' side and on the server's (from Linux's scheduler statistics; `extra cpu` is both
+//! sides' gain over the baseline): client and server share the machine, so throughput mixes
+//! the two.
 //!
 //! The server keeps PostgreSQL's default durability (`fsync` and `synchronous_commit` on, as in
 //! production) unless `--no-fsync` is given, which makes commits nearly free and so shows the
