@@ -16,7 +16,7 @@ pub(crate) struct Cli {
     pub(crate) command: Option<Command>,
 
     /// Log level: error, warn, info, debug or trace (Bemi's LOG_LEVEL; RUST_LOG overrides)
-    #[arg(long, env = "LOG_LEVEL", global = true)]
+    #[arg(long, env = "LOG_LEVEL", global = true, help_heading = "Logging")]
     pub(crate) log_level: Option<String>,
 
     #[command(flatten)]
