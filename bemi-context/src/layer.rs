@@ -1,5 +1,6 @@
 //! Tower middleware that sets the context of each HTTP request.
 
+use std::fmt;
 use std::task::{Context as TaskContext, Poll};
 
 use http::Request;
@@ -56,9 +57,16 @@ where
 ///             .with("path", req.uri().path())
 ///     }));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContextLayer<M> {
     make_context: M,
+}
+
+// By hand: `make_context` is usually a closure, which is not `Debug`.
+impl<M> fmt::Debug for ContextLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextLayer").finish_non_exhaustive()
+    }
 }
 
 impl<M> ContextLayer<M> {
@@ -81,10 +89,18 @@ impl<S, M: Clone> Layer<S> for ContextLayer<M> {
 
 /// The [`Service`] made by [`ContextLayer`]: calls the inner service within the request's
 /// context.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContextService<S, M> {
     inner: S,
     make_context: M,
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for ContextService<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, M> ContextService<S, M> {
@@ -147,6 +163,17 @@ mod tests {
     use crate::{merge_current, spawn};
     use std::convert::Infallible;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    #[test]
+    fn layer_and_service_are_debug_with_a_closure() {
+        let layer = ContextLayer::new(|_: &Request<()>| Context::new());
+        assert_eq!(format!("{layer:?}"), "ContextLayer { .. }");
+        let service = layer.layer("inner");
+        assert_eq!(
+            format!("{service:?}"),
+            r#"ContextService { inner: "inner", .. }"#
+        );
+    }
 
     fn request(method: &str, path: &str) -> Request<()> {
         Request::builder()

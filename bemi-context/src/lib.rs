@@ -61,9 +61,15 @@
 //! [`payload`] is the compact JSON text of the context. An empty context, or one whose text is
 //! longer than [`MAX_PAYLOAD_CHARS`] (1,000,000) characters, gives `None`: nothing is emitted,
 //! the write goes ahead, and an oversized context is logged as a `tracing` warning, like Bemi's
-//! packages do. Adapters bind the payload as a parameter; it is never spliced into SQL, so any
-//! JSON text is safe, including quotes, backslashes, `/*`, `*/` and non-ASCII text. For drivers
-//! that must send literal SQL, [`emit_statement`] quotes it.
+//! packages do. Adapters bind the payload as a parameter of [`EMIT_SQL`], except where a
+//! literal saves a round trip (bemi-sqlx sends `<emit>; BEGIN` as one simple query): there
+//! [`emit_statement`] quotes it as PostgreSQL's own `PQescapeLiteral` does. Either way any JSON
+//! text is safe, including quotes, backslashes, `/*`, `*/` and non-ASCII text.
+//!
+//! A transactional message needs a transaction id, so a transaction with a context is a
+//! writing one even when it only reads, and on a read replica (hot standby), which cannot
+//! assign transaction ids, it fails. Begin read-only transactions, and any transaction on a
+//! replica, without the adapters.
 //!
 //! # Security: context can be forged
 //!

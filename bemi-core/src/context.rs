@@ -101,6 +101,10 @@ pub use bemi_context::Context;
 /// emit is prepared once per connection through the pool's statement cache, then only bound and
 /// executed). Sealed: other types cannot implement it.
 pub trait ContextTransaction: Sync + sealed::Sealed {
+    /// Makes the emit ready to send without waiting (prepares it where it is cached).
+    #[doc(hidden)]
+    fn prepare_emit(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Sends the emit with `payload`; completes when the server has run it.
     #[doc(hidden)]
     fn emit_payload(&self, payload: &str) -> impl Future<Output = Result<(), Error>> + Send;
@@ -113,6 +117,10 @@ mod sealed {
 }
 
 impl ContextTransaction for Transaction<'_> {
+    async fn prepare_emit(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn emit_payload(&self, payload: &str) -> Result<(), Error> {
         self.execute_typed(EMIT_SQL, &[(&payload, Type::TEXT)])
             .await
@@ -121,6 +129,12 @@ impl ContextTransaction for Transaction<'_> {
 }
 
 impl ContextTransaction for deadpool_postgres::Transaction<'_> {
+    async fn prepare_emit(&self) -> Result<(), Error> {
+        self.prepare_typed_cached(EMIT_SQL, &[Type::TEXT])
+            .await
+            .map(drop)
+    }
+
     async fn emit_payload(&self, payload: &str) -> Result<(), Error> {
         let statement = self.prepare_typed_cached(EMIT_SQL, &[Type::TEXT]).await?;
         self.execute(&statement, &[&payload]).await.map(drop)
@@ -172,7 +186,9 @@ pub async fn begin_cached<'a>(
 }
 
 /// Emits a context into `tx` together with `first`, the transaction's first statement: both
-/// requests go out in the same round trip, the emit ahead, so the context costs no extra wait.
+/// requests go out in the same round trip, the emit ahead, so the context costs no extra wait
+/// (on a deadpool-postgres transaction, the first time on a connection waits once for the emit
+/// to be prepared).
 ///
 /// `first` is a future of a statement on `tx` that has not been polled yet, such as
 /// `tx.execute(…)` or `tx.query(…)`; its output is returned. The context is `ctx`, or when
@@ -212,9 +228,12 @@ where
 {
     match payload_or_current(ctx) {
         Some(payload) => {
-            // `join` polls its futures in order, every time: the emit's request is queued
-            // first. Both run to the end (a failed emit makes `first` fail fast with "current
-            // transaction is aborted"), and the emit's error is the one that explains it.
+            // Prepared first (a round trip only the first time on a connection), so that the
+            // emit goes out without waiting. `join` polls its futures in order, every time: the
+            // emit's request is queued first. Both run to the end (a failed emit makes `first`
+            // fail fast with "current transaction is aborted"), and the emit's error is the one
+            // that explains it.
+            tx.prepare_emit().await?;
             let (emitted, out) = futures_util::future::join(tx.emit_payload(&payload), first).await;
             emitted?;
             out

@@ -97,15 +97,14 @@ where
 /// returns whether there was a context to emit.
 ///
 /// For transactions begun otherwise, for example with `begin_with_config` for an isolation
-/// level. Call it first in the transaction (see [`crate::emit`]).
+/// level. Call it first in the transaction (see [`crate::emit`]). It takes a
+/// `DatabaseTransaction`, not a `DatabaseConnection`: on a pool the message would run in a
+/// transaction of its own, on any connection, and reach no change.
 ///
 /// # Errors
 ///
 /// Those of running the statement; a database other than PostgreSQL is [`DbErr::Custom`].
-pub async fn emit<C>(txn: &C) -> Result<bool, DbErr>
-where
-    C: ConnectionTrait + ?Sized,
-{
+pub async fn emit(txn: &DatabaseTransaction) -> Result<bool, DbErr> {
     emit_optional(txn, current_payload()).await
 }
 
@@ -114,27 +113,18 @@ where
 /// # Errors
 ///
 /// As [`emit`].
-pub async fn emit_with<C>(txn: &C, ctx: &Context) -> Result<bool, DbErr>
-where
-    C: ConnectionTrait + ?Sized,
-{
+pub async fn emit_with(txn: &DatabaseTransaction, ctx: &Context) -> Result<bool, DbErr> {
     emit_optional(txn, payload(ctx)).await
 }
 
-async fn emit_optional<C>(txn: &C, payload: Option<String>) -> Result<bool, DbErr>
-where
-    C: ConnectionTrait + ?Sized,
-{
+async fn emit_optional(txn: &DatabaseTransaction, payload: Option<String>) -> Result<bool, DbErr> {
     match payload {
         Some(payload) => emit_payload(txn, payload).await.map(|()| true),
         None => Ok(false),
     }
 }
 
-async fn emit_payload<C>(txn: &C, payload: String) -> Result<(), DbErr>
-where
-    C: ConnectionTrait + ?Sized,
-{
+async fn emit_payload(txn: &DatabaseTransaction, payload: String) -> Result<(), DbErr> {
     let backend = txn.get_database_backend();
     if backend != DbBackend::Postgres {
         return Err(DbErr::Custom(format!(

@@ -105,6 +105,12 @@ impl<'c> Target<'c> {
             // Nothing to emit: the write runs on its own, as sqlx would run it.
             (Target::Pool(pool), None) => pool.execute(query).await,
             (Target::Connection(conn), None) => conn.execute(query).await,
+            // In an open transaction: the context goes into it, then the write, which fails or
+            // aborts the transaction just as it would without a context.
+            (Target::Connection(conn), Some(payload)) if conn.is_in_transaction() => {
+                emit_payload(conn, payload).await?;
+                conn.execute(query).await
+            }
             (target, payload) => {
                 let mut tx = target.begin(payload).await?;
                 let result = tx.execute(query).await?;
@@ -259,8 +265,9 @@ async fn emit_optional(conn: &mut PgConnection, payload: Option<String>) -> sqlx
 /// a transaction begun with the context and commits it: a message emitted outside the write's
 /// transaction would not be stitched to it. That is three round trips (`emit; BEGIN`, the
 /// write, `COMMIT`) instead of one; without a context to emit the query runs on its own, in one.
-/// Inside an open transaction (`conn` a transaction or a connection in one), the write gets a
-/// savepoint with the context.
+/// Inside an open transaction (`conn` a transaction or a connection in one), the context is
+/// emitted into that transaction before the write, which then runs as sqlx would run it there:
+/// the write and the transaction's later ones take that context (see [`emit`]).
 ///
 /// ```no_run
 /// use bemi_context::{scope, Context};

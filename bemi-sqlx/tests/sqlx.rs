@@ -236,6 +236,60 @@ async fn execute_runs_a_single_write_in_a_transaction_with_its_context() {
     h.shutdown().await;
 }
 
+#[tokio::test]
+async fn execute_in_an_open_transaction_emits_into_it() {
+    let h = Harness::start().await;
+    let job = Context::new().with("job", "nightly");
+    let request = Context::new().with("request_id", "r-7");
+
+    let mut tx = bemi_sqlx::begin_with(&h.pool, &job).await.unwrap();
+    insert(&mut tx, 1, 1).await;
+    let done = bemi_sqlx::execute_with(
+        &mut tx,
+        &request,
+        sqlx::query("INSERT INTO items VALUES (2)"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    // a later write of the transaction takes the latest context, as after any emit
+    insert(&mut tx, 3, 3).await;
+    tx.commit().await.unwrap();
+
+    // a failing write aborts the transaction exactly as it would without a context
+    let mut tx = bemi_sqlx::begin_with(&h.pool, &job).await.unwrap();
+    insert(&mut tx, 4, 4).await;
+    let err = bemi_sqlx::execute_with(
+        &mut tx,
+        &request,
+        sqlx::query("INSERT INTO items VALUES (1)"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    let aborted = sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap_err();
+    assert!(
+        aborted
+            .to_string()
+            .contains("current transaction is aborted"),
+        "{aborted}"
+    );
+    tx.rollback().await.unwrap();
+
+    let changes = h.changes().await;
+    let ids: Vec<&str> = changes
+        .iter()
+        .filter_map(|c| c.primary_key.as_deref())
+        .collect();
+    assert_eq!(ids, ["1", "2", "3"]);
+    let request = Value::from(request);
+    assert_eq!(
+        contexts(&changes),
+        [Value::from(job), request.clone(), request]
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_carried_into_a_spawned_task_arrives() {
     let h = Harness::start().await;
