@@ -19,7 +19,9 @@
 //! it. The tracker runs in this process (slot `bemi_axum_example`) and writes the `changes`
 //! table of the same database. With your own database (PostgreSQL 14+, `wal_level = logical`, a
 //! role with REPLICATION) the slot stays behind when the app stops, so that the next run misses
-//! nothing; drop it with `SELECT pg_drop_replication_slot('bemi_axum_example')` when done.
+//! nothing. When done, drop it and its stored position (else the next run refuses to start
+//! over the gap): `SELECT pg_drop_replication_slot('bemi_axum_example'); DELETE FROM
+//! _bemi_progress WHERE slot = 'bemi_axum_example';`.
 //!
 //! The port comes from `--port` or `PORT` (default 3000; 0 picks a free one). The app prints the
 //! address it listens on.

@@ -13,7 +13,9 @@
 //! With your own database (PostgreSQL 14+, `wal_level = logical`, a role with REPLICATION) it
 //! creates the table `bemi_example_orders`, and leaves it, the `changes` table and its slot
 //! `bemi_diesel_example` behind (drop the slot with
-//! `SELECT pg_drop_replication_slot('bemi_diesel_example')` so it does not pin WAL).
+//! `SELECT pg_drop_replication_slot('bemi_diesel_example')` so it does not pin WAL, and its stored
+//! position with `DELETE FROM _bemi_progress WHERE slot = 'bemi_diesel_example'`, or the next run refuses
+//! to start over the gap).
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};

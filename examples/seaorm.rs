@@ -9,7 +9,9 @@
 //! database (PostgreSQL 14+, `wal_level = logical`, a role with REPLICATION) it creates the table
 //! `bemi_example_articles`, and leaves it, the `changes` table and its slot
 //! `bemi_seaorm_example` behind (drop the slot with
-//! `SELECT pg_drop_replication_slot('bemi_seaorm_example')` so it does not pin WAL).
+//! `SELECT pg_drop_replication_slot('bemi_seaorm_example')` so it does not pin WAL, and its stored
+//! position with `DELETE FROM _bemi_progress WHERE slot = 'bemi_seaorm_example'`, or the next run refuses
+//! to start over the gap).
 
 use std::time::{Duration, Instant};
 

@@ -74,7 +74,8 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
     print_table(&rows);
     sql.batch_execute(&format!(
         "SELECT pg_drop_replication_slot('{SLOT}');
-         DROP PUBLICATION {SLOT}; DROP TABLE {TABLE}; DROP TABLE bemi_demo_changes;"
+         DROP PUBLICATION {SLOT}; DROP TABLE {TABLE}; DROP TABLE bemi_demo_changes;
+         DELETE FROM _bemi_progress WHERE slot = '{SLOT}';"
     ))
     .await?;
     println!("\nDone. The demo's table, slot and publication were removed.");

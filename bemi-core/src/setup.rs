@@ -42,6 +42,7 @@ pub struct SourceSetup {
     slot: String,
     publication: String,
     tables: Tables,
+    resuming_from: Option<Lsn>,
 }
 
 /// What [`SourceSetup::prepare`] found and did.
@@ -67,7 +68,18 @@ impl SourceSetup {
             slot: slot.into(),
             publication: publication.into(),
             tables: Tables::All,
+            resuming_from: None,
         }
+    }
+
+    /// Tells that changes up to `lsn` were already stored from this slot. A missing slot is
+    /// then an error ([`ErrorKind::SlotMissing`]) instead of being created: a new slot starts at
+    /// the current end of the WAL, so the changes since `lsn` would be skipped without a word.
+    /// Creating the slot explicitly (`bemi setup`, or [`SourceSetup::prepare`] without this)
+    /// accepts that gap.
+    pub fn resuming_from(mut self, lsn: Lsn) -> Self {
+        self.resuming_from = Some(lsn);
+        self
     }
 
     /// Chooses the tables of a publication created by this setup (an existing publication is
@@ -265,6 +277,22 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot});
 
     async fn ensure_slot(&self, client: &Client) -> Result<(bool, Lsn)> {
         let Some(row) = self.slot_row(client).await? else {
+            if let Some(stored) = self.resuming_from {
+                return Err(Error::new(
+                    ErrorKind::SlotMissing,
+                    format!(
+                        "replication slot {slot:?} is missing, but changes up to {stored} were \
+                         already stored from it; a new slot would start at the end of the WAL and \
+                         the changes since {stored} would never be recorded. If the slot was \
+                         dropped or lost (a failover or an upgrade that did not carry it over), \
+                         those changes are gone: create the slot to carry on from now (`bemi \
+                         setup`, or SELECT pg_create_logical_replication_slot({literal}, \
+                         'pgoutput')); otherwise point the tracker at the right server",
+                        slot = self.slot,
+                        literal = quote_literal(&self.slot),
+                    ),
+                ));
+            }
             let row = client
                 .query_one(
                     "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",

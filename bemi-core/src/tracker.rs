@@ -418,6 +418,26 @@ impl<S: ChangeSink> Writer<S> {
     }
 }
 
+/// Refuses a sink whose stored position is past the end of the source's WAL: its changes came
+/// from another cluster (a restored copy, another server under the same slot name), and
+/// streaming from there would skip every change of this one up to that position.
+fn check_stored_position(stored: Option<Lsn>, wal_end: Lsn, slot: &str) -> Result<()> {
+    match stored {
+        Some(stored) if stored > wal_end => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the sink has stored changes up to {stored} for slot {slot:?}, but this server's \
+                 WAL ends at {wal_end}: the stored position belongs to another cluster (a \
+                 restored or migrated database, or another server tracked under the same slot \
+                 name), and resuming from it would skip every change up to it. Use another slot \
+                 name for this server, or remove the slot's row from the sink's progress table \
+                 (_bemi_progress) if its changes are to be tracked afresh"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Session {
     async fn start<S: ChangeSink>(
         config: &Settings,
@@ -425,14 +445,7 @@ impl Session {
         progress: &watch::Sender<Progress>,
     ) -> Result<Session> {
         let sql = config.source.connect().await?;
-        if config.setup {
-            SourceSetup::new(&config.slot, &config.publication)
-                .tables(config.tables.clone())
-                .prepare(&sql)
-                .await?;
-        } else {
-            setup::check_server(&sql).await?;
-        }
+        setup::check_server(&sql).await?;
         let mut client = ReplicationClient::connect(&config.source)
             .await?
             .with_status_interval(config.status_interval);
@@ -447,6 +460,15 @@ impl Session {
             slot: config.slot.clone(),
         };
         let start = sink.open(&source).await?;
+        check_stored_position(start.durable, system.xlog_pos, &config.slot)?;
+        if config.setup {
+            let mut setup =
+                SourceSetup::new(&config.slot, &config.publication).tables(config.tables.clone());
+            if let Some(stored) = start.durable {
+                setup = setup.resuming_from(stored);
+            }
+            setup.prepare(&sql).await?;
+        }
         let mut stitcher = Stitcher::new(database);
         for (schema, table) in start.ignore_tables {
             stitcher.ignore_table(schema, table);

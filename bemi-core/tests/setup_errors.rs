@@ -226,3 +226,84 @@ async fn start_returns_why_the_tracker_did_not_start() {
         err.report()
     );
 }
+
+#[tokio::test]
+async fn a_lost_slot_is_not_recreated_over_stored_changes() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    sql.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    db.wait_for_changes(1, &tracker, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tracker.shutdown().await.unwrap();
+
+    // the slot is lost while the tracker is down; changes made meanwhile cannot be streamed
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
+        .await
+        .unwrap();
+    sql.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    let err = db.tracker_builder().unwrap().start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SlotMissing, "{}", err.report());
+    assert!(
+        err.to_string().contains("would never be recorded"),
+        "{}",
+        err.report()
+    );
+    let slots: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "the tracker did not create the slot over the gap");
+
+    // creating the slot explicitly accepts the gap, and tracking carries on from there
+    SourceSetup::new(db.slot(), db.publication())
+        .prepare(&sql)
+        .await
+        .unwrap();
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    sql.execute("INSERT INTO t VALUES (3)", &[]).await.unwrap();
+    db.wait_for_changes(2, &tracker, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tracker.shutdown().await.unwrap();
+    let keys: Vec<String> = sql
+        .query("SELECT primary_key FROM changes ORDER BY commit_lsn", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(keys, ["1", "3"]);
+}
+
+#[tokio::test]
+async fn a_stored_position_past_the_source_s_wal_is_refused() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    tracker.shutdown().await.unwrap();
+    // as if `changes` and its progress were restored from another cluster, further along
+    let far = Lsn(0xFF << 32); // FF/0
+    sql.execute(
+        "INSERT INTO _bemi_progress (slot, lsn, updated_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn",
+        &[&db.slot(), &(far.0 as i64)],
+    )
+    .await
+    .unwrap();
+    let err = db.tracker_builder().unwrap().start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{}", err.report());
+    assert!(
+        err.to_string().contains("belongs to another cluster"),
+        "{}",
+        err.report()
+    );
+}
