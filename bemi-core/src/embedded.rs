@@ -164,26 +164,34 @@ impl TempPostgres {
 
     /// Restarts the server with `pg_ctl restart -m fast` (for tests of reconnection).
     pub fn restart(&self) -> Result<()> {
-        self.pg_ctl("restart")
+        self.pg_ctl("restart", "fast")
     }
 
     /// Stops the server with `pg_ctl stop -m fast`; [`start_again`](Self::start_again) brings
     /// it back on the same port (for tests of outages). The directory stays until drop.
     pub fn stop(&self) -> Result<()> {
-        self.pg_ctl("stop")
+        self.pg_ctl("stop", "fast")
     }
 
-    /// Starts a server stopped by [`stop`](Self::stop), with the same settings.
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no checkpoint, and WAL
+    /// not yet written from memory is lost); [`start_again`](Self::start_again) brings it back
+    /// through crash recovery (for tests of durability).
+    pub fn crash(&self) -> Result<()> {
+        self.pg_ctl("stop", "immediate")
+    }
+
+    /// Starts a server stopped by [`stop`](Self::stop) or [`crash`](Self::crash), with the same
+    /// settings.
     pub fn start_again(&self) -> Result<()> {
-        self.pg_ctl("start")
+        self.pg_ctl("start", "fast")
     }
 
-    fn pg_ctl(&self, action: &str) -> Result<()> {
+    fn pg_ctl(&self, action: &str, mode: &str) -> Result<()> {
         let owner = ServerUser::current()?;
         let log = self.dir.join("pg_ctl.log");
         let mut cmd = Command::new(self.bindir.join("pg_ctl"));
         cmd.arg(action)
-            .args(["-m", "fast", "-w", "-t", "60", "-D"])
+            .args(["-m", mode, "-w", "-t", "60", "-D"])
             .arg(self.data_dir())
             .arg("-l")
             .arg(&log);

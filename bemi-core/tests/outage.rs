@@ -1,5 +1,6 @@
 //! Outages: the source server restarting mid-stream, and the destination database unreachable
-//! for 10 s, both end with every change stored exactly once and no manual step.
+//! for 10 s, both end with every change stored exactly once and no manual step; a destination
+//! that crashes keeps every write the sink reported stored.
 
 use std::time::{Duration, Instant};
 
@@ -175,4 +176,53 @@ async fn an_unreachable_destination_for_ten_seconds_loses_nothing() {
     assert!(progress.reconnects >= 1, "{progress:?}");
     assert_exactly_once(&destination, 3500).await;
     drop(destination_pg);
+}
+
+#[tokio::test]
+async fn a_destination_crash_keeps_every_write_even_with_synchronous_commit_off() {
+    let source = server().await;
+    // A destination whose commits do not wait for the disk, and whose WAL writer waits 10 s
+    // between flushes: a write committed there only reaches the disk if the sink asks for it.
+    let destination = tokio::task::spawn_blocking(|| {
+        TempPostgres::builder()
+            .setting("synchronous_commit", "off")
+            .setting("wal_writer_delay", "10s")
+            .start()
+    })
+    .await
+    .unwrap()
+    .expect("throwaway destination server");
+    let db = TestDatabase::create_on(&admin(&source)).await.unwrap();
+    let sql = schema(&db).await;
+    let store = admin(&destination);
+    let tracker = Tracker::builder(db.options(), PostgresSink::connect(&store).unwrap())
+        .slot(db.slot())
+        .publication(db.publication())
+        .spawn();
+    tracker.wait_for(|p| p.connected).await;
+    // the tables the sink made are on disk; from here only the sink's writes are not
+    store
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute("CHECKPOINT")
+        .await
+        .unwrap();
+
+    write(&sql, 0, 20).await;
+    wait_for(&store, 100, &tracker).await;
+    let destination = tokio::task::spawn_blocking(move || {
+        destination.crash().expect("pg_ctl stop -m immediate");
+        destination.start_again().expect("pg_ctl start");
+        destination
+    })
+    .await
+    .unwrap();
+    tracker.shutdown().await.unwrap();
+    assert_eq!(
+        stored(&store).await,
+        Some(100),
+        "rows stored before the crash"
+    );
+    drop(destination);
 }

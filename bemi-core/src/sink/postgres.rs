@@ -24,12 +24,12 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// Each batch is one SQL statement, so one round trip and one transaction: the rows go in
 /// through `UNNEST` of column arrays with `ON CONFLICT (commit_lsn, ordinal) DO NOTHING`, and
 /// the durable position goes into the progress table (`_bemi_progress`, one row per slot) in
-/// the same statement.
+/// the same statement. That transaction commits durably (flushed to disk) even where the
+/// database or role sets `synchronous_commit = off`, because the slot is confirmed after it.
 ///
 /// Differences from Bemi's storage, all within its columns' types: `primary_key` is the real
 /// primary key (composite keys as a JSON array); keys longer than the column's 255 characters
 /// are cut to 255 with a warning.
-///
 ///
 /// ```no_run
 /// # async fn run() -> bemi_core::Result<()> {
@@ -91,15 +91,17 @@ impl PostgresSink {
         let insert = format!(
             "INSERT INTO {} (primary_key, before, after, context, database, schema, \"table\", \
              operation, committed_at, queued_at, transaction_id, position, commit_lsn, ordinal) \
-             SELECT * FROM UNNEST($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[], \
+             SELECT u.* FROM {DURABLE_COMMIT}, \
+             UNNEST($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
-             $11::int8[], $12::int8[], $13::int8[], $14::int4[]) \
+             $11::int8[], $12::int8[], $13::int8[], $14::int4[]) AS u \
              ON CONFLICT (commit_lsn, ordinal) DO NOTHING",
             self.qualified(&self.table)
         );
         self.insert_with_progress_sql = format!(
             "WITH inserted AS ({insert} RETURNING 1) \
-             INSERT INTO {progress} AS p (slot, lsn, updated_at) VALUES ($15, $16, now()) \
+             INSERT INTO {progress} AS p (slot, lsn, updated_at) \
+             SELECT $15, $16, now() FROM {DURABLE_COMMIT} \
              ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
             progress = self.qualified(&self.progress_table)
         );
@@ -252,6 +254,15 @@ impl PostgresSink {
         Ok(())
     }
 }
+
+/// A one-row subquery that makes the statement's transaction commit durably: a database or
+/// role with `synchronous_commit = off` would acknowledge a commit still in memory, and the
+/// tracker confirms the slot past what a crash of the destination would then lose. `off`
+/// becomes `local` (flushed to this server's disk); stronger settings are kept. Each statement
+/// of the sink is its own transaction, so the setting ends with it.
+const DURABLE_COMMIT: &str = "(SELECT set_config('synchronous_commit', \
+     CASE current_setting('synchronous_commit') WHEN 'off' THEN 'local' \
+     ELSE current_setting('synchronous_commit') END, true)) AS durable_commit";
 
 #[async_trait]
 impl ChangeSink for PostgresSink {
