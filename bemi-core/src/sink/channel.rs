@@ -12,9 +12,13 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Sends changes into a bounded channel; the application reads them from the [`ChangeStream`].
 ///
-/// A change counts as durable once it is in the channel, so the slot moves on as the
-/// application receives changes. After a restart the tracker resumes from the slot's position:
-/// delivery is at least once. When the channel is full, the tracker waits (back-pressure).
+/// A change counts as stored once it is in the channel, so the slot moves on as changes enter
+/// it: if the process dies, the changes still in the channel (up to `capacity`) and any the
+/// application had not finished with are not sent again. After a restart the tracker resumes
+/// from the slot's confirmed position, which may lag, so changes can also repeat (deduplicate
+/// by `commit_lsn` + `ordinal`). For an audit trail that survives crashes use
+/// [`PostgresSink`](super::PostgresSink). When the channel is full, the tracker waits
+/// (back-pressure).
 ///
 /// ```no_run
 /// use bemi_core::sink::ChannelSink;

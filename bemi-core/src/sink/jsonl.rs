@@ -10,7 +10,9 @@ use crate::error::{Error, ErrorKind, Result};
 /// to any `AsyncWrite`, flushing after every batch.
 ///
 /// It keeps no position, so delivery is at least once across restarts: deduplicate by
-/// `commit_lsn` + `ordinal` downstream.
+/// `commit_lsn` + `ordinal` downstream. A batch counts as stored once the writer's `flush`
+/// returns, and the slot moves on: `flush` on a `tokio::fs::File` does not fsync, so lines
+/// written there survive the process dying but not the host losing power.
 ///
 /// ```
 /// let sink = bemi_core::sink::JsonLinesSink::new(tokio::io::stdout());

@@ -3,8 +3,8 @@
 //! | sink | delivery | use |
 //! | --- | --- | --- |
 //! | [`PostgresSink`] | exactly once | the Bemi-compatible `changes` table, in the tracked database or another one |
-//! | [`ChannelSink`] | at least once across restarts | changes as a `Stream` inside the application |
-//! | [`JsonLinesSink`] | at least once across restarts | one JSON object per line to any writer |
+//! | [`ChannelSink`] | once per run; may repeat after a restart, and loses what is still in the channel if the process dies | changes as a `Stream` inside the application |
+//! | [`JsonLinesSink`] | at least once across restarts, as durable as the writer's `flush` | one JSON object per line to any writer |
 
 mod channel;
 mod jsonl;
