@@ -218,7 +218,8 @@ pub async fn begin_with<'c, C: Begin<'c>>(
 /// For transactions begun otherwise than with [`begin`], for example with a custom isolation
 /// level. Call it first in the transaction: the tracker gives each change the latest context
 /// emitted before it in its transaction, or the first one for changes before any. Outside a
-/// transaction the message would be its own transaction and reach no change.
+/// transaction (as sqlx tracks them: begun with sqlx, not with a raw `BEGIN`) it is an error,
+/// since the message would be its own transaction and reach no change.
 ///
 /// The payload is bound as a parameter of [`EMIT_SQL`]: one round trip.
 ///
@@ -238,7 +239,8 @@ pub async fn begin_with<'c, C: Begin<'c>>(
 ///
 /// # Errors
 ///
-/// Those of running the statement.
+/// [`sqlx::Error::InvalidArgument`] outside a transaction (when there is a context to emit);
+/// those of running the statement.
 pub async fn emit(conn: &mut PgConnection) -> sqlx::Result<bool> {
     emit_optional(conn, current_payload()).await
 }
@@ -247,13 +249,19 @@ pub async fn emit(conn: &mut PgConnection) -> sqlx::Result<bool> {
 ///
 /// # Errors
 ///
-/// Those of running the statement.
+/// As [`emit`].
 pub async fn emit_with(conn: &mut PgConnection, ctx: &Context) -> sqlx::Result<bool> {
     emit_optional(conn, payload(ctx)).await
 }
 
 async fn emit_optional(conn: &mut PgConnection, payload: Option<String>) -> sqlx::Result<bool> {
     match payload {
+        Some(_) if !conn.is_in_transaction() => Err(sqlx::Error::InvalidArgument(
+            "bemi_sqlx::emit needs an open transaction, begun through sqlx (begin, begin_with, \
+             bemi_sqlx::begin): outside one the context would be a transaction of its own and \
+             reach no change"
+                .to_owned(),
+        )),
         Some(payload) => emit_payload(conn, payload).await.map(|()| true),
         None => Ok(false),
     }

@@ -159,6 +159,13 @@ async fn emit_into_a_transaction_the_caller_holds() {
     assert!(!bemi_sqlx::emit(&mut tx).await.unwrap());
     insert(&mut tx, 1, 1).await;
     tx.commit().await.unwrap();
+    // outside a transaction the message would reach no change: refused
+    let err = bemi_sqlx::emit_with(&mut conn, &ctx).await.unwrap_err();
+    assert!(matches!(err, sqlx::Error::InvalidArgument(_)), "{err}");
+    assert!(
+        err.to_string().contains("needs an open transaction"),
+        "{err}"
+    );
     drop(conn);
 
     let current = Context::new().with("from", "scope");
