@@ -352,3 +352,224 @@ fn contains_nul(map: &serde_json::Map<String, serde_json::Value>) -> bool {
     map.iter()
         .any(|(key, value)| key.contains('\0') || value_has_nul(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::pgoutput::{Oid, Xid};
+
+    fn table(name: &str) -> Arc<RelationInfo> {
+        Arc::new(RelationInfo {
+            oid: Oid(1),
+            schema: "public".to_owned(),
+            table: name.to_owned(),
+            columns: Vec::new(),
+            full_identity: true,
+            primary_key: Vec::new(),
+        })
+    }
+
+    /// Feeds events at increasing positions; returns the changes handed on and the commits.
+    struct Feed {
+        stitcher: Stitcher,
+        out: Vec<Change>,
+        commits: Vec<Committed>,
+        position: u64,
+    }
+
+    impl Feed {
+        fn new(stitcher: Stitcher) -> Self {
+            Feed {
+                stitcher,
+                out: Vec::new(),
+                commits: Vec::new(),
+                position: 0x100,
+            }
+        }
+
+        fn push(&mut self, event: RowEvent) -> &mut Self {
+            self.position += 0x10;
+            let at = Lsn(self.position);
+            if let Some(c) = self.stitcher.push(event, at, Utc::now(), &mut self.out) {
+                self.commits.push(c);
+            }
+            self
+        }
+
+        fn begin(&mut self, final_lsn: u64) -> &mut Self {
+            self.push(RowEvent::Begin {
+                xid: Xid(7),
+                final_lsn: Lsn(final_lsn),
+                commit_time: Utc::now(),
+            })
+        }
+
+        fn insert(&mut self, name: &str, key: &str) -> &mut Self {
+            self.push(RowEvent::Insert {
+                relation: table(name),
+                new: Row::empty(),
+                primary_key: Some(key.to_owned()),
+            })
+        }
+
+        fn message(&mut self, transactional: bool, prefix: &str, content: &str) -> &mut Self {
+            self.push(RowEvent::Message {
+                transactional,
+                lsn: Lsn(self.position),
+                prefix: prefix.to_owned(),
+                content: bytes::Bytes::copy_from_slice(content.as_bytes()),
+            })
+        }
+
+        fn commit(&mut self, end_lsn: u64) -> &mut Self {
+            self.push(RowEvent::Commit {
+                commit_lsn: Lsn(end_lsn - 0x10),
+                end_lsn: Lsn(end_lsn),
+                commit_time: Utc::now(),
+            })
+        }
+
+        /// (key, context) of each change handed on, in order.
+        fn stitched(&self) -> Vec<(String, String)> {
+            self.out
+                .iter()
+                .map(|c| {
+                    let key = c.primary_key.clone().unwrap_or_default();
+                    (key, c.context.as_str().to_owned())
+                })
+                .collect()
+        }
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(k, c)| ((*k).to_owned(), (*c).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn changes_take_the_latest_message_before_them_or_the_first_one() {
+        let mut feed = Feed::new(Stitcher::new("app"));
+        feed.begin(0x1000)
+            .insert("t", "1")
+            .message(true, "_bemi", r#"{"a":1}"#)
+            .insert("t", "2")
+            .message(true, "_bemi", r#"{"b":2}"#)
+            .insert("t", "3")
+            .commit(0x1010);
+        assert_eq!(
+            feed.stitched(),
+            pairs(&[
+                ("1", r#"{"a":1}"#),
+                ("2", r#"{"a":1}"#),
+                ("3", r#"{"b":2}"#)
+            ])
+        );
+        let ordinals: Vec<u32> = feed.out.iter().map(|c| c.ordinal).collect();
+        assert_eq!(ordinals, [0, 1, 2]);
+        assert_eq!(
+            feed.commits,
+            [Committed {
+                end_lsn: Lsn(0x1010),
+                changes: 3,
+                replayed: false
+            }]
+        );
+    }
+
+    #[test]
+    fn other_prefixes_and_non_transactional_messages_are_not_context() {
+        let mut feed = Feed::new(Stitcher::new("app"));
+        feed.begin(0x1000)
+            .message(true, "_bemi_heartbeat", r#"{"x":1}"#)
+            .message(false, "_bemi", r#"{"y":2}"#)
+            .message(true, "other", r#"{"z":3}"#)
+            .insert("t", "1")
+            .commit(0x1010);
+        assert_eq!(feed.stitched(), pairs(&[("1", "{}")]));
+    }
+
+    #[test]
+    fn changes_before_the_first_message_wait_for_it_up_to_max_waiting() {
+        let mut feed = Feed::new(Stitcher::new("app").max_waiting(2));
+        feed.begin(0x1000).insert("t", "1").insert("t", "2");
+        assert!(feed.out.is_empty(), "two may wait");
+        feed.insert("t", "3");
+        assert_eq!(
+            feed.out.len(),
+            3,
+            "the third is over the limit: all go without context"
+        );
+        feed.message(true, "_bemi", r#"{"late":true}"#)
+            .insert("t", "4")
+            .commit(0x1010);
+        assert_eq!(
+            feed.stitched(),
+            pairs(&[
+                ("1", "{}"),
+                ("2", "{}"),
+                ("3", "{}"),
+                ("4", r#"{"late":true}"#)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_multi_table_truncate_gives_one_change_per_table_with_its_own_ordinal() {
+        let mut feed = Feed::new(Stitcher::new("app"));
+        feed.begin(0x1000)
+            .message(true, "_bemi", r#"{"job":"reset"}"#);
+        feed.push(RowEvent::Truncate {
+            relations: vec![table("a"), table("b")],
+            cascade: false,
+            restart_identity: false,
+        });
+        feed.commit(0x1010);
+        let tables: Vec<(&str, Operation, u32)> = feed
+            .out
+            .iter()
+            .map(|c| (c.table.as_str(), c.operation, c.ordinal))
+            .collect();
+        assert_eq!(
+            tables,
+            [("a", Operation::Truncate, 0), ("b", Operation::Truncate, 1)]
+        );
+    }
+
+    #[test]
+    fn replays_at_or_below_the_resume_position_and_ignored_tables_are_dropped() {
+        let mut stitcher = Stitcher::new("app");
+        stitcher.resume_after(Lsn(0x2000));
+        stitcher.ignore_table("public", "changes");
+        let mut feed = Feed::new(stitcher);
+        // a transaction whose commit record starts before the stored end: already stored
+        feed.begin(0x1ff0)
+            .message(true, "_bemi", r#"{"a":1}"#)
+            .insert("t", "1")
+            .commit(0x2000);
+        // the next one is new; the tracker's own table is never recorded
+        feed.begin(0x2000)
+            .insert("changes", "9")
+            .insert("t", "2")
+            .commit(0x2010);
+        assert_eq!(feed.stitched(), pairs(&[("2", "{}")]));
+        assert_eq!(
+            feed.commits,
+            [
+                Committed {
+                    end_lsn: Lsn(0x2000),
+                    changes: 0,
+                    replayed: true
+                },
+                Committed {
+                    end_lsn: Lsn(0x2010),
+                    changes: 1,
+                    replayed: false
+                },
+            ]
+        );
+    }
+}
