@@ -169,3 +169,75 @@ async fn killing_the_worker_ten_times_loses_and_doubles_nothing() {
     .await;
     assert_eq!(matching, CHANGES);
 }
+
+/// Polls `SELECT count(*) FROM changes` (0 before the table exists) until `done` says so.
+async fn wait_for_stored(sql: &Client, what: &str, done: impl Fn(i64) -> bool) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let stored: i64 = sql
+            .query_one("SELECT count(*) FROM changes", &[])
+            .await
+            .map_or(0, |row| row.get(0));
+        if done(stored) {
+            return stored;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stored} changes stored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_in_the_middle_of_a_large_transaction_loses_and_doubles_nothing() {
+    const ROWS: i64 = 30_000;
+    let db = TestDatabase::create().await.expect("test database");
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, txn int NOT NULL, n int NOT NULL);
+         ALTER TABLE items REPLICA IDENTITY FULL;",
+    )
+    .await
+    .unwrap();
+    bemi_core::setup::SourceSetup::new(db.slot(), db.publication())
+        .prepare(&sql)
+        .await
+        .unwrap();
+    // One transaction, stored in batches of 500: the kill lands after some of its batches.
+    sql.batch_execute(&format!(
+        "BEGIN; SELECT pg_logical_emit_message(true, '_bemi', '{{\"txn\": 1}}');
+         INSERT INTO items SELECT g, 1, 0 FROM generate_series(1, {ROWS}) g; COMMIT;"
+    ))
+    .await
+    .unwrap();
+
+    let mut worker = start_worker(&db);
+    let at_kill = wait_for_stored(&sql, "before the kill", |n| n > 0).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let after_kill = wait_for_stored(&sql, "after the kill", |_| true).await;
+    println!("killed with {at_kill}..{after_kill} of {ROWS} changes stored");
+    assert!(
+        after_kill < ROWS,
+        "the kill should land in the middle of the transaction ({after_kill} stored)"
+    );
+
+    let mut worker = start_worker(&db);
+    wait_for_stored(&sql, "after the restart", |n| n >= ROWS).await;
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert_eq!(count(&sql, "SELECT count(*) FROM changes").await, ROWS);
+    assert_eq!(
+        count(&sql, "SELECT count(DISTINCT primary_key) FROM changes").await,
+        ROWS
+    );
+    assert_eq!(
+        count(
+            &sql,
+            "SELECT count(*) FROM changes WHERE context = '{\"txn\": 1}' AND operation = 'CREATE'"
+        )
+        .await,
+        ROWS
+    );
+}
