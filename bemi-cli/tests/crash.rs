@@ -1,5 +1,6 @@
 //! Crash safety: the worker is killed with SIGKILL at 10 random moments during a 50,000-change
-//! workload and restarted each time; `changes` ends with every change exactly once.
+//! workload and restarted each time, and once in the middle of a 30,000-row transaction stored
+//! in batches; `changes` ends with every change exactly once.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
