@@ -64,7 +64,9 @@
 //! packages do. Adapters bind the payload as a parameter of [`EMIT_SQL`], except where a
 //! literal saves a round trip (bemi-sqlx sends `<emit>; BEGIN` as one simple query): there
 //! [`emit_statement`] quotes it as PostgreSQL's own `PQescapeLiteral` does. Either way any JSON
-//! text is safe, including quotes, backslashes, `/*`, `*/` and non-ASCII text.
+//! text is safe, including quotes, backslashes, `/*`, `*/` and non-ASCII text. (In a database
+//! whose encoding is not UTF-8, a character that encoding cannot hold makes the emit fail, as it
+//! would make any write of that text fail.)
 //!
 //! A transactional message needs a transaction id, so a transaction with a context is a
 //! writing one even when it only reads, and on a read replica (hot standby), which cannot
