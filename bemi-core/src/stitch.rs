@@ -18,13 +18,15 @@
 //! ```
 //!
 //! `raw` holds the payload text (invalid UTF-8 replaced by U+FFFD); for a payload over the size
-//! limit it holds only the first 1,000 characters. A JSON object containing `\u0000`, which
-//! `jsonb` cannot store, is also recorded this way.
+//! limit it holds only the first 1,000 characters. A JSON object that `jsonb` cannot store
+//! (one containing `\u0000`, or a number beyond `numeric`'s range such as `1e-20000`) is also
+//! recorded this way.
 
 use chrono::{DateTime, Utc};
 
 use crate::change::{Change, ContextJson, Operation};
 use crate::row::{RelationInfo, Row, RowEvent};
+use crate::value::numbers_fit_numeric;
 use crate::Lsn;
 
 /// The prefix of context messages.
@@ -323,6 +325,10 @@ pub fn parse_context(content: &[u8], lsn: Lsn) -> ContextJson {
             Ok(serde_json::Value::Object(map)) if contains_nul(&map) => {
                 Some("the payload contains \\u0000, which jsonb cannot store".to_owned())
             }
+            Ok(serde_json::Value::Object(_)) if !numbers_fit_numeric(&text) => Some(
+                "the payload has a number beyond the range of numeric, which jsonb cannot store"
+                    .to_owned(),
+            ),
             Ok(serde_json::Value::Object(_)) => None,
             Ok(_) => Some("the payload is not a JSON object".to_owned()),
         }

@@ -178,9 +178,10 @@ fn scalar_to_json(scalar: Scalar, text: &str, out: &mut String) {
             _ => push_json_string(text, out),
         },
         Scalar::Json => {
-            // `json` keeps its input text; a `\u0000` escape in it would make PostgreSQL's
-            // `jsonb` (the `changes` columns) refuse the whole row.
-            if !text.contains("\\u0000") && is_valid_json(text) {
+            // `json` keeps its input text; a `\u0000` escape or a number beyond `numeric`'s
+            // range in it would make PostgreSQL's `jsonb` (the `changes` columns) refuse the
+            // whole row.
+            if !text.contains("\\u0000") && is_valid_json(text) && numbers_fit_numeric(text) {
                 out.push_str(text);
             } else {
                 push_json_string(text, out);
@@ -331,6 +332,71 @@ fn skip_digits(bytes: &[u8], mut i: usize) -> usize {
 
 // ---------------------------------------------------------------------------------------------
 // JSON documents
+
+/// The most digits `numeric`, which `jsonb` stores numbers as, holds before the decimal point,
+/// and after it.
+const NUMERIC_MAX_INT_DIGITS: i64 = 131_072;
+const NUMERIC_MAX_SCALE: i64 = 16_383;
+
+/// Whether every number in the valid JSON text `json` fits `numeric`, counting the digits its
+/// exponent implies: `json` accepts any number text, and one like `1e-20000` makes `jsonb`
+/// refuse the whole document ("value overflows numeric format"). Errs on the side of `false`
+/// (an integer part of zeros counts as a digit).
+pub(crate) fn numbers_fit_numeric(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let (fits, end) = number_fits_numeric(bytes, i);
+                if !fits {
+                    return false;
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+/// Reads the JSON number at `start`; returns whether it fits `numeric` and where it ends.
+fn number_fits_numeric(bytes: &[u8], start: usize) -> (bool, usize) {
+    let mut i = start + usize::from(bytes.get(start) == Some(&b'-'));
+    let int_start = i;
+    i = skip_digits(bytes, i);
+    let int_digits = (i - int_start) as i64;
+    let mut frac_digits = 0;
+    if bytes.get(i) == Some(&b'.') {
+        let frac_start = i + 1;
+        i = skip_digits(bytes, frac_start);
+        frac_digits = (i - frac_start) as i64;
+    }
+    let mut exponent: i64 = 0;
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative = bytes.get(i) == Some(&b'-');
+        i += usize::from(matches!(bytes.get(i), Some(b'+' | b'-')));
+        let digits_start = i;
+        i = skip_digits(bytes, i);
+        let magnitude = bytes[digits_start..i].iter().fold(0i64, |e, d| {
+            e.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+        });
+        exponent = if negative { -magnitude } else { magnitude };
+    }
+    let fits = int_digits.saturating_add(exponent) <= NUMERIC_MAX_INT_DIGITS
+        && frac_digits.saturating_sub(exponent) <= NUMERIC_MAX_SCALE;
+    (fits, i)
+}
 
 /// Whether `text` is one JSON value that `serde_json::Value` would accept, checked without
 /// building it: unlike `IgnoredAny`, numbers are parsed, so ones beyond `f64` range are refused.
@@ -881,6 +947,32 @@ mod tests {
     }
 
     #[test]
+    fn numbers_fit_numeric_as_postgresql_15_decides() {
+        // Each checked against `SELECT '<text>'::json::jsonb` on PostgreSQL 15.
+        for fits in [
+            "[1e-16383]",
+            "[1e131071]",
+            "[1e1000]",
+            "[-0.5, 12.25e3, 0]",
+            r#"{"1e-99999": "1e-99999"}"#,
+            r#"["a\"1e-99999"]"#,
+        ] {
+            assert!(numbers_fit_numeric(fits), "{fits}");
+        }
+        for overflows in [
+            "[1e-16384]",
+            "[1e-20000]",
+            "[0e-99999]",
+            "[1e131072]",
+            "[0.00000000001e-16380]",
+            "[1e-99999999999999999999999]",
+            r#"{"a": [1, {"b": 1E+999999}]}"#,
+        ] {
+            assert!(!numbers_fit_numeric(overflows), "{overflows}");
+        }
+    }
+
+    #[test]
     fn json_documents_are_nested() {
         check(&[
             (
@@ -905,6 +997,10 @@ mod tests {
             (oid::JSONB, r#"{"a": 1e999}"#, r#""{\"a\": 1e999}""#),
             (oid::JSONB, "NaN", r#""NaN""#),
             (oid::JSON, r#"["\u0000"]"#, r#""[\"\\u0000\"]""#),
+            // `json` keeps numbers `jsonb` (PostgreSQL's `numeric`) refuses: a string then.
+            (oid::JSON, "[1e-20000]", r#""[1e-20000]""#),
+            (oid::JSON, r#"{"z": 0e-99999}"#, r#""{\"z\": 0e-99999}""#),
+            (oid::JSON, "[1e-16383, 1e300]", "[1e-16383, 1e300]"),
         ]);
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert_eq!(convert(oid::JSONB, &deep), format!("\"{deep}\""));

@@ -174,7 +174,7 @@ async fn each_statement_keeps_its_own_context_and_bemi_row_triggers_are_stitched
     .unwrap();
     tx.commit().await.unwrap();
 
-    db.wait_for_changes(6, &tracker, WAIT).await.unwrap();
+    db.wait_for_changes(7, &tracker, WAIT).await.unwrap();
     tracker.shutdown().await.unwrap();
     let rows = sql
         .query(
@@ -212,13 +212,14 @@ async fn unusable_contexts_never_stop_the_tracker_and_are_recorded() {
         .unwrap();
     let tracker = db.spawn_tracker().unwrap();
     tracker.wait_for(|p| p.connected).await;
-    let payloads: [(&str, &str); 6] = [
+    let payloads: [(&str, &str); 7] = [
         ("1", "'not json'"),
         ("2", "'[1, 2]'"),
         ("3", "'\\xff7b7d'::bytea"),
         ("4", "'{\"a\": \"\\u0000\"}'"),
         ("5", "'{\"big\": \"' || repeat('x', 1000000) || '\"}'"),
         ("6", "'{\"fine\": \"*/ /* \\\\ ''quoted'' ünïcödé\"}'"),
+        ("7", "'{\"tiny\": 1e-20000}'"),
     ];
     for (id, payload) in payloads {
         sql.batch_execute(&format!(
@@ -247,6 +248,7 @@ async fn unusable_contexts_never_stop_the_tracker_and_are_recorded() {
     assert!(error(3).contains("\\u0000"), "{errors:?}");
     assert!(error(4).contains("over the limit"), "{errors:?}");
     assert_eq!(errors[5], None);
+    assert!(error(6).contains("range of numeric"), "{errors:?}");
     let raw_len: Option<i32> = rows[4].get(2);
     assert_eq!(
         raw_len,
@@ -257,6 +259,38 @@ async fn unusable_contexts_never_stop_the_tracker_and_are_recorded() {
     assert_eq!(raw["_bemi_invalid"]["raw"], "not json");
     let fine: serde_json::Value = rows[5].get(3);
     assert_eq!(fine["fine"], "*/ /* \\ 'quoted' ünïcödé");
+}
+
+#[tokio::test]
+async fn a_json_value_jsonb_cannot_hold_is_stored_as_text_and_the_tracker_goes_on() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, j json)")
+        .await
+        .unwrap();
+    let tracker = db.spawn_tracker().unwrap();
+    tracker.wait_for(|p| p.connected).await;
+    // `json` keeps this number; `jsonb` (the `changes` columns) refuses it
+    sql.batch_execute(
+        r#"INSERT INTO t VALUES (1, '{"tiny": 1e-20000}');
+           INSERT INTO t VALUES (2, '{"fine": 0.5}');"#,
+    )
+    .await
+    .unwrap();
+    db.wait_for_changes(2, &tracker, WAIT).await.unwrap();
+    tracker.shutdown().await.unwrap();
+    let rows = sql
+        .query("SELECT after->'j' FROM changes ORDER BY primary_key", &[])
+        .await
+        .unwrap();
+    let values: Vec<serde_json::Value> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        values,
+        [
+            serde_json::json!(r#"{"tiny": 1e-20000}"#),
+            serde_json::json!({"fine": 0.5})
+        ]
+    );
 }
 
 #[tokio::test]
