@@ -148,23 +148,37 @@ pub fn emit_statement(payload: &str) -> Result<String> {
     if payload.contains('\0') {
         return Err(Error::NulInPayload);
     }
-    const HEAD: &str = "SELECT pg_logical_emit_message(true, '_bemi', ";
-    let mut sql = String::with_capacity(HEAD.len() + payload.len() + 8);
-    sql.push_str(HEAD);
-    let backslash = payload.contains('\\');
-    if backslash {
-        sql.push('E');
+    Ok(format!(
+        "SELECT pg_logical_emit_message(true, '_bemi', {})",
+        quote_literal(payload)
+    ))
+}
+
+/// `text` as a PostgreSQL string literal, quoted as libpq's `PQescapeLiteral` quotes it: each
+/// `'` doubled, and when `text` contains a backslash, each backslash doubled and the literal
+/// written as an escape string (`E'…'`), which means the same whatever the server's
+/// `standard_conforming_strings` is. PostgreSQL text cannot hold NUL; a literal with one is
+/// refused by the server.
+///
+/// ```
+/// assert_eq!(bemi_context::quote_literal("O'Brien"), "'O''Brien'");
+/// assert_eq!(bemi_context::quote_literal(r"C:\tmp"), r"E'C:\\tmp'");
+/// ```
+pub fn quote_literal(text: &str) -> String {
+    let mut literal = String::with_capacity(text.len() + 3);
+    if text.contains('\\') {
+        literal.push('E');
     }
-    sql.push('\'');
-    for c in payload.chars() {
+    literal.push('\'');
+    for c in text.chars() {
         match c {
-            '\'' => sql.push_str("''"),
-            '\\' => sql.push_str("\\\\"),
-            c => sql.push(c),
+            '\'' => literal.push_str("''"),
+            '\\' => literal.push_str("\\\\"),
+            c => literal.push(c),
         }
     }
-    sql.push_str("')");
-    Ok(sql)
+    literal.push('\'');
+    literal
 }
 
 #[cfg(test)]

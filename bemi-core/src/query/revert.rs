@@ -137,17 +137,65 @@ pub struct RevertStep {
 
 impl RevertStep {
     /// The statement with its parameters written in as JSON literals, for a dry run.
+    ///
+    /// One pass over the statement: placeholders are replaced only outside quoted identifiers
+    /// and literals, and never inside a value already written in, so no value can turn into SQL.
     pub fn sql_with_literals(&self) -> String {
-        let mut sql = self.sql.clone();
-        // Highest first, so that $1 does not match the start of $10.
-        for (i, param) in self.params.iter().enumerate().rev() {
-            sql = sql.replace(
-                &format!("${}::text::jsonb", i + 1),
-                &format!("{}::jsonb", quote_literal(param)),
-            );
+        let mut out = String::with_capacity(self.sql.len() + 64);
+        let mut rest = self.sql.as_str();
+        while let Some(c) = rest.chars().next() {
+            match c {
+                '"' | '\'' => {
+                    let end = quoted_end(rest, c);
+                    out.push_str(&rest[..end]);
+                    rest = &rest[end..];
+                }
+                '$' => {
+                    let digits = rest[1..].bytes().take_while(u8::is_ascii_digit).count();
+                    let param = rest[1..=digits]
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|n| self.params.get(n.checked_sub(1)?));
+                    let tail = &rest[1 + digits..];
+                    match param {
+                        Some(param) if tail.starts_with(PARAM_CAST) => {
+                            out.push_str(&quote_literal(param));
+                            out.push_str("::jsonb");
+                            rest = &tail[PARAM_CAST.len()..];
+                        }
+                        _ => {
+                            out.push('$');
+                            rest = &rest[1..];
+                        }
+                    }
+                }
+                c => {
+                    out.push(c);
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
         }
-        sql
+        out
     }
+}
+
+/// How the statements use each parameter: `$n::text::jsonb`.
+const PARAM_CAST: &str = "::text::jsonb";
+
+/// The length of the quoted identifier or literal at the start of `sql`, which opens with
+/// `quote` (a doubled quote stays inside); all of `sql` when it is not closed.
+fn quoted_end(sql: &str, quote: char) -> usize {
+    let mut chars = sql.char_indices().skip(1).peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == quote {
+            if chars.peek().map(|&(_, next)| next) == Some(quote) {
+                chars.next();
+            } else {
+                return i + 1;
+            }
+        }
+    }
+    sql.len()
 }
 
 /// What a revert will do: the changes it undoes, the statements, and the conflicts found.
@@ -472,7 +520,7 @@ fn key_match(live: &LiveTable, alias: &str) -> String {
 
 fn record(live: &LiveTable, param: usize) -> String {
     format!(
-        "jsonb_populate_record(NULL::{}, ${param}::text::jsonb)",
+        "jsonb_populate_record(NULL::{}, ${param}{PARAM_CAST})",
         live.qualified()
     )
 }
@@ -671,14 +719,13 @@ impl RevertPlan {
             quote_literal(&self.context)
         ));
         for step in &self.steps {
-            script.push_str(&format!(
-                "-- undo {} of {} {} (change {})\n{};\n",
-                step.undoes,
-                step.table,
-                step.primary_key,
-                step.change,
-                step.sql_with_literals()
-            ));
+            // Names and keys are data: a line break in them must not end the comment.
+            let comment = format!(
+                "undo {} of {} {} (change {})",
+                step.undoes, step.table, step.primary_key, step.change
+            )
+            .replace(['\n', '\r'], " ");
+            script.push_str(&format!("-- {comment}\n{};\n", step.sql_with_literals()));
         }
         script.push_str("COMMIT;\n");
         script
@@ -773,4 +820,70 @@ fn refused(conflicts: &[Conflict]) -> Error {
             rows.join("; ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Lsn;
+
+    fn step(sql: &str, params: &[&str], primary_key: &str) -> RevertStep {
+        RevertStep {
+            table: TableName {
+                schema: None,
+                name: "t".to_owned(),
+            },
+            primary_key: primary_key.to_owned(),
+            undoes: Operation::Create,
+            change: Cursor {
+                commit_lsn: Lsn(1),
+                ordinal: 0,
+            },
+            sql: sql.to_owned(),
+            params: params.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn literals_replace_each_placeholder_once_and_never_inside_values_or_names() {
+        // A value that looks like a placeholder, and one that would close its literal.
+        let s = step(
+            r#"UPDATE "t$1::text::jsonb" SET x = $1::text::jsonb, y = $2::text::jsonb, z = $10"#,
+            &[
+                r#"{"a":"$2::text::jsonb"}"#,
+                r#"{"b":"'; DROP TABLE users; --"}"#,
+            ],
+            "1",
+        );
+        assert_eq!(
+            s.sql_with_literals(),
+            r#"UPDATE "t$1::text::jsonb" SET x = '{"a":"$2::text::jsonb"}'::jsonb, "#.to_owned()
+                + r#"y = '{"b":"''; DROP TABLE users; --"}'::jsonb, z = $10"#
+        );
+    }
+
+    #[test]
+    fn a_line_break_in_a_key_does_not_end_the_script_s_comment() {
+        let plan = RevertPlan {
+            changes: Vec::new(),
+            steps: vec![step(
+                "DELETE FROM t WHERE id = $1::text::jsonb",
+                &["1"],
+                "x\nDROP TABLE users; --",
+            )],
+            conflicts: Vec::new(),
+            context: r#"{"by":"me"}"#.to_owned(),
+            force: false,
+            checks: Vec::new(),
+        };
+        let script = plan.sql();
+        assert!(
+            !script.lines().any(|line| line.starts_with("DROP")),
+            "{script}"
+        );
+        assert!(
+            script.contains("-- undo CREATE of t x DROP TABLE users; --"),
+            "{script}"
+        );
+    }
 }

@@ -142,10 +142,7 @@ pub(crate) fn quote_qualified(schema: Option<&str>, name: &str) -> String {
     }
 }
 
-/// Quotes an SQL string literal: `it's` → `'it''s'`.
-pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+pub(crate) use bemi_context::quote_literal;
 
 #[cfg(test)]
 mod tests {
