@@ -43,6 +43,8 @@ pub struct SourceSetup {
     publication: String,
     tables: Tables,
     resuming_from: Option<Lsn>,
+    /// `schema.table` of tables never recorded, left out of the replica identity warning.
+    unrecorded: Vec<String>,
 }
 
 /// What [`SourceSetup::prepare`] found and did.
@@ -69,6 +71,7 @@ impl SourceSetup {
             publication: publication.into(),
             tables: Tables::All,
             resuming_from: None,
+            unrecorded: Vec::new(),
         }
     }
 
@@ -79,6 +82,22 @@ impl SourceSetup {
     /// accepts that gap.
     pub fn resuming_from(mut self, lsn: Lsn) -> Self {
         self.resuming_from = Some(lsn);
+        self
+    }
+
+    /// Tables the tracker never records (its own `changes` and progress tables when they are in
+    /// the tracked database): their replica identity does not matter, so [`prepare`](Self::prepare)
+    /// does not warn about it.
+    pub fn unrecorded<I, S, T>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = (S, T)>,
+        S: AsRef<str>,
+        T: AsRef<str>,
+    {
+        self.unrecorded = tables
+            .into_iter()
+            .map(|(schema, table)| format!("{}.{}", schema.as_ref(), table.as_ref()))
+            .collect();
         self
     }
 
@@ -94,8 +113,9 @@ impl SourceSetup {
         let server_version_num = check_server(client).await?;
         let created_publication = self.ensure_publication(client).await?;
         let (created_slot, confirmed_flush_lsn) = self.ensure_slot(client).await?;
-        let tables_without_full_identity =
+        let mut tables_without_full_identity =
             tables_without_full_identity(client, &self.publication).await?;
+        tables_without_full_identity.retain(|table| !self.unrecorded.contains(table));
         if !tables_without_full_identity.is_empty() {
             tracing::warn!(
                 tables = ?tables_without_full_identity,

@@ -462,8 +462,9 @@ impl Session {
         let start = sink.open(&source).await?;
         check_stored_position(start.durable, system.xlog_pos, &config.slot)?;
         if config.setup {
-            let mut setup =
-                SourceSetup::new(&config.slot, &config.publication).tables(config.tables.clone());
+            let mut setup = SourceSetup::new(&config.slot, &config.publication)
+                .tables(config.tables.clone())
+                .unrecorded(start.ignore_tables.iter().cloned());
             if let Some(stored) = start.durable {
                 setup = setup.resuming_from(stored);
             }

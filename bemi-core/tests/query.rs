@@ -334,6 +334,13 @@ async fn time_travel_with_a_composite_key() {
     )
     .await;
     let second = clock(&sql).await;
+    write(
+        &sql,
+        json!({}),
+        "DELETE FROM slot WHERE day = '2024-01-02';",
+    )
+    .await;
+    let third = clock(&sql).await;
     sync(&sql, &tracker).await;
     let travel = TimeTravel::new("slot");
     let old_key = r#"["a b", "2024-01-01"]"#;
@@ -368,6 +375,13 @@ async fn time_travel_with_a_composite_key() {
         .collect();
     assert_eq!(keys, [r#"["a b","2024-01-02"]"#, r#"["a b","2024-01-03"]"#]);
     assert!(travel.row_at(&sql, "7", second).await.is_err());
+    // a key typed with spaces finds the row created and deleted under its stored form
+    let spaced = r#"["a b", "2024-01-02"]"#;
+    assert_eq!(
+        at(spaced, second).await,
+        Some(json!({"day": "2024-01-02", "room": "a b", "who": "y"}))
+    );
+    assert_eq!(at(spaced, third).await, None);
     tracker.shutdown().await.unwrap();
 }
 

@@ -197,6 +197,13 @@ async fn tables_without_replica_identity_full_are_listed() {
         ["billing.invoices", "public.keyed"]
     );
     assert!(report.created_slot && report.created_publication);
+    // the tracker's own tables are left out: it never records them
+    let report = SourceSetup::new(db.slot(), db.publication())
+        .unrecorded([("billing", "invoices")])
+        .prepare(&sql)
+        .await
+        .unwrap();
+    assert_eq!(report.tables_without_full_identity, ["public.keyed"]);
 }
 
 #[tokio::test]

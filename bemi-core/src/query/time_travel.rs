@@ -170,7 +170,8 @@ impl TimeTravel {
             .query()
             .changes_table(self.changes.clone());
         let sql = query.build_with(None, |sql| {
-            let key_param = sql.bind(primary_key.to_owned());
+            // the key as stored (a composite key's JSON without spaces), not as typed
+            let key_param = sql.bind(key.clone());
             let befores: Vec<String> = objects
                 .into_iter()
                 .map(|object| format!("before @> {}::text::jsonb", sql.bind(object)))
