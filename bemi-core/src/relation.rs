@@ -10,9 +10,12 @@
 //! when a Relation message arrives. When the table has no primary key (or is gone), the
 //! replica identity index's columns are used if the identity is not FULL; otherwise there is
 //! no key.
+//!
+//! Type messages, sent before a Relation message for the user-defined types of its columns,
+//! name array types (`_mood`, `_citext`): their values become JSON arrays.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -21,13 +24,15 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result};
 use crate::pgoutput::{self, ColumnValue, Message, Oid, OldTuple, PgTimestamp, TupleData};
 use crate::row::{ColumnInfo, RelationInfo, Row, RowEvent};
-use crate::value::{push_json_string, text_to_json};
+use crate::value::{push_json_string, text_to_json, user_array_to_json};
 
 /// Turns pgoutput messages into row events, keeping the relation cache.
 #[derive(Debug)]
 pub struct RowDecoder {
     catalog: Client,
     relations: HashMap<Oid, Arc<RelationInfo>>,
+    /// User-defined types the stream's Type messages named as arrays (`_…`).
+    user_arrays: HashSet<Oid>,
 }
 
 impl RowDecoder {
@@ -37,6 +42,7 @@ impl RowDecoder {
         RowDecoder {
             catalog,
             relations: HashMap::new(),
+            user_arrays: HashSet::new(),
         }
     }
 
@@ -55,8 +61,16 @@ impl RowDecoder {
         let event = match message {
             Message::Relation(relation) => {
                 let primary_key = self.primary_key(relation.oid).await?;
-                let info = relation_info(&relation, &primary_key);
+                let info = relation_info(&relation, &primary_key, &self.user_arrays);
                 self.relations.insert(relation.oid, Arc::new(info));
+                return Ok(None);
+            }
+            Message::Type(user_type) => {
+                if user_type.name.as_str().starts_with('_') {
+                    self.user_arrays.insert(user_type.oid);
+                } else {
+                    self.user_arrays.remove(&user_type.oid);
+                }
                 return Ok(None);
             }
             Message::Begin(begin) => RowEvent::Begin {
@@ -146,7 +160,11 @@ impl RowDecoder {
     }
 }
 
-fn relation_info(relation: &pgoutput::Relation, primary_key_names: &[String]) -> RelationInfo {
+fn relation_info(
+    relation: &pgoutput::Relation,
+    primary_key_names: &[String],
+    user_arrays: &HashSet<Oid>,
+) -> RelationInfo {
     let columns: Vec<ColumnInfo> = relation
         .columns
         .iter()
@@ -154,6 +172,7 @@ fn relation_info(relation: &pgoutput::Relation, primary_key_names: &[String]) ->
             name: c.name.as_str().to_owned(),
             type_oid: c.type_oid,
             replica_key: c.is_key(),
+            user_array: user_arrays.contains(&c.type_oid),
         })
         .collect();
     let full_identity = relation.replica_identity == pgoutput::ReplicaIdentity::Full;
@@ -244,7 +263,11 @@ fn row(
                     ))
                     .with_source(e)
                 })?;
-                text_to_json(column.type_oid, text, &mut json);
+                if column.user_array {
+                    user_array_to_json(text, &mut json);
+                } else {
+                    text_to_json(column.type_oid, text, &mut json);
+                }
             }
             (ColumnValue::Binary(bytes), _) => {
                 // Only text format is requested; keep binary data lossless as bytea hex text.

@@ -36,6 +36,10 @@ pub struct ColumnInfo {
     pub type_oid: Oid,
     /// Whether the column is part of the replica identity (all columns with FULL).
     pub replica_key: bool,
+    /// Whether the column's type is a user-defined array type (of an enum, a domain, an
+    /// extension type such as `citext`, …): PostgreSQL names array types `_element`, and the
+    /// stream's Type message gives that name. Its values become JSON arrays of strings.
+    pub user_array: bool,
 }
 
 /// A row as a JSON object (column name → value), built once while decoding.

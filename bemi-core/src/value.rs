@@ -22,14 +22,15 @@
 //! | `timestamp` | ISO 8601 string, `2024-01-02T03:04:05.123456` |
 //! | `date`, `time`, `timetz`, `interval`, `bytea` (`\x…`) | string of the text |
 //! | arrays of the types above | array, nested per dimension, `NULL` elements as `null` |
+//! | arrays of `inet`, `cidr`, `macaddr`, `"char"`, `money`, bit strings, `xml`, `tsvector`, `point`, built-in ranges; user-defined array types (enum, domain, `citext`, …, recognised by the relation decoder) | array of strings, as above |
 //! | anything else (text, uuid, enum, domain, composite, range, …) | string of the text |
 //!
 //! The output is always one complete JSON value that `serde_json` (default features) parses:
 //! conversion never fails and never panics. When the typed rule does not apply, for example a
 //! number beyond `f64` range (which `serde_json` rejects), a timestamp before year 1 or after
 //! 9999, a malformed array literal, or a `json` document that `serde_json` rejects (nesting deeper
-//! than 128 levels) or that PostgreSQL's `jsonb` would (`\u0000`), the value is the JSON string of
-//! the PostgreSQL text, so nothing is lost.
+//! than 128 levels) or that PostgreSQL's `jsonb` would (`\u0000`, a number beyond `numeric`'s
+//! range), the value is the JSON string of the PostgreSQL text, so nothing is lost.
 
 use std::io;
 
@@ -85,6 +86,28 @@ mod oid {
     pub(super) const TIMETZ_ARRAY: u32 = 1270;
     pub(super) const UUID_ARRAY: u32 = 2951;
     pub(super) const JSONB_ARRAY: u32 = 3807;
+    /// Arrays of types whose values are strings here: network and bit-string types, `"char"`,
+    /// `money`, `xml`, `tsvector`, `point` and the built-in ranges (`box[]` is left out: its
+    /// elements are separated by `;`).
+    pub(super) const STRING_ARRAYS: [u32; 17] = [
+        143,  // xml
+        651,  // cidr
+        775,  // macaddr8
+        791,  // money
+        1002, // "char"
+        1017, // point
+        1040, // macaddr
+        1041, // inet
+        1561, // bit
+        1563, // varbit
+        3643, // tsvector
+        3905, // int4range
+        3907, // numrange
+        3909, // tsrange
+        3911, // tstzrange
+        3913, // daterange
+        3927, // int8range
+    ];
 }
 
 /// How the text of a scalar (or of an array element) becomes JSON.
@@ -134,6 +157,7 @@ fn kind(type_oid: Oid) -> Kind {
         TIMESTAMP_ARRAY => Kind::Array(Scalar::Timestamp),
         TEXT_ARRAY | VARCHAR_ARRAY | BPCHAR_ARRAY | NAME_ARRAY | UUID_ARRAY | DATE_ARRAY
         | TIME_ARRAY | TIMETZ_ARRAY | INTERVAL_ARRAY | BYTEA_ARRAY => Kind::Array(Scalar::Text),
+        array if STRING_ARRAYS.contains(&array) => Kind::Array(Scalar::Text),
         // Already ISO 8601 (or hex for bytea) under the pinned settings.
         TEXT | VARCHAR | BPCHAR | NAME | UUID | DATE | TIME | TIMETZ | INTERVAL | BYTEA => {
             Kind::Scalar(Scalar::Text)
@@ -585,6 +609,12 @@ const MAX_DIMENSIONS: usize = 6;
 /// Converts an array literal (`array_out`'s form: optional `[lb:ub]…=` bounds, then nested
 /// `{…}` with `,`-separated elements, double-quoted with backslash escapes where needed, and
 /// unquoted `NULL` for SQL NULL), or, if it is malformed, appends the whole text as a string.
+/// Appends a value of a user-defined array type: a JSON array of the elements' texts (as
+/// [`text_to_json`] does for `text[]`).
+pub(crate) fn user_array_to_json(text: &str, out: &mut String) {
+    array_to_json(Scalar::Text, text, out);
+}
+
 fn array_to_json(element: Scalar, text: &str, out: &mut String) {
     let start = out.len();
     let mut parser = ArrayParser {

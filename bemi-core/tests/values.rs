@@ -18,7 +18,8 @@ async fn values_convert_to_lossless_json() {
          CREATE TABLE v (
            id int PRIMARY KEY, i8 int8, n1 numeric, n2 numeric, n3 numeric, f1 float8, f2 float8,
            j jsonb, ta text[], i2d int4[], tz timestamptz, ts timestamp, d date, iv interval,
-           b bytea, u uuid, e mood, dom posint, comp pair, nothing text)",
+           b bytea, u uuid, e mood, dom posint, comp pair, nothing text, moods mood[],
+           nets inet[], spans int4range[])",
         db.name()
     ))
     .await
@@ -35,7 +36,8 @@ async fn values_convert_to_lossless_json() {
              ARRAY[NULL, 'quo"te', 'com,ma', 'back\slash', 'NULL'], '{{1,2},{3,4}}',
              '2024-05-06 07:08:09.123456', '2024-05-06 07:08:09.5', '2024-02-29',
              '1 year 2 mons 3 days 04:05:06.789', '\x00ff10',
-             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', 42, ROW(1, 'a b'), NULL)"#,
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', 42, ROW(1, 'a b'), NULL,
+             ARRAY['sad', NULL, 'happy']::mood[], '{10.0.0.1,::1/128}', '{"[1,5)",empty}')"#,
     )
     .await
     .unwrap();
@@ -53,7 +55,8 @@ async fn values_convert_to_lossless_json() {
         r#""tz":"2024-05-06T01:38:09.123456Z","ts":"2024-05-06T07:08:09.500000","#,
         r#""d":"2024-02-29","iv":"P1Y2M3DT4H5M6.789S","b":"\\x00ff10","#,
         r#""u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","e":"happy","dom":"42","#,
-        r#""comp":"(1,\"a b\")","nothing":null}"#
+        r#""comp":"(1,\"a b\")","nothing":null,"moods":["sad",null,"happy"],"#,
+        r#""nets":["10.0.0.1","::1"],"spans":["[1,5)","empty"]}"#
     );
     assert_eq!(new.as_json(), expected);
     // And it is valid JSON whose exact numbers survive a lossless parser.
