@@ -26,6 +26,9 @@ pub(crate) struct Connections {
     changes: Option<Client>,
     /// The `changes` table.
     pub(crate) table: ChangesTable,
+    /// The tracked database's name: one `changes` table can hold the changes of several
+    /// databases, and the commands read (and revert) only this one's.
+    pub(crate) database: String,
 }
 
 impl Connections {
@@ -64,6 +67,7 @@ impl DatabaseArgs {
             source,
             changes,
             table: self.destination.changes_table(),
+            database: source_options.dbname().to_owned(),
         })
     }
 }
@@ -199,6 +203,7 @@ pub(crate) async fn changes(args: ChangesArgs) -> Result<()> {
     let mut query = args
         .filter
         .filter()
+        .database(connections.database.clone())
         .query()
         .changes_table(connections.table.clone())
         .limit(args.limit)

@@ -1,7 +1,7 @@
 //! `bemi history TABLE PK`: a record's changes, oldest first; with `--at`, the record (or the
 //! whole table) as it was at a moment.
 
-use bemi_core::query::{ChangeQuery, TableName, TimeTravel};
+use bemi_core::query::{ChangeFilter, TableName, TimeTravel};
 use bemi_core::{Error, ErrorKind, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -39,7 +39,11 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<()> {
                  whole table as it was then",
             ));
         };
-        let changes = ChangeQuery::history(table, pk)
+        let changes = ChangeFilter::new()
+            .database(connections.database.clone())
+            .table_name(table)
+            .primary_key(pk)
+            .query()
             .changes_table(connections.table.clone())
             .fetch(connections.changes())
             .await?;
@@ -52,7 +56,9 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<()> {
         return Ok(());
     };
 
-    let mut travel = TimeTravel::new(table.clone()).changes_table(connections.table.clone());
+    let mut travel = TimeTravel::new(table.clone())
+        .changes_table(connections.table.clone())
+        .database(connections.database.clone());
     if connections.separate() {
         // The schema and key columns come from the tracked database's catalog.
         travel = travel.with_catalog_of(connections.source()).await?;

@@ -290,7 +290,11 @@ async fn revert_from_the_command_line_with_dry_run_conflicts_and_force() {
     assert_eq!(reverted.len(), 3);
     assert_eq!(
         reverted[0]["context"],
-        json!({"reverted": {"context": {"request_id": "r1"}}, "by": "cli-test", "changes": 3})
+        json!({
+            "reverted": {"context": {"request_id": "r1"}, "database": db.name()},
+            "by": "cli-test",
+            "changes": 3
+        })
     );
 
     // A later edit to a row of the request makes the revert refuse and name it.
@@ -327,4 +331,59 @@ async fn revert_from_the_command_line_with_dry_run_conflicts_and_force() {
     expected[2]["done"] = json!(true);
     assert_eq!(todo(&sql).await, expected);
     tracker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_commands_read_only_the_tracked_database_s_changes() {
+    let (db, sql, tracker) = start(
+        "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false);
+         ALTER TABLE todo REPLICA IDENTITY FULL;",
+    )
+    .await;
+    write(
+        &sql,
+        json!({"request_id": "r1"}),
+        "INSERT INTO todo VALUES (1, 'mine');",
+    )
+    .await;
+    let after = clock(&sql).await.to_rfc3339();
+    sync(&sql, &tracker).await;
+    tracker.shutdown().await.unwrap();
+    // One `changes` table serving another database too: its own `todo` row 1.
+    sql.batch_execute(
+        r#"INSERT INTO changes (primary_key, before, after, context, database, schema, "table",
+             operation, committed_at, queued_at, transaction_id, position, commit_lsn, ordinal)
+           VALUES ('1', '{}', '{"id": 1, "task": "theirs", "done": false}',
+             '{"request_id": "r1"}', 'another_app', 'public', 'todo', 'CREATE', now(), now(),
+             1, 1, 1, 0)"#,
+    )
+    .await
+    .unwrap();
+
+    let history = json_out(&bemi(&db, &["history", "todo", "1", "--json"]).await);
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    assert_eq!(history[0]["after"]["task"], "mine");
+    let changes = json_out(&bemi(&db, &["changes", "--table", "todo", "--json"]).await);
+    assert_eq!(
+        changes["changes"].as_array().map(Vec::len),
+        Some(1),
+        "{changes}"
+    );
+    let row = json_out(&bemi(&db, &["history", "todo", "1", "--at", &after, "--json"]).await);
+    assert_eq!(row["task"], "mine");
+    // a revert selects this database's changes only, so it is not refused
+    let dry = json_out(
+        &bemi(
+            &db,
+            &[
+                "revert",
+                "--context",
+                r#"{"request_id": "r1"}"#,
+                "--dry-run",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(dry["changes"], json!(1), "{dry}");
 }
