@@ -662,3 +662,50 @@ async fn time_travel_resolves_an_unqualified_table_from_the_tracked_catalog() {
     assert_eq!(rows, [json!({"id": 1, "task": "public"})]);
     tracker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_revert_that_would_cascade_beyond_its_changes_refuses() {
+    let (_db, mut sql, tracker) = start(
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY,
+                             parent_id int NOT NULL REFERENCES parent ON DELETE CASCADE);
+         ALTER TABLE parent REPLICA IDENTITY FULL; ALTER TABLE child REPLICA IDENTITY FULL;",
+    )
+    .await;
+    // r1 makes a parent and its child; r2 later adds another child to it
+    write(
+        &sql,
+        json!({"request_id": "r1"}),
+        "INSERT INTO parent VALUES (1); INSERT INTO child VALUES (10, 1);",
+    )
+    .await;
+    write(
+        &sql,
+        json!({"request_id": "r2"}),
+        "INSERT INTO child VALUES (11, 1);",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+    let r1 = || Revert::new(ChangeFilter::new().context_contains(json!({"request_id": "r1"})));
+
+    // Deleting parent 1 would cascade into child 11, which r1 did not make.
+    let message = r1().run(&mut sql).await.unwrap_err().to_string();
+    assert!(message.contains("revert refused"), "{message}");
+    assert!(
+        message.contains("public.child: 1 more deleted"),
+        "{message}"
+    );
+    let children = rows(&sql, "child", "id").await;
+    assert_eq!(children.len(), 2, "nothing was changed");
+
+    // Without r2's child, the cascade reaches nothing else: r1 reverts cleanly.
+    sql.batch_execute("DELETE FROM child WHERE id = 11")
+        .await
+        .unwrap();
+    sync(&sql, &tracker).await;
+    let outcome = r1().run(&mut sql).await.unwrap();
+    assert_eq!(outcome.statements, 2);
+    assert!(rows(&sql, "parent", "id").await.is_empty());
+    assert!(rows(&sql, "child", "id").await.is_empty());
+    tracker.shutdown().await.unwrap();
+}

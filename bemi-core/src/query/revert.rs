@@ -37,6 +37,13 @@ use crate::Operation;
 /// would silently undo it). The check runs again inside the applying transaction, with the rows
 /// locked (`FOR UPDATE`). Conflicts refuse the revert, naming the rows, unless it is forced.
 ///
+/// **Rows beyond the set.** Each statement writes one row, but a foreign key's `ON DELETE
+/// CASCADE` (or `SET NULL`, `ON UPDATE CASCADE`, …) or a trigger can write others: undoing the
+/// creation of an order would also delete the items another request added to it. The applying
+/// transaction counts every row it wrote per table (`pg_stat_xact_user_tables`) and, when that
+/// is more than its statements account for, rolls back and refuses, naming the tables, unless
+/// it is forced.
+///
 /// The transaction first emits `{"reverted": <filter>, "by": <who>, "changes": <count>}` as
 /// its `_bemi` context, so the revert shows in the audit trail with its reason.
 ///
@@ -778,6 +785,7 @@ impl RevertPlan {
             );
             outcome.overridden = conflicts;
         }
+        let counted = table_writes(&tx).await?;
         for step in &self.steps {
             let params: Vec<&(dyn ToSql + Sync)> = step
                 .params
@@ -798,6 +806,22 @@ impl RevertPlan {
             outcome.statements += 1;
             outcome.rows += rows;
         }
+        let beyond = writes_beyond_the_steps(&tx, &counted, &self.steps).await?;
+        if !beyond.is_empty() {
+            if !self.force {
+                return Err(Error::new(
+                    ErrorKind::Db,
+                    format!(
+                        "revert refused: its statements also changed rows they do not undo, \
+                         through foreign-key actions (ON DELETE/UPDATE CASCADE, SET NULL, SET \
+                         DEFAULT) or triggers: {}; those rows are not in the reverted changes \
+                         (force the revert to do it anyway); nothing was changed",
+                        beyond.join(", ")
+                    ),
+                ));
+            }
+            tracing::warn!(tables = ?beyond, "forced revert changed rows beyond its statements");
+        }
         tx.commit().await?;
         tracing::info!(
             changes = outcome.changes,
@@ -807,6 +831,68 @@ impl RevertPlan {
         );
         Ok(outcome)
     }
+}
+
+/// Rows inserted, updated and deleted per table (schema, name) by this session and not yet
+/// reported to the statistics system (`pg_stat_xact_user_tables`): within one transaction the
+/// counts only grow, so two readings bracket what the statements between them wrote,
+/// including what foreign-key actions and triggers did on their behalf.
+async fn table_writes(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<HashMap<(String, String), [i64; 3]>> {
+    let rows = tx
+        .query(
+            "SELECT schemaname::text, relname::text, n_tup_ins, n_tup_upd, n_tup_del \
+             FROM pg_stat_xact_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                (row.get(0), row.get(1)),
+                [row.get(2), row.get(3), row.get(4)],
+            )
+        })
+        .collect())
+}
+
+/// What the transaction wrote since `counted` beyond the one row each of `steps` writes, as
+/// "schema.table: N more inserted/updated/deleted".
+async fn writes_beyond_the_steps(
+    tx: &tokio_postgres::Transaction<'_>,
+    counted: &HashMap<(String, String), [i64; 3]>,
+    steps: &[RevertStep],
+) -> Result<Vec<String>> {
+    let mut planned: HashMap<(String, String), [i64; 3]> = HashMap::new();
+    for step in steps {
+        let table = (
+            step.table.schema.clone().unwrap_or_default(),
+            step.table.name.clone(),
+        );
+        // undoing a DELETE inserts, an UPDATE updates, a CREATE deletes
+        let column = match step.undoes {
+            Operation::Delete => 0,
+            Operation::Update => 1,
+            _ => 2,
+        };
+        planned.entry(table).or_default()[column] += 1;
+    }
+    let mut now: Vec<_> = table_writes(tx).await?.into_iter().collect();
+    now.sort();
+    let mut beyond = Vec::new();
+    for (table, done) in now {
+        let before = counted.get(&table).copied().unwrap_or_default();
+        let planned = planned.get(&table).copied().unwrap_or_default();
+        for (i, what) in ["inserted", "updated", "deleted"].iter().enumerate() {
+            let more = done[i] - before[i] - planned[i];
+            if more > 0 {
+                beyond.push(format!("{}.{}: {more} more {what}", table.0, table.1));
+            }
+        }
+    }
+    Ok(beyond)
 }
 
 fn refused(conflicts: &[Conflict]) -> Error {
