@@ -1,7 +1,10 @@
 //! `bemi changes`: the changes that match filters, a page at a time; and what `history` and
 //! `revert` share with it: the connection flags, the filter flags and the table output.
 
-use bemi_core::query::{ChangeFilter, ChangesTable, Cursor, Diff, Order, StoredChange, TableName};
+use bemi_core::query::{
+    canonical_key, primary_key_columns, ChangeFilter, ChangesTable, Cursor, Diff, Order,
+    StoredChange, TableName,
+};
 use bemi_core::{Error, ErrorKind, Lsn, Operation, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -32,6 +35,15 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    /// `pk` as stored for `table`: a composite key typed with spaces is written without them.
+    /// When the table is not in the tracked database's catalog (dropped since), as given.
+    pub(crate) async fn stored_key(&self, table: &TableName, pk: &str) -> String {
+        match primary_key_columns(self.source(), table).await {
+            Ok(columns) => canonical_key(pk, columns.len()),
+            Err(_) => pk.to_owned(),
+        }
+    }
+
     /// The tracked database.
     pub(crate) fn source(&self) -> &Client {
         &self.source
@@ -115,6 +127,17 @@ pub(crate) struct FilterArgs {
 
 impl FilterArgs {
     /// The filter the flags describe.
+    /// The filter for the tracked database of `connections`: its changes only, and the key in
+    /// its stored form when the table is given.
+    pub(crate) async fn filter_for(&self, connections: &Connections) -> ChangeFilter {
+        let mut filter = self.filter().database(connections.database.clone());
+        if let (Some(table), Some(pk)) = (&self.table, &self.pk) {
+            let table = TableName::parse(table);
+            filter = filter.primary_key(connections.stored_key(&table, pk).await);
+        }
+        filter
+    }
+
     pub(crate) fn filter(&self) -> ChangeFilter {
         let mut filter = ChangeFilter::new().operations(self.operation.iter().copied());
         if let Some(table) = &self.table {
@@ -202,8 +225,8 @@ pub(crate) async fn changes(args: ChangesArgs) -> Result<()> {
     let connections = args.database.connect().await?;
     let mut query = args
         .filter
-        .filter()
-        .database(connections.database.clone())
+        .filter_for(&connections)
+        .await
         .query()
         .changes_table(connections.table.clone())
         .limit(args.limit)

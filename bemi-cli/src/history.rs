@@ -39,6 +39,7 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<()> {
                  whole table as it was then",
             ));
         };
+        let pk = connections.stored_key(&table, pk).await;
         let changes = ChangeFilter::new()
             .database(connections.database.clone())
             .table_name(table)

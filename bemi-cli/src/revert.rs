@@ -43,7 +43,7 @@ pub(crate) async fn revert(args: RevertArgs) -> Result<()> {
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "bemi".to_owned());
     let mut connections = args.database.connect().await?;
-    let revert = Revert::new(filter.database(connections.database.clone()))
+    let revert = Revert::new(args.filter.filter_for(&connections).await)
         .changes_table(connections.table.clone())
         .by(by)
         .force(args.force);

@@ -387,3 +387,30 @@ async fn the_commands_read_only_the_tracked_database_s_changes() {
     );
     assert_eq!(dry["changes"], json!(1), "{dry}");
 }
+
+#[tokio::test]
+async fn a_composite_key_typed_with_spaces_finds_its_record() {
+    let (db, sql, tracker) = start(
+        "CREATE TABLE slot (room text, day int, who text, PRIMARY KEY (room, day));
+         ALTER TABLE slot REPLICA IDENTITY FULL;",
+    )
+    .await;
+    write(
+        &sql,
+        json!({"user": "alice"}),
+        "INSERT INTO slot VALUES ('a b', 1, 'x'); UPDATE slot SET who = 'y';",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+    tracker.shutdown().await.unwrap();
+    let key = r#"["a b", 1]"#;
+    let history = json_out(&bemi(&db, &["history", "slot", key, "--json"]).await);
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+    let changes =
+        json_out(&bemi(&db, &["changes", "--table", "slot", "--pk", key, "--json"]).await);
+    assert_eq!(
+        changes["changes"].as_array().map(Vec::len),
+        Some(2),
+        "{changes}"
+    );
+}

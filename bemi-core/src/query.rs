@@ -62,7 +62,7 @@ use crate::replication::quote_qualified;
 use crate::{Lsn, Operation};
 
 pub use diff::{ColumnChange, Diff};
-pub use key::primary_key_columns;
+pub use key::{canonical_key, primary_key_columns};
 pub use revert::{Conflict, ConflictKind, Revert, RevertOutcome, RevertPlan, RevertStep};
 pub use time_travel::{SnapshotRow, TimeTravel};
 

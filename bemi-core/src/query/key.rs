@@ -109,9 +109,16 @@ pub(super) fn key_of(row: &BTreeMap<String, &RawValue>, key_columns: &[String]) 
     )
 }
 
-/// Brings a primary key text given by a user to the form [`key_of`] gives: composite keys
-/// (JSON arrays) lose their insignificant whitespace.
-pub(super) fn canonical_key(key: &str, key_columns: usize) -> String {
+/// Brings a primary key text given by a user to the form the tracker stores in `primary_key`,
+/// for a table whose primary key has `key_columns` columns: a composite key (a JSON array)
+/// loses its insignificant whitespace, `["a b", 7]` → `["a b",7]`; a single-column key stays
+/// as given.
+///
+/// ```
+/// assert_eq!(bemi_core::query::canonical_key(r#"["a b", 7]"#, 2), r#"["a b",7]"#);
+/// assert_eq!(bemi_core::query::canonical_key("[a, b]", 1), "[a, b]");
+/// ```
+pub fn canonical_key(key: &str, key_columns: usize) -> String {
     match key_columns {
         0 | 1 => key.to_owned(),
         _ => minify(key),
