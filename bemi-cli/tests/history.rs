@@ -37,17 +37,18 @@ fn json_out(output: &Output) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// The tracked table of these tests.
+const TODO: &str =
+    "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false);
+     ALTER TABLE todo REPLICA IDENTITY FULL;";
+
 async fn todo(sql: &Client) -> Vec<Value> {
     rows(sql, "todo", "id").await
 }
 
 #[tokio::test]
 async fn history_changes_and_time_travel_from_the_command_line() {
-    let (db, sql, tracker) = start(
-        "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false);
-         ALTER TABLE todo REPLICA IDENTITY FULL;",
-    )
-    .await;
+    let (db, sql, tracker) = start(TODO).await;
     write(
         &sql,
         json!({"user": "alice"}),
@@ -335,11 +336,7 @@ async fn revert_from_the_command_line_with_dry_run_conflicts_and_force() {
 
 #[tokio::test]
 async fn the_commands_read_only_the_tracked_database_s_changes() {
-    let (db, sql, tracker) = start(
-        "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, done bool NOT NULL DEFAULT false);
-         ALTER TABLE todo REPLICA IDENTITY FULL;",
-    )
-    .await;
+    let (db, sql, tracker) = start(TODO).await;
     write(
         &sql,
         json!({"request_id": "r1"}),
