@@ -12,7 +12,9 @@
 //! no key.
 //!
 //! Type messages, sent before a Relation message for the user-defined types of its columns,
-//! name array types (`_mood`, `_citext`): their values become JSON arrays.
+//! name array types (`_mood`, `_citext`): their values become JSON arrays. A text value that is
+//! not valid UTF-8 (a `SQL_ASCII` database passes bytes through unconverted) is kept as
+//! bytea-style hex text (`"\\x636166e9"`) with a warning, rather than stopping the stream.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -211,6 +213,15 @@ fn old_row(relation: &RelationInfo, old: &OldTuple) -> Result<Row> {
     }
 }
 
+/// Appends `bytes` as a JSON string of bytea's hex text, `"\\x00ff"`.
+fn push_hex(bytes: &[u8], json: &mut String) {
+    json.push_str("\"\\\\x");
+    for byte in bytes {
+        let _ = write!(json, "{byte:02x}");
+    }
+    json.push('"');
+}
+
 /// Converts a tuple to a JSON object row. Unchanged TOAST values are taken from `old` when it
 /// has them and left out otherwise; with `key_only`, non-key columns are left out.
 fn row(
@@ -255,28 +266,23 @@ fn row(
         match (value, carried) {
             (_, Some(text)) => json.push_str(text),
             (ColumnValue::Null, _) => json.push_str("null"),
-            (ColumnValue::Text(bytes), _) => {
-                let text = std::str::from_utf8(bytes).map_err(|e| {
-                    Error::protocol(format!(
-                        "column {} of {}.{} is not valid UTF-8",
-                        column.name, relation.schema, relation.table
-                    ))
-                    .with_source(e)
-                })?;
-                if column.user_array {
-                    user_array_to_json(text, &mut json);
-                } else {
-                    text_to_json(column.type_oid, text, &mut json);
+            (ColumnValue::Text(bytes), _) => match std::str::from_utf8(bytes) {
+                Ok(text) if column.user_array => user_array_to_json(text, &mut json),
+                Ok(text) => text_to_json(column.type_oid, text, &mut json),
+                Err(_) => {
+                    // A database with encoding SQL_ASCII passes bytes through unconverted.
+                    // Failing would stop the tracker at this change for good; the bytes are
+                    // kept instead, losslessly, as bytea-style hex text.
+                    tracing::warn!(
+                        column = %column.name,
+                        table = %format!("{}.{}", relation.schema, relation.table),
+                        "a text value is not valid UTF-8; storing its bytes as hex (\\x…)"
+                    );
+                    push_hex(bytes, &mut json);
                 }
-            }
-            (ColumnValue::Binary(bytes), _) => {
-                // Only text format is requested; keep binary data lossless as bytea hex text.
-                json.push_str("\"\\\\x");
-                for byte in bytes.iter() {
-                    let _ = write!(json, "{byte:02x}");
-                }
-                json.push('"');
-            }
+            },
+            // Only text format is requested; keep binary data lossless as bytea hex text.
+            (ColumnValue::Binary(bytes), _) => push_hex(bytes, &mut json),
             (ColumnValue::UnchangedToast, None) => {}
         }
         values.push(Some(start..json.len()));
@@ -328,4 +334,56 @@ fn time(timestamp: PgTimestamp) -> Result<chrono::DateTime<chrono::Utc>> {
     timestamp
         .to_utc()
         .ok_or_else(|| Error::protocol(format!("commit time {} is out of range", timestamp.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn relation() -> RelationInfo {
+        let column = |name: &str, type_oid: u32| ColumnInfo {
+            name: name.to_owned(),
+            type_oid: Oid(type_oid),
+            replica_key: true,
+            user_array: false,
+        };
+        RelationInfo {
+            oid: Oid(1),
+            schema: "public".to_owned(),
+            table: "t".to_owned(),
+            columns: vec![column("id", 23), column("name", 25)],
+            full_identity: true,
+            primary_key: vec![0],
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_kept_as_hex_instead_of_stopping_the_stream() {
+        let tuple = TupleData {
+            columns: vec![
+                ColumnValue::Text(Bytes::from_static(b"7")),
+                // "café" in LATIN1, as a SQL_ASCII database passes it through
+                ColumnValue::Text(Bytes::from_static(b"caf\xe9")),
+            ],
+        };
+        let row = row(&relation(), &tuple, None, false).unwrap();
+        assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x636166e9"}"#);
+    }
+
+    #[test]
+    fn binary_values_are_hex_and_a_column_count_mismatch_is_an_error() {
+        let tuple = TupleData {
+            columns: vec![
+                ColumnValue::Text(Bytes::from_static(b"7")),
+                ColumnValue::Binary(Bytes::from_static(&[0, 255])),
+            ],
+        };
+        let row = row(&relation(), &tuple, None, false).unwrap();
+        assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x00ff"}"#);
+        let short = TupleData {
+            columns: vec![ColumnValue::Null],
+        };
+        assert!(super::row(&relation(), &short, None, false).is_err());
+    }
 }
