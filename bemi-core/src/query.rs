@@ -599,6 +599,24 @@ impl ChangeQuery {
         sql
     }
 
+    /// How many changes the filter selects that the query leaves out because they have no
+    /// `commit_lsn` (rows stored by Bemi's own worker before the table was upgraded).
+    pub(crate) async fn count_unordered<C>(&self, client: &C) -> Result<i64>
+    where
+        C: GenericClient + Sync,
+    {
+        let mut sql = SqlBuilder::default();
+        sql.condition("commit_lsn IS NULL".to_owned());
+        self.filter.push_conditions(&mut sql);
+        let text = format!(
+            "SELECT count(*) FROM {}{}",
+            self.changes.qualified(),
+            sql.where_clause()
+        );
+        let row = client.query_one(text.as_str(), &sql.params()).await?;
+        Ok(row.get(0))
+    }
+
     /// The SQL the query runs, with `$n` placeholders.
     pub fn sql(&self) -> String {
         self.build(self.limit.map(i64::from)).text

@@ -709,3 +709,35 @@ async fn a_revert_that_would_cascade_beyond_its_changes_refuses() {
     assert!(rows(&sql, "child", "id").await.is_empty());
     tracker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_revert_refuses_changes_stored_before_the_upgrade_from_bemi() {
+    let (db, mut sql, tracker) =
+        start("CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t REPLICA IDENTITY FULL;").await;
+    write(
+        &sql,
+        json!({"request_id": "r1"}),
+        "INSERT INTO t VALUES (1);",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+    tracker.shutdown().await.unwrap();
+    // A row Bemi's own worker stored before the table was upgraded: no commit_lsn, no ordinal.
+    sql.execute(
+        r#"INSERT INTO changes (primary_key, before, after, context, database, schema, "table",
+             operation, committed_at, queued_at, transaction_id, position)
+           VALUES ('0', '{}', '{"id": 0}', '{"request_id": "r1"}', $1, 'public', 't', 'CREATE',
+             now(), now(), 1, 1)"#,
+        &[&db.name()],
+    )
+    .await
+    .unwrap();
+    let r1 = Revert::new(ChangeFilter::new().context_contains(json!({"request_id": "r1"})));
+    let message = r1.run(&mut sql).await.unwrap_err().to_string();
+    assert!(message.contains("1 of the selected changes"), "{message}");
+    assert!(
+        message.contains("before the table was upgraded"),
+        "{message}"
+    );
+    assert_eq!(rows(&sql, "t", "id").await.len(), 1, "nothing was changed");
+}

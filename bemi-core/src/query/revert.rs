@@ -311,10 +311,20 @@ impl Revert {
                  transaction, a context such as a request id, a time range, …)",
             ));
         }
-        let changes = ChangeQuery::new(self.filter.clone())
-            .changes_table(self.changes.clone())
-            .fetch(changes_client)
-            .await?;
+        let query = ChangeQuery::new(self.filter.clone()).changes_table(self.changes.clone());
+        let unordered = query.count_unordered(changes_client).await?;
+        if unordered > 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "cannot revert: {unordered} of the selected changes were stored by Bemi's own \
+                     worker before the table was upgraded, without the position (commit_lsn) \
+                     that orders changes exactly; narrow the selection to changes stored since \
+                     (for example from a time after the upgrade)"
+                ),
+            ));
+        }
+        let changes = query.fetch(changes_client).await?;
         if let Some(truncate) = changes.iter().find(|c| c.operation == Operation::Truncate) {
             return Err(Error::new(
                 ErrorKind::Config,
