@@ -126,7 +126,6 @@ pub(crate) struct FilterArgs {
 }
 
 impl FilterArgs {
-    /// The filter the flags describe.
     /// The filter for the tracked database of `connections`: its changes only, and the key in
     /// its stored form when the table is given.
     pub(crate) async fn filter_for(&self, connections: &Connections) -> ChangeFilter {
@@ -138,6 +137,7 @@ impl FilterArgs {
         filter
     }
 
+    /// The filter the flags describe.
     pub(crate) fn filter(&self) -> ChangeFilter {
         let mut filter = ChangeFilter::new().operations(self.operation.iter().copied());
         if let Some(table) = &self.table {

@@ -11,6 +11,7 @@ use tokio_postgres::GenericClient;
 use super::diff::columns;
 use super::key::{key_of, LiveTable};
 use super::{ChangeFilter, ChangeQuery, ChangesTable, Cursor, StoredChange, TableName};
+use crate::context::ContextTransaction as _;
 use crate::error::{Error, ErrorKind, Result};
 use crate::replication::{quote_identifier, quote_literal};
 use crate::Operation;
@@ -776,11 +777,7 @@ impl RevertPlan {
             return Err(refused(&in_trail));
         }
         let tx = target.transaction().await?;
-        tx.execute(
-            "SELECT pg_logical_emit_message(true, '_bemi', $1::text)",
-            &[&self.context],
-        )
-        .await?;
+        tx.emit_payload(&self.context).await?;
         let mut conflicts = in_trail;
         for table in &self.checks {
             conflicts.extend(check(&tx, table, true).await?);
