@@ -286,8 +286,35 @@ fn number_or_string(text: &str, integer_only: bool, out: &mut String) {
 /// ([eE] [+-]? [0-9]+)?`, without fraction and exponent if `integer_only`) that serde_json can
 /// represent (magnitude within `f64` range; it rejects larger ones as "number out of range").
 fn is_json_number(text: &str, integer_only: bool) -> bool {
-    let bytes = text.as_bytes();
-    let mut i = usize::from(bytes.first() == Some(&b'-'));
+    let Some(number) = read_number(text.as_bytes(), 0) else {
+        return false;
+    };
+    if number.end != text.len()
+        || integer_only && (number.frac_digits.is_some() || number.exponent.is_some())
+    {
+        return false;
+    }
+    // The magnitude is below 10^(integer digits + exponent). Anything that might come near
+    // f64::MAX (about 1.8e308) is asked of serde_json itself, whose approximate parsing already
+    // overflows on some values just below it. Tiny magnitudes just round to zero in serde_json.
+    number.int_digits + number.exponent.unwrap_or(0) <= 308 || is_valid_json(text)
+}
+
+/// The parts of a JSON number.
+struct NumberParts {
+    /// Digits of the integer part; 0 for a lone `0`.
+    int_digits: i64,
+    /// Digits after the decimal point, if it has one.
+    frac_digits: Option<i64>,
+    /// The exponent, if it has one (clamped to ±1,000,000,000).
+    exponent: Option<i64>,
+    /// Where the number ends.
+    end: usize,
+}
+
+/// Reads the JSON number (RFC 8259 grammar) starting at `start`; `None` when none does.
+fn read_number(bytes: &[u8], start: usize) -> Option<NumberParts> {
+    let mut i = start + usize::from(bytes.get(start) == Some(&b'-'));
     let int_start = i;
     let int_is_zero = match bytes.get(i) {
         Some(b'0') => {
@@ -298,53 +325,44 @@ fn is_json_number(text: &str, integer_only: bool) -> bool {
             i = skip_digits(bytes, i + 1);
             false
         }
-        _ => return false,
+        _ => return None,
     };
-    let int_digits = i - int_start;
+    let int_digits = if int_is_zero {
+        0
+    } else {
+        (i - int_start) as i64
+    };
+    let mut frac_digits = None;
     if bytes.get(i) == Some(&b'.') {
         let frac_start = i + 1;
         i = skip_digits(bytes, frac_start);
-        if integer_only || i == frac_start {
-            return false;
+        if i == frac_start {
+            return None;
         }
+        frac_digits = Some((i - frac_start) as i64);
     }
-    let mut exponent: i64 = 0;
+    let mut exponent = None;
     if let Some(b'e' | b'E') = bytes.get(i) {
-        if integer_only {
-            return false;
-        }
         i += 1;
-        let negative = match bytes.get(i) {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
+        let negative = bytes.get(i) == Some(&b'-');
+        i += usize::from(matches!(bytes.get(i), Some(b'+' | b'-')));
         let exp_start = i;
+        let mut magnitude: i64 = 0;
         while let Some(&digit @ b'0'..=b'9') = bytes.get(i) {
-            exponent = (exponent * 10 + i64::from(digit - b'0')).min(1_000_000_000);
+            magnitude = (magnitude * 10 + i64::from(digit - b'0')).min(1_000_000_000);
             i += 1;
         }
         if i == exp_start {
-            return false;
+            return None;
         }
-        if negative {
-            exponent = -exponent;
-        }
+        exponent = Some(if negative { -magnitude } else { magnitude });
     }
-    if i != bytes.len() {
-        return false;
-    }
-    // The magnitude is below 10^(integer digits + exponent). Anything that might come near
-    // f64::MAX (about 1.8e308) is asked of serde_json itself, whose approximate parsing already
-    // overflows on some values just below it. Tiny magnitudes just round to zero in serde_json.
-    let int_digits = if int_is_zero { 0 } else { int_digits as i64 };
-    int_digits + exponent <= 308 || is_valid_json(text)
+    Some(NumberParts {
+        int_digits,
+        frac_digits,
+        exponent,
+        end: i,
+    })
 }
 
 fn skip_digits(bytes: &[u8], mut i: usize) -> usize {
@@ -364,8 +382,7 @@ const NUMERIC_MAX_SCALE: i64 = 16_383;
 
 /// Whether every number in the valid JSON text `json` fits `numeric`, counting the digits its
 /// exponent implies: `json` accepts any number text, and one like `1e-20000` makes `jsonb`
-/// refuse the whole document ("value overflows numeric format"). Errs on the side of `false`
-/// (an integer part of zeros counts as a digit).
+/// refuse the whole document ("value overflows numeric format").
 pub(crate) fn numbers_fit_numeric(json: &str) -> bool {
     let bytes = json.as_bytes();
     let mut i = 0;
@@ -380,46 +397,22 @@ pub(crate) fn numbers_fit_numeric(json: &str) -> bool {
                     }
                 }
             }
-            b'-' | b'0'..=b'9' => {
-                let (fits, end) = number_fits_numeric(bytes, i);
-                if !fits {
-                    return false;
+            b'-' | b'0'..=b'9' => match read_number(bytes, i) {
+                Some(number) => {
+                    let exponent = number.exponent.unwrap_or(0);
+                    if number.int_digits + exponent > NUMERIC_MAX_INT_DIGITS
+                        || number.frac_digits.unwrap_or(0) - exponent > NUMERIC_MAX_SCALE
+                    {
+                        return false;
+                    }
+                    i = number.end;
                 }
-                i = end;
-            }
+                None => i += 1,
+            },
             _ => i += 1,
         }
     }
     true
-}
-
-/// Reads the JSON number at `start`; returns whether it fits `numeric` and where it ends.
-fn number_fits_numeric(bytes: &[u8], start: usize) -> (bool, usize) {
-    let mut i = start + usize::from(bytes.get(start) == Some(&b'-'));
-    let int_start = i;
-    i = skip_digits(bytes, i);
-    let int_digits = (i - int_start) as i64;
-    let mut frac_digits = 0;
-    if bytes.get(i) == Some(&b'.') {
-        let frac_start = i + 1;
-        i = skip_digits(bytes, frac_start);
-        frac_digits = (i - frac_start) as i64;
-    }
-    let mut exponent: i64 = 0;
-    if matches!(bytes.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        let negative = bytes.get(i) == Some(&b'-');
-        i += usize::from(matches!(bytes.get(i), Some(b'+' | b'-')));
-        let digits_start = i;
-        i = skip_digits(bytes, i);
-        let magnitude = bytes[digits_start..i].iter().fold(0i64, |e, d| {
-            e.saturating_mul(10).saturating_add(i64::from(d - b'0'))
-        });
-        exponent = if negative { -magnitude } else { magnitude };
-    }
-    let fits = int_digits.saturating_add(exponent) <= NUMERIC_MAX_INT_DIGITS
-        && frac_digits.saturating_sub(exponent) <= NUMERIC_MAX_SCALE;
-    (fits, i)
 }
 
 /// Whether `text` is one JSON value that `serde_json::Value` would accept, checked without
