@@ -22,6 +22,9 @@ pub enum Operation {
     Delete,
     /// TRUNCATE (one change per truncated table; `before` and `after` are empty).
     Truncate,
+    /// Not a row change: a record of the tracker itself, with empty `schema`, `table`, `before`
+    /// and `after`. The only one today is an accepted gap in the trail (see [`Change::gap`]).
+    Message,
 }
 
 impl Operation {
@@ -32,6 +35,7 @@ impl Operation {
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
+            Operation::Message => "MESSAGE",
         }
     }
 }
@@ -51,9 +55,11 @@ impl FromStr for Operation {
             "UPDATE" => Operation::Update,
             "DELETE" => Operation::Delete,
             "TRUNCATE" => Operation::Truncate,
+            "MESSAGE" => Operation::Message,
             other => {
                 return Err(crate::Error::config(format!(
-                    "unknown operation {other:?}; expected CREATE, UPDATE, DELETE or TRUNCATE"
+                    "unknown operation {other:?}; expected CREATE, UPDATE, DELETE, TRUNCATE or \
+                     MESSAGE"
                 )))
             }
         })
@@ -144,4 +150,38 @@ pub struct Change {
     pub commit_lsn: Lsn,
     /// The change's position within its transaction, from 0 (second half of the key).
     pub ordinal: u32,
+}
+
+/// The ordinal of a gap record: no transaction holds 2^31 - 1 changes (the sink refuses more
+/// than 2^31), so a gap never takes the key of a real change at the same position.
+const GAP_ORDINAL: u32 = i32::MAX as u32;
+
+impl Change {
+    /// The record of an accepted gap: changes committed between `from` (the sink's last stored
+    /// position) and `to` (where the slot resumes) are not in the trail and never will be. An
+    /// operator accepted this explicitly; the record keeps the trail honest about it.
+    ///
+    /// Stored as a `MESSAGE` row with empty `schema` and `table` and the context
+    /// `{"_bemi_gap": {"from": "…", "to": "…", "reason": "…"}}`, keyed on `to`.
+    pub fn gap(database: &str, from: Lsn, to: Lsn, reason: &str, at: DateTime<Utc>) -> Change {
+        let context = serde_json::json!({
+            "_bemi_gap": {"from": from.to_string(), "to": to.to_string(), "reason": reason}
+        });
+        Change {
+            primary_key: None,
+            before: Row::empty(),
+            after: Row::empty(),
+            context: ContextJson::from_validated(context.to_string()),
+            database: database.to_owned(),
+            schema: String::new(),
+            table: String::new(),
+            operation: Operation::Message,
+            committed_at: at,
+            queued_at: at,
+            transaction_id: 0,
+            position: to,
+            commit_lsn: to,
+            ordinal: GAP_ORDINAL,
+        }
+    }
 }

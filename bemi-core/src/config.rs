@@ -450,7 +450,13 @@ impl ConnectOptions {
         if let Some(timeout) = self.connect_timeout {
             config.connect_timeout(timeout);
         }
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3);
         config.ssl_mode(match self.ssl_mode {
+            _ if matches!(self.host, Host::Unix(_)) => tokio_postgres::config::SslMode::Disable,
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
@@ -499,8 +505,20 @@ impl ConnectOptions {
     /// [`ErrorKind::Tls`] when the TLS settings cannot be loaded (say an unreadable
     /// `sslrootcert`), [`ErrorKind::Config`] when the pool cannot be built.
     pub fn pool(&self, max_size: usize) -> Result<deadpool_postgres::Pool> {
+        self.pool_with_options(max_size, "")
+    }
+
+    /// A pool whose sessions start with the server `options` given (`-c name=value …`).
+    pub(crate) fn pool_with_options(
+        &self,
+        max_size: usize,
+        options: &str,
+    ) -> Result<deadpool_postgres::Pool> {
         use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-        let config = self.to_tokio_postgres();
+        let mut config = self.to_tokio_postgres();
+        if !options.is_empty() {
+            config.options(options);
+        }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };

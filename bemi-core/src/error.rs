@@ -38,6 +38,10 @@ pub enum ErrorKind {
     SlotMissing,
     /// The publication does not exist.
     PublicationMissing,
+    /// Changes between the sink's stored position and the slot's position are gone: the slot
+    /// is ahead of what the sink holds. See
+    /// [`TrackerBuilder::accept_gap`](crate::TrackerBuilder::accept_gap).
+    Gap,
     /// A change sink failed.
     Sink,
     /// The throwaway PostgreSQL server could not be set up.
@@ -138,9 +142,48 @@ impl Error {
 
 /// SQLSTATE classes and codes worth retrying: connection exceptions (08), insufficient resources
 /// (53), operator intervention such as shutdown (57), transaction rollback (40), object in use
-/// (55006, e.g. a replication slot whose previous owner is still disconnecting).
+/// (55006, e.g. a replication slot whose previous owner is still disconnecting), and a server
+/// that is read-only for now (25006: a destination in recovery, or set read-only for
+/// maintenance, takes writes again later).
 fn is_transient_sqlstate(code: &str) -> bool {
-    matches!(code.get(..2), Some("08" | "53" | "57" | "40")) || code == "55006"
+    matches!(code.get(..2), Some("08" | "53" | "57" | "40")) || matches!(code, "55006" | "25006")
+}
+
+/// The kind of a server error, from its SQLSTATE (and its message where one code covers
+/// several problems). One classification for the replication and the SQL connections.
+pub(crate) fn sqlstate_kind(code: &str, message: &str) -> ErrorKind {
+    match code {
+        "28P01" | "28000" if message.contains("replication") => ErrorKind::Privilege,
+        "28P01" | "28000" => ErrorKind::Auth,
+        "42501" => ErrorKind::Privilege,
+        "55006" => ErrorKind::SlotInUse,
+        "42704" if message.contains("publication") => ErrorKind::PublicationMissing,
+        "42704" if message.contains("replication slot") => ErrorKind::SlotMissing,
+        "55000" if message.contains("wal_level") => ErrorKind::WalLevel,
+        "55000" if message.contains("invalidated") => ErrorKind::SlotLost,
+        _ => ErrorKind::Db,
+    }
+}
+
+/// Whether a client-side failure came from TLS (a refused certificate, a host name that is
+/// not a valid server name): settings to fix, not a network hiccup to retry.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>() || e.is::<rustls::pki_types::InvalidDnsNameError>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl fmt::Debug for Error {
@@ -182,9 +225,24 @@ impl From<tokio_postgres::Error> for Error {
                     message.push(')');
                 }
                 let code = db.code().code().to_owned();
-                Error::new(ErrorKind::Db, message)
+                Error::new(sqlstate_kind(&code, db.message()), message)
                     .with_code(code)
                     .with_source(e)
+            }
+            None if is_tls_failure(&e) => Error::new(
+                ErrorKind::Tls,
+                "TLS with the database failed; check sslmode, sslrootcert and that the server's \
+                 certificate is valid for this host name",
+            )
+            .with_source(e),
+            None if e.to_string().starts_with("authentication error")
+                || e.to_string().starts_with("invalid configuration") =>
+            {
+                Error::new(
+                    ErrorKind::Auth,
+                    "the database connection could not authenticate",
+                )
+                .with_source(e)
             }
             None if e.is_closed()
                 || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
@@ -220,6 +278,29 @@ mod tests {
             .with_code("42P01")
             .is_transient());
         assert!(!Error::new(ErrorKind::Db, "x").is_transient());
+        assert!(Error::new(ErrorKind::Sink, "x")
+            .with_code("25006")
+            .is_transient());
+    }
+
+    #[test]
+    fn one_classification_of_sqlstates() {
+        assert_eq!(
+            sqlstate_kind("28P01", "password authentication failed"),
+            ErrorKind::Auth
+        );
+        assert_eq!(
+            sqlstate_kind("28000", "no pg_hba.conf entry for replication connection"),
+            ErrorKind::Privilege
+        );
+        assert_eq!(
+            sqlstate_kind("42704", "publication \"bemi\" does not exist"),
+            ErrorKind::PublicationMissing
+        );
+        assert_eq!(
+            sqlstate_kind("42P01", "relation does not exist"),
+            ErrorKind::Db
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
 use tokio_postgres::Client;
@@ -288,7 +289,71 @@ fn row(
         values.push(Some(start..json.len()));
     }
     json.push('}');
+    if json.len() > MAX_ROW_JSON_BYTES {
+        let table = format!("{}.{}", relation.schema, relation.table);
+        return Ok(fit_row(&json, &values, MAX_ROW_JSON_BYTES, &table));
+    }
     Ok(Row::new(json, values))
+}
+
+/// The largest row JSON stored as it is. `jsonb` holds at most 256 MiB per document (and a
+/// message to the server at most 1 GiB), so a larger row could never be written and would
+/// stop the tracker at it for good.
+const MAX_ROW_JSON_BYTES: usize = 200 * 1024 * 1024;
+
+/// How much of an oversized value its marker keeps.
+const OVERSIZED_PREFIX_CHARS: usize = 1_000;
+
+/// Replaces the largest values of a row whose JSON is over `limit` bytes with a marker,
+/// `{"_bemi_oversized": {"bytes": <size of the value's JSON>, "prefix": "<its first 1,000
+/// characters>"}}`, until the row fits. The value is then visibly unknown, never silently
+/// wrong, and the change itself is kept.
+fn fit_row(json: &str, values: &[Option<Range<usize>>], limit: usize, table: &str) -> Row {
+    let size = |i: usize| values[i].as_ref().map_or(0, |range| range.len());
+    // A marker takes at most this much (its prefix fully escaped); smaller values stay.
+    let marker_bytes = OVERSIZED_PREFIX_CHARS * 6 + 64;
+    let mut largest: Vec<usize> = (0..values.len())
+        .filter(|&i| size(i) > marker_bytes)
+        .collect();
+    largest.sort_by_key(|&i| std::cmp::Reverse(size(i)));
+    let mut total = json.len();
+    let mut oversized = vec![false; values.len()];
+    for i in largest {
+        if total <= limit {
+            break;
+        }
+        total -= size(i) - marker_bytes;
+        oversized[i] = true;
+    }
+    let mut out = String::with_capacity(total.min(json.len()));
+    let mut fitted = Vec::with_capacity(values.len());
+    let mut copied = 0;
+    for (i, range) in values.iter().enumerate() {
+        let Some(range) = range else {
+            fitted.push(None);
+            continue;
+        };
+        out.push_str(&json[copied..range.start]);
+        let start = out.len();
+        let value = &json[range.clone()];
+        if oversized[i] {
+            tracing::warn!(%table, bytes = value.len(), "a value is too large to store; keeping a marker with its size and first characters");
+            let prefix: String = value.chars().take(OVERSIZED_PREFIX_CHARS).collect();
+            let _ = write!(
+                out,
+                "{{\"_bemi_oversized\":{{\"bytes\":{},\"prefix\":",
+                value.len()
+            );
+            push_json_string(&prefix, &mut out);
+            out.push_str("}}");
+        } else {
+            out.push_str(value);
+        }
+        fitted.push(Some(start..out.len()));
+        copied = range.end;
+    }
+    out.push_str(&json[copied..]);
+    Row::new(out, fitted)
 }
 
 /// The primary key as text: the value itself for a single column (strings unquoted), or a JSON
@@ -385,5 +450,47 @@ mod tests {
             columns: vec![ColumnValue::Null],
         };
         assert!(super::row(&relation(), &short, None, false).is_err());
+    }
+
+    #[test]
+    fn an_oversized_row_keeps_a_marker_for_its_largest_values() {
+        let big = "x".repeat(20_000);
+        let json = format!("{{\"id\":1,\"a\":\"{big}\",\"b\":\"small\",\"c\":\"{big}\"}}");
+        let find = |needle: &str| {
+            let start = json.find(needle).unwrap() + needle.len();
+            let end = start + json[start..].find([',', '}']).unwrap();
+            Some(start..end)
+        };
+        let values = vec![
+            find("\"id\":"),
+            find("\"a\":"),
+            find("\"b\":"),
+            None,
+            find("\"c\":"),
+        ];
+        let row = fit_row(&json, &values, 30_000, "public.t");
+        let parsed: serde_json::Value = serde_json::from_str(row.as_json()).unwrap();
+        assert_eq!(parsed["id"], 1);
+        assert_eq!(parsed["b"], "small");
+        // One of the two large values had to go; the other fits beside the marker.
+        let markers = ["a", "c"]
+            .iter()
+            .filter(|k| parsed[**k].get("_bemi_oversized").is_some())
+            .count();
+        assert_eq!(markers, 1, "{parsed}");
+        let marker = if parsed["a"].is_object() {
+            &parsed["a"]
+        } else {
+            &parsed["c"]
+        };
+        assert_eq!(marker["_bemi_oversized"]["bytes"], 20_002);
+        assert_eq!(
+            marker["_bemi_oversized"]["prefix"].as_str().unwrap().len(),
+            OVERSIZED_PREFIX_CHARS
+        );
+        assert!(row.as_json().len() <= 30_000);
+        assert_eq!(row.value(0), Some("1"));
+        assert_eq!(row.value(2), Some("\"small\""));
+        assert_eq!(row.value(3), None);
     }
 }

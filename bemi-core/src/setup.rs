@@ -305,11 +305,11 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot});
                          already stored from it; a new slot would start at the end of the WAL and \
                          the changes since {stored} would never be recorded. If the slot was \
                          dropped or lost (a failover or an upgrade that did not carry it over), \
-                         those changes are gone: create the slot to carry on from now (`bemi \
-                         setup`, or SELECT pg_create_logical_replication_slot({literal}, \
-                         'pgoutput')); otherwise point the tracker at the right server",
+                         those changes are gone: start once with the gap accepted (`bemi run \
+                         --accept-gap`, TrackerBuilder::accept_gap), which creates the slot and \
+                         records the gap in the trail; otherwise point the tracker at the right \
+                         server",
                         slot = self.slot,
-                        literal = quote_literal(&self.slot),
                     ),
                 ));
             }

@@ -41,10 +41,14 @@ pub(crate) fn client_config(options: &ConnectOptions) -> Result<Option<Arc<Clien
     Ok(Some(Arc::new(config)))
 }
 
-/// The connector tokio-postgres uses for ordinary SQL connections.
+/// The connector tokio-postgres uses for ordinary SQL connections; `None` over a Unix socket,
+/// where libpq never uses TLS either.
 pub(crate) fn make_tls_connect(
     options: &ConnectOptions,
 ) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
+    if matches!(options.host(), crate::config::Host::Unix(_)) {
+        return Ok(None);
+    }
     Ok(client_config(options)?
         .map(|config| tokio_postgres_rustls::MakeRustlsConnect::new((*config).clone())))
 }

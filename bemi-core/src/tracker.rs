@@ -29,6 +29,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::change::Change;
 use crate::config::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::relation::RowDecoder;
@@ -46,17 +47,25 @@ impl Tracker {
     /// A tracker of the database `source` that stores changes in `sink`.
     pub fn builder<S: ChangeSink>(source: ConnectOptions, sink: S) -> TrackerBuilder<S> {
         TrackerBuilder {
-            source,
             sink,
-            slot: "bemi".to_owned(),
-            publication: "bemi".to_owned(),
-            tables: Tables::All,
-            setup: true,
-            batch_size: 1_000,
-            flush_interval: Duration::from_millis(100),
-            status_interval: crate::replication::DEFAULT_STATUS_INTERVAL,
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
+            settings: Settings {
+                source,
+                slot: "bemi".to_owned(),
+                publication: "bemi".to_owned(),
+                tables: Tables::All,
+                setup: true,
+                accept_gap: false,
+                batch_size: 1_000,
+                batch_bytes: 64 * 1024 * 1024,
+                flush_interval: Duration::from_millis(100),
+                record_interval: Duration::from_secs(10),
+                status_interval: crate::replication::DEFAULT_STATUS_INTERVAL,
+                receive_timeout: crate::replication::DEFAULT_RECEIVE_TIMEOUT,
+                write_timeout: Duration::from_secs(300),
+                shutdown_timeout: Duration::from_secs(30),
+                min_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(30),
+            },
         }
     }
 }
@@ -64,86 +73,116 @@ impl Tracker {
 /// Settings of a tracker; see [`Tracker::builder`].
 #[derive(Debug)]
 pub struct TrackerBuilder<S> {
-    source: ConnectOptions,
     sink: S,
-    slot: String,
-    publication: String,
-    tables: Tables,
-    setup: bool,
-    batch_size: usize,
-    flush_interval: Duration,
-    status_interval: Duration,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    settings: Settings,
 }
 
 impl<S: ChangeSink> TrackerBuilder<S> {
     /// The replication slot (default `bemi`, as in Bemi's docs).
     pub fn slot(mut self, slot: impl Into<String>) -> Self {
-        self.slot = slot.into();
+        self.settings.slot = slot.into();
         self
     }
 
     /// The publication (default `bemi`).
     pub fn publication(mut self, publication: impl Into<String>) -> Self {
-        self.publication = publication.into();
+        self.settings.publication = publication.into();
         self
     }
 
     /// The tables a publication created by the tracker covers (default: all).
     pub fn tables(mut self, tables: Tables) -> Self {
-        self.tables = tables;
+        self.settings.tables = tables;
         self
     }
 
     /// Whether to create a missing publication and slot at start (default `true`). Checks of
     /// the server run either way.
     pub fn create_missing(mut self, create: bool) -> Self {
-        self.setup = create;
+        self.settings.setup = create;
+        self
+    }
+
+    /// Accepts, for this start, that changes between the sink's stored position and the slot's
+    /// position are gone (default `false`).
+    ///
+    /// At every start the tracker compares the two. When the slot is ahead of what the sink
+    /// holds (a destination restored from an older backup, a slot advanced by hand, a lost slot
+    /// recreated), the changes in between can never be read again, and the tracker refuses to
+    /// start with [`ErrorKind::Gap`]. With this set it starts anyway and stores the gap itself
+    /// as a record in the trail ([`Change::gap`](crate::Change::gap)), so readers can tell a
+    /// gap from quiet time. A missing slot is then created instead of refused.
+    pub fn accept_gap(mut self, accept: bool) -> Self {
+        self.settings.accept_gap = accept;
         self
     }
 
     /// The most changes handed to the sink at once (default 1,000).
     pub fn batch_size(mut self, size: usize) -> Self {
-        self.batch_size = size.max(1);
+        self.settings.batch_size = size.max(1);
+        self
+    }
+
+    /// The most bytes of row and context JSON handed to the sink at once (default 64 MiB);
+    /// a single larger change goes in a batch of its own.
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.settings.batch_bytes = bytes.max(1);
         self
     }
 
     /// How long changes may wait for a fuller batch (default 100 ms).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.flush_interval = interval;
+        self.settings.flush_interval = interval;
+        self
+    }
+
+    /// How often a position reached without changes to store (quiet time, untracked tables)
+    /// is recorded in the sink and then confirmed to the slot (default 10 s).
+    ///
+    /// The slot is only ever confirmed up to a position the sink recorded, so a gap between the
+    /// two can be detected at start. Each record is a small write; when the sink writes to the
+    /// tracked database itself, that write is WAL the next record covers, so an idle database
+    /// sees one such write per interval.
+    pub fn record_interval(mut self, interval: Duration) -> Self {
+        self.settings.record_interval = interval;
         self
     }
 
     /// How often standby status updates are sent (default 1 s).
     pub fn status_interval(mut self, interval: Duration) -> Self {
-        self.status_interval = interval;
+        self.settings.status_interval = interval;
+        self
+    }
+
+    /// How long the replication connection may receive nothing before it is given up and
+    /// reconnected (default 30 s; the server is asked to answer after half of it).
+    pub fn receive_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.receive_timeout = timeout;
+        self
+    }
+
+    /// How long one write to the sink may take before the session is given up and the batch
+    /// retried on a new one (default 5 min). A warning is logged every 15 s while it waits.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.write_timeout = timeout;
+        self
+    }
+
+    /// How long [`TrackerHandle::shutdown`] may flush and confirm before it stops anyway
+    /// (default 30 s). Stopping early loses nothing: what was not confirmed is streamed again
+    /// at the next start.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = timeout;
         self
     }
 
     /// The first and the longest wait between reconnection attempts (default 200 ms, 30 s).
+    /// The wait doubles after every session that stored nothing, and starts again from the
+    /// first after one that did.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.min_backoff = min;
-        self.max_backoff = max.max(min);
+        self.settings.min_backoff = min;
+        self.settings.max_backoff = max.max(min);
         self
-    }
-
-    /// The settings apart from the sink, which sessions borrow while the sink moves between
-    /// them and their writer task.
-    fn split(self) -> (Settings, S) {
-        let settings = Settings {
-            source: self.source,
-            slot: self.slot,
-            publication: self.publication,
-            tables: self.tables,
-            setup: self.setup,
-            batch_size: self.batch_size,
-            flush_interval: self.flush_interval,
-            status_interval: self.status_interval,
-            min_backoff: self.min_backoff,
-            max_backoff: self.max_backoff,
-        };
-        (settings, self.sink)
     }
 
     /// Spawns the tracker and waits until it streams, so that an application learns at start
@@ -200,15 +239,25 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         mut stop: watch::Receiver<bool>,
         progress: watch::Sender<Progress>,
     ) -> Result<()> {
-        let (config, mut sink) = self.split();
+        let TrackerBuilder {
+            settings: config,
+            mut sink,
+        } = self;
         let mut backoff = config.min_backoff;
         loop {
-            let session = Session::start(&config, &mut sink, &progress).await;
-            let outcome = match session {
+            let began = tokio::time::Instant::now();
+            let started = tokio::select! {
+                started = Session::start(&config, &mut sink, &progress) => started,
+                _ = stop_requested(&mut stop) => return Ok(()),
+            };
+            let outcome = match started {
                 Ok(session) => {
                     let (returned, outcome) =
                         session.run(&config, sink, &mut stop, &progress).await;
-                    sink = returned?;
+                    match returned {
+                        Ok(returned) => sink = returned,
+                        Err(e) => return outcome.and(Err(e)),
+                    }
                     outcome
                 }
                 Err(e) => Err(e),
@@ -223,10 +272,15 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                     return Err(e);
                 }
             };
-            let made_progress = progress.borrow().connected_once;
-            if made_progress {
+            // Back off further after sessions that got nowhere (a batch that cannot be written,
+            // a statement timeout): only storing something, or streaming for a while, resets it.
+            let mut stored = false;
+            progress.send_if_modified(|p| {
+                stored = std::mem::take(&mut p.stored_in_session);
+                false
+            });
+            if stored || began.elapsed() >= PROGRESS_WITHOUT_STORING {
                 backoff = config.min_backoff;
-                progress.send_modify(|p| p.connected_once = false);
             }
             tracing::warn!(error = %error.report(), retry_in = ?backoff, "tracker session ended; reconnecting");
             progress.send_modify(|p| {
@@ -242,6 +296,9 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     }
 }
 
+/// A session that streamed this long counts as progress even when it had nothing to store.
+const PROGRESS_WITHOUT_STORING: Duration = Duration::from_secs(60);
+
 #[derive(Debug)]
 struct Settings {
     source: ConnectOptions,
@@ -249,9 +306,15 @@ struct Settings {
     publication: String,
     tables: Tables,
     setup: bool,
+    accept_gap: bool,
     batch_size: usize,
+    batch_bytes: usize,
     flush_interval: Duration,
+    record_interval: Duration,
     status_interval: Duration,
+    receive_timeout: Duration,
+    write_timeout: Duration,
+    shutdown_timeout: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
 }
@@ -278,7 +341,8 @@ pub struct Progress {
     pub last_error: Option<String>,
     /// The [`kind`](Error::kind) of [`last_error`](Self::last_error).
     pub last_error_kind: Option<ErrorKind>,
-    connected_once: bool,
+    /// Whether the current session stored something (for the backoff).
+    stored_in_session: bool,
 }
 
 impl Progress {
@@ -351,44 +415,42 @@ struct Session {
     decoder: RowDecoder,
     stitcher: Stitcher,
     batch: Batch,
+    /// Bytes of row and context JSON in `batch`.
+    batch_bytes: usize,
     /// Changes were handed to the sink without a position recorded after them.
     unrecorded: bool,
-    /// Jobs sent to the writer and not yet acknowledged.
+    /// A position reached with nothing to store (transactions without tracked changes, quiet
+    /// time), not yet handed to the sink to record. It is confirmed once recorded.
+    pending: Option<Lsn>,
+    /// When a position was last handed to the sink to record.
+    recorded_at: tokio::time::Instant,
+    /// Batches sent to the writer and not yet acknowledged.
     in_flight: usize,
 }
 
-/// Work for the writer task, done in order.
-enum Job {
-    /// Store a batch; acknowledged with its `durable_through`.
-    Write(Batch),
-    /// Nothing to store (transactions without changes to keep): acknowledged as durable once
-    /// every earlier batch is.
-    Confirm(Lsn),
-}
-
-/// What the writer reports per job: the position now durable, and how many changes it stored.
+/// What the writer reports per batch: the position now durable, and how many changes it stored.
 type Ack = Result<(Option<Lsn>, u64)>;
 
 /// The sink on its own task, so that decoding the next batch overlaps with storing this one.
 struct Writer<S> {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Batch>,
     acks: mpsc::UnboundedReceiver<Ack>,
     task: JoinHandle<S>,
 }
 
+/// How often a slow write is reported while it goes on.
+const SLOW_WRITE_WARNING: Duration = Duration::from_secs(15);
+
 impl<S: ChangeSink> Writer<S> {
-    fn spawn(mut sink: S) -> Self {
-        let (jobs, mut queue) = mpsc::channel::<Job>(1);
+    fn spawn(mut sink: S, write_timeout: Duration) -> Self {
+        let (jobs, mut queue) = mpsc::channel::<Batch>(1);
         let (ack, acks) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            while let Some(job) = queue.recv().await {
-                let result = match job {
-                    Job::Write(batch) => {
-                        let (durable, count) = (batch.durable_through, batch.changes.len() as u64);
-                        sink.write(batch).await.map(|()| (durable, count))
-                    }
-                    Job::Confirm(lsn) => Ok((Some(lsn), 0)),
-                };
+            while let Some(batch) = queue.recv().await {
+                let (durable, count) = (batch.durable_through, batch.changes.len() as u64);
+                let result = write_watched(&mut sink, batch, write_timeout)
+                    .await
+                    .map(|()| (durable, count));
                 let failed = result.is_err();
                 if ack.send(result).is_err() || failed {
                     break;
@@ -409,12 +471,55 @@ impl<S: ChangeSink> Writer<S> {
         Error::new(ErrorKind::Sink, "the sink's writer stopped unexpectedly")
     }
 
-    /// Stops the writer after its current job and takes the sink back.
-    async fn finish(self) -> Result<S> {
+    /// Stops the writer after its current batch and takes the sink back, waiting at most
+    /// `limit` (a write on a hung destination is abandoned then; nothing was confirmed for it).
+    async fn finish(self, limit: Duration) -> Result<S> {
         drop(self.jobs);
-        self.task.await.map_err(|e| {
-            Error::new(ErrorKind::Sink, "the sink panicked while writing").with_source(e)
-        })
+        let mut task = self.task;
+        match tokio::time::timeout(limit, &mut task).await {
+            Ok(joined) => joined.map_err(|e| {
+                Error::new(ErrorKind::Sink, "the sink panicked while writing").with_source(e)
+            }),
+            Err(_) => {
+                task.abort();
+                Err(Error::new(
+                    ErrorKind::Sink,
+                    format!(
+                        "the sink did not finish its write within {limit:?}; stopped without it \
+                         (nothing unconfirmed is lost: it is streamed again at the next start)"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Writes a batch, warning while it is slow and giving up after `limit` with a transient
+/// error, so a destination that stopped answering ends the session instead of hanging it.
+async fn write_watched<S: ChangeSink>(sink: &mut S, batch: Batch, limit: Duration) -> Result<()> {
+    let count = batch.changes.len();
+    let started = tokio::time::Instant::now();
+    let write = sink.write(batch);
+    tokio::pin!(write);
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left.min(SLOW_WRITE_WARNING), &mut write).await {
+            Ok(result) => return result,
+            Err(_) if started.elapsed() >= limit => {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "the sink did not store a batch of {count} changes within {limit:?}; is \
+                         the destination reachable and answering?"
+                    ),
+                ))
+            }
+            Err(_) => tracing::warn!(
+                changes = count,
+                waited = ?started.elapsed(),
+                "the sink is slow to store a batch"
+            ),
+        }
     }
 }
 
@@ -448,7 +553,8 @@ impl Session {
         setup::check_server(&sql).await?;
         let mut client = ReplicationClient::connect(&config.source)
             .await?
-            .with_status_interval(config.status_interval);
+            .with_status_interval(config.status_interval)
+            .with_receive_timeout(config.receive_timeout);
         let system = client.identify_system().await?;
         let database = system
             .dbname
@@ -465,37 +571,41 @@ impl Session {
             let mut setup = SourceSetup::new(&config.slot, &config.publication)
                 .tables(config.tables.clone())
                 .unrecorded(start.ignore_tables.iter().cloned());
-            if let Some(stored) = start.durable {
+            if let (Some(stored), false) = (start.durable, config.accept_gap) {
                 setup = setup.resuming_from(stored);
             }
             setup.prepare(&sql).await?;
         }
+        let durable = match start.durable {
+            Some(stored) => Some(check_gap(config, &sql, sink, &database, stored).await?),
+            None => None,
+        };
         let mut stitcher = Stitcher::new(database);
         for (schema, table) in start.ignore_tables {
             stitcher.ignore_table(schema, table);
         }
-        let durable = start.durable.unwrap_or(Lsn::ZERO);
+        let durable = durable.unwrap_or(Lsn::ZERO);
         stitcher.resume_after(durable);
         let stream = client
             .start_replication(&config.slot, &[&config.publication], durable)
             .await?;
-        progress.send_modify(|p| {
-            p.connected = true;
-            p.connected_once = true;
-        });
+        progress.send_modify(|p| p.connected = true);
         tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
         Ok(Session {
             stream,
             decoder: RowDecoder::new(sql),
             stitcher,
             batch: Batch::default(),
+            batch_bytes: 0,
             unrecorded: false,
+            pending: None,
+            recorded_at: tokio::time::Instant::now(),
             in_flight: 0,
         })
     }
 
-    /// Streams until a stop is requested or an error ends the session; always gives the sink
-    /// back.
+    /// Streams until a stop is requested or an error ends the session; gives the sink back
+    /// unless it hung.
     async fn run<S: ChangeSink>(
         mut self,
         config: &Settings,
@@ -503,11 +613,17 @@ impl Session {
         stop: &mut watch::Receiver<bool>,
         progress: &watch::Sender<Progress>,
     ) -> (Result<S>, Result<()>) {
-        let mut writer = Writer::spawn(sink);
+        let mut writer = Writer::spawn(sink, config.write_timeout);
         let outcome = self
             .stream_until_stopped(config, &mut writer, stop, progress)
             .await;
-        (writer.finish().await, outcome)
+        // After a stop the writer is idle unless the destination hung, so only wait briefly;
+        // after an error its current write ends within the write timeout.
+        let limit = match *stop.borrow() {
+            true => Duration::from_secs(1),
+            false => config.write_timeout,
+        };
+        (writer.finish(limit).await, outcome)
     }
 
     async fn stream_until_stopped<S: ChangeSink>(
@@ -522,27 +638,46 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = stop_requested(stop) => {
-                    self.flush(writer).await?;
-                    self.drain(writer, progress).await?;
-                    self.catch_up(writer, progress).await?;
-                    self.stream.close().await;
-                    tracing::info!("tracker stopped");
-                    return Ok(());
-                }
+                _ = stop_requested(stop) => return self.stop(config, writer, progress).await,
                 ack = writer.acks.recv() => self.acknowledged(ack, progress)?,
-                _ = flush_timer.tick() => self.flush(writer).await?,
+                _ = flush_timer.tick() => self.flush(config, writer, false).await?,
                 event = self.stream.next_event() => {
                     let event = event?.ok_or_else(|| {
                         Error::new(ErrorKind::Connect, "the server ended the replication stream")
                     })?;
                     self.handle(event, progress).await?;
-                    if self.batch.changes.len() >= config.batch_size {
-                        self.flush(writer).await?;
+                    if self.batch.changes.len() >= config.batch_size
+                        || self.batch_bytes >= config.batch_bytes
+                    {
+                        self.flush(config, writer, false).await?;
                     }
                 }
             }
         }
+    }
+
+    /// Flushes, confirms and closes, within the shutdown timeout.
+    async fn stop<S: ChangeSink>(
+        &mut self,
+        config: &Settings,
+        writer: &mut Writer<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        let finish = async {
+            self.flush(config, writer, true).await?;
+            self.drain(writer, progress).await?;
+            self.catch_up(config, writer, progress).await
+        };
+        match tokio::time::timeout(config.shutdown_timeout, finish).await {
+            Ok(finished) => finished?,
+            Err(_) => tracing::warn!(
+                limit = ?config.shutdown_timeout,
+                "stopping before everything was stored; the rest is streamed again at the next start"
+            ),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.close()).await;
+        tracing::info!("tracker stopped");
+        Ok(())
     }
 
     /// Confirms what the writer made durable.
@@ -554,12 +689,15 @@ impl Session {
         if let Some(lsn) = durable {
             self.stream.confirm(lsn);
         }
-        progress.send_modify(|p| p.changes += count);
+        progress.send_modify(|p| {
+            p.changes += count;
+            p.stored_in_session |= count > 0;
+        });
         self.report(progress);
         Ok(())
     }
 
-    /// Waits until every job handed to the writer is acknowledged.
+    /// Waits until every batch handed to the writer is acknowledged.
     async fn drain<S: ChangeSink>(
         &mut self,
         writer: &mut Writer<S>,
@@ -588,8 +726,9 @@ impl Session {
                 let committed =
                     self.stitcher
                         .push(event, wal_start, Utc::now(), &mut self.batch.changes);
-                let added = self.batch.changes.len() - before;
-                self.unrecorded |= added > 0;
+                let added = &self.batch.changes[before..];
+                self.batch_bytes += batch_weight(added, self.batch.changes[..before].last());
+                self.unrecorded |= !added.is_empty();
                 if let Some(committed) = committed {
                     self.batch.durable_through = Some(committed.end_lsn);
                     progress.send_modify(|p| p.transactions += u64::from(!committed.replayed));
@@ -603,7 +742,7 @@ impl Session {
                     && self.batch.durable_through.is_none()
                     && !self.unrecorded;
                 if idle {
-                    self.stream.confirm(wal_end);
+                    self.pending = self.pending.max(Some(wal_end));
                 }
                 self.report(progress);
             }
@@ -616,6 +755,7 @@ impl Session {
     /// left with no lag. Gives up quietly after a few seconds on a busy server.
     async fn catch_up<S: ChangeSink>(
         &mut self,
+        config: &Settings,
         writer: &mut Writer<S>,
         progress: &watch::Sender<Progress>,
     ) -> Result<()> {
@@ -637,7 +777,7 @@ impl Session {
                     )
                 })?;
                 self.handle(event, progress).await?;
-                self.flush(writer).await?;
+                self.flush(config, writer, true).await?;
                 self.drain(writer, progress).await?;
             }
             Ok::<_, Error>(())
@@ -651,20 +791,41 @@ impl Session {
         }
     }
 
-    /// Hands buffered changes to the writer; a position with nothing to store is queued as a
-    /// confirmation, so it is confirmed only after the batches before it are durable.
-    async fn flush<S: ChangeSink>(&mut self, writer: &mut Writer<S>) -> Result<()> {
+    /// Hands buffered changes to the writer with the position they complete. A position with
+    /// nothing to store waits in `pending` and is handed on as an empty batch once per record
+    /// interval (or at once when `force`d), so it is recorded before it is confirmed.
+    async fn flush<S: ChangeSink>(
+        &mut self,
+        config: &Settings,
+        writer: &mut Writer<S>,
+        force: bool,
+    ) -> Result<()> {
         let durable = self.batch.durable_through;
-        let needs_write = !self.batch.changes.is_empty() || (durable.is_some() && self.unrecorded);
-        let job = if needs_write {
+        let batch = if !self.batch.changes.is_empty() || (durable.is_some() && self.unrecorded) {
             self.unrecorded = durable.is_none();
-            Job::Write(std::mem::take(&mut self.batch))
-        } else if let Some(lsn) = self.batch.durable_through.take() {
-            Job::Confirm(lsn)
+            self.batch_bytes = 0;
+            if durable.is_some() {
+                self.pending = self.pending.filter(|pending| Some(*pending) > durable);
+            }
+            std::mem::take(&mut self.batch)
         } else {
-            return Ok(());
+            self.pending = self.pending.max(self.batch.durable_through.take());
+            let due = force || self.recorded_at.elapsed() >= config.record_interval;
+            match self.pending.filter(|_| due) {
+                Some(lsn) => {
+                    self.pending = None;
+                    Batch {
+                        changes: Vec::new(),
+                        durable_through: Some(lsn),
+                    }
+                }
+                None => return Ok(()),
+            }
         };
-        if writer.jobs.send(job).await.is_err() {
+        if batch.durable_through.is_some() {
+            self.recorded_at = tokio::time::Instant::now();
+        }
+        if writer.jobs.send(batch).await.is_err() {
             return Err(writer.failure());
         }
         self.in_flight += 1;
@@ -682,6 +843,71 @@ impl Session {
             changed
         });
     }
+}
+
+/// The bytes `changes` add to a batch: their rows, and each context once per run of changes
+/// that share it (sinks send a transaction's context once, not per row).
+fn batch_weight(changes: &[Change], previous: Option<&Change>) -> usize {
+    let mut last = previous.map(|c| &c.context);
+    let mut bytes = 0;
+    for change in changes {
+        bytes += change.before.as_json().len() + change.after.as_json().len();
+        if last != Some(&change.context) {
+            bytes += change.context.as_str().len();
+        }
+        last = Some(&change.context);
+    }
+    bytes
+}
+
+/// Compares the slot's position with the sink's at start. When the slot is ahead, the changes
+/// in between are gone from the WAL and not in the sink: refused, unless the operator accepted
+/// the gap, which is then stored as a record of its own. Returns the position to resume from.
+async fn check_gap<S: ChangeSink>(
+    config: &Settings,
+    sql: &tokio_postgres::Client,
+    sink: &mut S,
+    database: &str,
+    stored: Lsn,
+) -> Result<Lsn> {
+    let row = sql
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&config.slot],
+        )
+        .await?;
+    let Some(slot) = row.and_then(|row| row.get::<_, Option<String>>(0)) else {
+        return Ok(stored);
+    };
+    let slot: Lsn = slot
+        .parse()
+        .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))?;
+    if slot <= stored {
+        return Ok(stored);
+    }
+    if !config.accept_gap {
+        return Err(Error::new(
+            ErrorKind::Gap,
+            format!(
+                "slot {:?} is at {slot}, but the sink has stored changes only up to {stored}: the \
+                 changes committed in between were confirmed to the slot without being in the \
+                 sink (a destination restored from an older backup, a slot advanced or recreated \
+                 by hand) and can never be streamed again. Restore the destination from a newer \
+                 backup, or accept the gap once (`bemi run --accept-gap`, \
+                 TrackerBuilder::accept_gap), which records it in the trail",
+                config.slot
+            ),
+        ));
+    }
+    tracing::warn!(from = %stored, to = %slot, slot = %config.slot, "accepting a gap in the trail; recording it");
+    let gap = Change::gap(database, stored, slot, "accepted at start", Utc::now());
+    sink.write(Batch {
+        changes: vec![gap],
+        durable_through: Some(slot),
+    })
+    .await?;
+    Ok(slot)
 }
 
 /// Resolves once a stop was requested (or the handle is gone).

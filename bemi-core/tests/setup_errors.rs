@@ -270,25 +270,53 @@ async fn a_lost_slot_is_not_recreated_over_stored_changes() {
         .get(0);
     assert_eq!(slots, 0, "the tracker did not create the slot over the gap");
 
-    // creating the slot explicitly accepts the gap, and tracking carries on from there
+    // a slot created by hand does not hide the gap: the next start is refused
     SourceSetup::new(db.slot(), db.publication())
         .prepare(&sql)
         .await
         .unwrap();
-    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    let err = db.tracker_builder().unwrap().start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Gap, "{}", err.report());
+
+    // accepting the gap records it in the trail, and tracking carries on from there
+    let tracker = db
+        .tracker_builder()
+        .unwrap()
+        .accept_gap(true)
+        .start()
+        .await
+        .unwrap();
     sql.execute("INSERT INTO t VALUES (3)", &[]).await.unwrap();
-    db.wait_for_changes(2, &tracker, Duration::from_secs(30))
+    db.wait_for_changes(3, &tracker, Duration::from_secs(30))
         .await
         .unwrap();
     tracker.shutdown().await.unwrap();
-    let keys: Vec<String> = sql
-        .query("SELECT primary_key FROM changes ORDER BY commit_lsn", &[])
+    let rows: Vec<(String, Option<String>, serde_json::Value)> = sql
+        .query(
+            "SELECT operation, primary_key, context FROM changes ORDER BY commit_lsn",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    assert_eq!(keys, ["1", "3"]);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_deref()),
+        ("CREATE", Some("1"))
+    );
+    assert_eq!(rows[1].0, "MESSAGE", "{rows:?}");
+    let gap = &rows[1].2["_bemi_gap"];
+    assert!(gap["from"].is_string() && gap["to"].is_string(), "{rows:?}");
+    assert_eq!(
+        (rows[2].0.as_str(), rows[2].1.as_deref()),
+        ("CREATE", Some("3"))
+    );
+
+    // once recorded, the gap is not reported again
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    tracker.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -300,8 +328,7 @@ async fn a_stored_position_past_the_source_s_wal_is_refused() {
     // as if `changes` and its progress were restored from another cluster, further along
     let far = Lsn(0xFF << 32); // FF/0
     sql.execute(
-        "INSERT INTO _bemi_progress (slot, lsn, updated_at) VALUES ($1, $2, now()) \
-         ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn",
+        "UPDATE _bemi_progress SET lsn = $2 WHERE slot = $1",
         &[&db.slot(), &(far.0 as i64)],
     )
     .await

@@ -87,7 +87,7 @@ impl Diff {
                     }
                 }
             }
-            Operation::Truncate => {}
+            Operation::Truncate | Operation::Message => {}
         }
         Diff { columns: diff }
     }

@@ -516,7 +516,7 @@ impl Keys {
                     },
                 }
             }
-            Operation::Truncate => Keys {
+            Operation::Truncate | Operation::Message => Keys {
                 before: None,
                 after: None,
             },
@@ -643,7 +643,7 @@ fn inverse(
             }
             step(&keys.before, sql, vec![&change.before])
         }
-        Operation::Truncate => return Ok(None),
+        Operation::Truncate | Operation::Message => return Ok(None),
     }))
 }
 

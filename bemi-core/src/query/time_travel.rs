@@ -299,6 +299,7 @@ impl<'a> Replay<'a> {
                         }
                     }
                 }
+                Operation::Message => {}
                 Operation::Truncate => {
                     self.rows.clear();
                     // Every row since is tracked from its CREATE.
@@ -315,6 +316,7 @@ impl<'a> Replay<'a> {
         }
         match change.operation {
             Operation::Truncate => self.done = true,
+            Operation::Message => {}
             Operation::Create => {
                 if let Some(key) = after_key {
                     self.seen.insert(key);

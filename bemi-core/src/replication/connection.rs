@@ -13,7 +13,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::config::ConnectOptions;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{sqlstate_kind, Error, ErrorKind, Result};
 
 /// The `CopyBothResponse` tag, which postgres-protocol's parser does not know.
 const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
@@ -358,40 +358,38 @@ fn error_fields(mut fields: backend::ErrorFields<'_>) -> (String, String) {
 /// Turns an ErrorResponse into an [`Error`] whose kind and message say what to do.
 pub(crate) fn server_error(fields: backend::ErrorFields<'_>) -> Error {
     let (code, message) = error_fields(fields);
-    let (kind, advice) = match code.as_str() {
-        "28P01" | "28000" if message.contains("replication") => (
-            ErrorKind::Privilege,
+    let kind = sqlstate_kind(&code, &message);
+    let advice = match kind {
+        ErrorKind::Privilege if code.starts_with("28") => {
             "; the role needs the REPLICATION attribute (ALTER ROLE … WITH REPLICATION) and a \
-             pg_hba.conf line that allows it",
-        ),
-        "28P01" | "28000" => (ErrorKind::Auth, "; check the user name and password"),
-        "42501" => (
-            ErrorKind::Privilege,
-            "; grant the role REPLICATION (ALTER ROLE … WITH REPLICATION) or connect as a superuser",
-        ),
-        "55006" => (
-            ErrorKind::SlotInUse,
-            "; another process is streaming from this slot: stop it, or use another slot name",
-        ),
-        "42704" if message.contains("publication") => (
-            ErrorKind::PublicationMissing,
-            "; create it (CREATE PUBLICATION … FOR ALL TABLES) or let the tracker's setup create it",
-        ),
-        "42704" if message.contains("replication slot") => (
-            ErrorKind::SlotMissing,
+             pg_hba.conf line that allows it"
+        }
+        ErrorKind::Auth => "; check the user name and password",
+        ErrorKind::Privilege => {
+            "; grant the role REPLICATION (ALTER ROLE … WITH REPLICATION) or connect as a superuser"
+        }
+        ErrorKind::SlotInUse => {
+            "; another process is streaming from this slot: stop it, or use another slot name"
+        }
+        ErrorKind::PublicationMissing => {
+            "; create it (CREATE PUBLICATION … FOR ALL TABLES) or let the tracker's setup create \
+             it. If it exists now, it was created after the slot's position: PostgreSQL decodes \
+             each change with the catalog as it was then, so recreating a dropped publication is \
+             not enough. The changes in between cannot be decoded with it: advance the slot past \
+             the publication's creation (SELECT pg_replication_slot_advance('<slot>', \
+             pg_current_wal_lsn())) and start once with the gap accepted (`bemi run \
+             --accept-gap`, TrackerBuilder::accept_gap), which records the gap in the changes table"
+        }
+        ErrorKind::SlotMissing => {
             "; create it (SELECT pg_create_logical_replication_slot('…', 'pgoutput')) or let the \
-             tracker's setup create it",
-        ),
-        "55000" if message.contains("wal_level") => (
-            ErrorKind::WalLevel,
-            "; run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL",
-        ),
-        "55000" if message.contains("invalidated") => (
-            ErrorKind::SlotLost,
+             tracker's setup create it"
+        }
+        ErrorKind::WalLevel => "; run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL",
+        ErrorKind::SlotLost => {
             "; the slot lost WAL it needed, so changes were lost: drop and recreate the slot, and \
-             raise max_slot_wal_keep_size",
-        ),
-        _ => (ErrorKind::Db, ""),
+             raise max_slot_wal_keep_size"
+        }
+        _ => "",
     };
     Error::new(kind, format!("server error {code}: {message}{advice}")).with_code(code)
 }

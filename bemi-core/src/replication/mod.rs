@@ -39,6 +39,10 @@ use transport::Transport;
 /// How often a standby status update is sent when nothing else triggers one.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a streaming connection may stay silent before it is given up as lost: after half
+/// of it the server is asked to answer, and a live walsender answers at once.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What `IDENTIFY_SYSTEM` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemInfo {
@@ -57,6 +61,7 @@ pub struct SystemInfo {
 pub struct ReplicationClient {
     conn: Connection<Transport>,
     status_interval: Duration,
+    receive_timeout: Duration,
 }
 
 impl ReplicationClient {
@@ -67,7 +72,15 @@ impl ReplicationClient {
         Ok(ReplicationClient {
             conn,
             status_interval: DEFAULT_STATUS_INTERVAL,
+            receive_timeout: DEFAULT_RECEIVE_TIMEOUT,
         })
+    }
+
+    /// Sets how long the stream may receive nothing before the connection is given up as lost
+    /// (default 30 s); see [`ReplicationStream::next_event`].
+    pub fn with_receive_timeout(mut self, timeout: Duration) -> Self {
+        self.receive_timeout = timeout;
+        self
     }
 
     /// Sets how often standby status updates are sent while streaming (default 1 s). Keep it
@@ -125,6 +138,7 @@ impl ReplicationClient {
             buffered,
             start,
             self.status_interval,
+            self.receive_timeout,
         ))
     }
 }

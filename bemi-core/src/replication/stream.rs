@@ -4,11 +4,21 @@
 //! sends a standby status update on a timer, when the server asks for one, and when the caller
 //! confirms a new position. So a consumer that reads slowly (a slow sink) still answers the
 //! server within `wal_sender_timeout`, and the server does not drop the connection.
+//!
+//! Every way the server can end the copy (CopyDone, CommandComplete, ReadyForQuery, an
+//! ErrorResponse when the walsender is terminated, or the socket closing, as on an idle
+//! restart) ends the stream: [`ReplicationStream::next_event`] returns `Ok(None)` or an error,
+//! never waits forever. A server that goes silent is noticed too: after half the receive
+//! timeout without a message the stream asks the server for a reply, and after the whole timeout
+//! it gives up with a [`ErrorKind::Connect`] error (a hung walsender or a dead network path
+//! that TCP has not noticed yet).
 //! See <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
@@ -19,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::connection::{server_error, Incoming, Reader};
 use super::transport::Transport;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pgoutput::{self, PgTimestamp};
 use crate::Lsn;
 
@@ -64,6 +74,8 @@ struct Shared {
     confirmed: AtomicU64,
     /// Wakes the feedback task to send an update now.
     wake: Notify,
+    /// The next update asks the server to answer at once (a liveness probe).
+    reply_wanted: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -107,6 +119,11 @@ pub struct ReplicationStream {
     reader: Reader<ReadHalf<Transport>>,
     feedback: Feedback,
     task: JoinHandle<()>,
+    receive_timeout: Duration,
+    /// When the last message arrived.
+    heard_at: Instant,
+    /// When the server was asked for a reply because it had been silent, if it has not answered.
+    probed_at: Option<Instant>,
 }
 
 impl ReplicationStream {
@@ -115,12 +132,14 @@ impl ReplicationStream {
         buffered: BytesMut,
         start: Lsn,
         status_interval: Duration,
+        receive_timeout: Duration,
     ) -> Self {
         let (read, write) = tokio::io::split(transport);
         let shared = Arc::new(Shared {
             received: AtomicU64::new(start.0),
             confirmed: AtomicU64::new(start.0),
             wake: Notify::new(),
+            reply_wanted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         let task = tokio::spawn(send_feedback(write, shared.clone(), status_interval));
@@ -128,15 +147,39 @@ impl ReplicationStream {
             reader: Reader::with_buffer(read, buffered),
             feedback: Feedback { shared },
             task,
+            receive_timeout,
+            heard_at: Instant::now(),
+            probed_at: None,
         }
     }
 
-    /// The next event, or `None` when the server ended the stream (CopyDone).
+    /// The next event, or `None` when the server ended the stream (CopyDone, CommandComplete
+    /// or ReadyForQuery: a walsender shutting down, say for a server restart, ends the copy
+    /// this way).
+    ///
+    /// Cancel-safe: a call dropped before it returns loses no data.
+    ///
+    /// # Errors
+    ///
+    /// A lost connection or a silent server ([`ErrorKind::Connect`]), the server's error (a
+    /// terminated walsender reports SQLSTATE 57P01), or a malformed message.
     pub async fn next_event(&mut self) -> Result<Option<ReplicationEvent>> {
         loop {
-            let data = match self.reader.next().await? {
+            let incoming = match tokio::time::timeout_at(self.deadline(), self.reader.next()).await
+            {
+                Ok(incoming) => incoming?,
+                Err(_) => {
+                    self.probe()?;
+                    continue;
+                }
+            };
+            self.heard_at = Instant::now();
+            self.probed_at = None;
+            let data = match incoming {
                 Incoming::Message(Message::CopyData(body)) => body.into_bytes(),
-                Incoming::Message(Message::CopyDone) => return Ok(None),
+                Incoming::Message(
+                    Message::CopyDone | Message::CommandComplete(_) | Message::ReadyForQuery(_),
+                ) => return Ok(None),
                 Incoming::Message(Message::ErrorResponse(body)) => {
                     return Err(server_error(body.fields()))
                 }
@@ -151,6 +194,33 @@ impl ReplicationStream {
                 None => continue,
             }
         }
+    }
+
+    /// When silence becomes suspicious: half the receive timeout after the last message, then
+    /// half again after asking the server to answer.
+    fn deadline(&self) -> Instant {
+        self.probed_at.unwrap_or(self.heard_at) + self.receive_timeout / 2
+    }
+
+    /// The server has been silent until [`deadline`](Self::deadline): asks it to answer, or
+    /// gives up when it was asked already.
+    fn probe(&mut self) -> Result<()> {
+        if self.probed_at.is_some() {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                format!(
+                    "the server sent nothing for {:?}, not even an answer to a status update \
+                     that asked for one; treating the connection as lost",
+                    self.receive_timeout
+                ),
+            ));
+        }
+        tracing::debug!(silent_for = ?self.heard_at.elapsed(), "asking a silent server to answer");
+        self.probed_at = Some(Instant::now());
+        let shared = &self.feedback.shared;
+        shared.reply_wanted.store(true, Ordering::Release);
+        shared.wake.notify_one();
+        Ok(())
     }
 
     fn parse(&self, mut data: Bytes) -> Result<Option<ReplicationEvent>> {
@@ -278,7 +348,7 @@ async fn send_feedback(mut write: WriteHalf<Transport>, shared: Arc<Shared>, int
 }
 
 /// Encodes a standby status update: written, flushed and applied are all the confirmed
-/// position, then the client time and 0 for "no reply needed".
+/// position, then the client time and whether the server should answer at once.
 ///
 /// Reporting "written" below what was received is deliberate: a walsender that has sent more
 /// than the client reports written pings the client with a keepalive once it is caught up, and
@@ -291,7 +361,7 @@ fn status_update(shared: &Shared, out: &mut BytesMut) {
     body.put_u64(confirmed);
     body.put_u64(confirmed);
     body.put_i64(PgTimestamp::from(chrono::Utc::now()).0);
-    body.put_u8(0);
+    body.put_u8(u8::from(shared.reply_wanted.swap(false, Ordering::AcqRel)));
     tracing::trace!(confirmed = %Lsn(confirmed), "standby status update");
     if let Ok(data) = frontend::CopyData::new(body.freeze()) {
         data.write(out);

@@ -14,6 +14,13 @@ use crate::config::{ConnectOptions, Host, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tls;
 
+/// TCP keepalives: a peer that vanished (a host that went away, a dropped NAT entry) is
+/// noticed within about a minute instead of the kernel's two hours.
+pub(crate) const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(std::time::Duration::from_secs(30))
+    .with_interval(std::time::Duration::from_secs(10))
+    .with_retries(3);
+
 /// A connected socket, encrypted or not.
 #[derive(Debug)]
 pub(crate) enum Transport {
@@ -49,6 +56,7 @@ impl Transport {
                     .map_err(|e| connect_error(options, e))?;
                 stream
                     .set_nodelay(true)
+                    .and_then(|()| socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE))
                     .map_err(|e| connect_error(options, e))?;
                 negotiate_tls(options, name, stream).await
             }

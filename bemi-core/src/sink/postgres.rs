@@ -1,5 +1,7 @@
 //! The Bemi-compatible `changes` table sink ([`PostgresSink`]).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::BufMut as _;
 use deadpool_postgres::Pool;
@@ -16,16 +18,29 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// Writes changes to a Bemi-compatible `changes` table, exactly once.
 ///
 /// On [`open`](ChangeSink::open) the sink creates the table with Bemi's columns and indexes
-/// when it is missing, or upgrades a table created by Bemi's own worker in place: it adds the
-/// idempotency columns `commit_lsn` and `ordinal` with a unique index, adds any missing index,
-/// and drops Bemi's unique key on `(position, table, schema, database, operation)`, which
-/// silently dropped rows (all rows of one COPY share a position). Existing rows are untouched.
+/// when it is missing, or upgrades a table created by Bemi's own worker (or by an older
+/// version of this crate) in place: it adds the idempotency columns `system_id`, `commit_lsn`
+/// and `ordinal` with a unique index, adds any missing index, and drops Bemi's unique key on
+/// `(position, table, schema, database, operation)`, which silently dropped rows (all rows of
+/// one COPY share a position). Existing rows are untouched. The catalog is read first, so a
+/// table that has everything is not locked at all; an upgrade waits at most a few seconds for
+/// its lock at a time (readers are never queued behind it for long) and retries.
+///
+/// The idempotency key is `(system_id, commit_lsn, ordinal)`: the source cluster's system
+/// identifier (as `pg_control_system()` reports it), the LSN of the transaction's commit and
+/// the change's position in it. WAL positions of different clusters overlap, so one table can
+/// serve several source clusters only with the cluster in the key. The durable position is
+/// kept per source too, in the progress table (`_bemi_progress`, one row per system id,
+/// database and slot).
 ///
 /// Each batch is one SQL statement, so one round trip and one transaction: the rows go in
-/// through `UNNEST` of column arrays with `ON CONFLICT (commit_lsn, ordinal) DO NOTHING`, and
-/// the durable position goes into the progress table (`_bemi_progress`, one row per slot) in
+/// through `UNNEST` of column arrays (each distinct context once, however many rows share it)
+/// with `ON CONFLICT … DO NOTHING`, and the durable position goes into the progress table in
 /// the same statement. That transaction commits durably (flushed to disk) even where the
 /// database or role sets `synchronous_commit = off`, because the slot is confirmed after it.
+///
+/// The sink's sessions set their own `statement_timeout` (5 minutes), so a shorter one on the
+/// destination's role or database cannot make every batch fail.
 ///
 /// Differences from Bemi's storage, all within its columns' types: `primary_key` is the real
 /// primary key (composite keys as a JSON array); keys longer than the column's 255 characters
@@ -43,25 +58,37 @@ pub struct PostgresSink {
     schema: String,
     table: String,
     progress_table: String,
-    slot: String,
+    /// The source being stored: system id, database, slot.
+    source: Option<(i64, String, String)>,
     insert_sql: String,
     insert_with_progress_sql: String,
 }
 
+/// The sink's own `statement_timeout`: long enough for the largest batch, short enough that a
+/// statement stuck on a lock is cancelled (and retried) in the end.
+const STATEMENT_TIMEOUT: &str = "-c statement_timeout=300000";
+
+/// How long a table upgrade waits for its lock before it lets readers through and tries again.
+const UPGRADE_LOCK_TIMEOUT: &str = "5s";
+const UPGRADE_ATTEMPTS: u32 = 5;
+
 impl PostgresSink {
     /// A sink writing through a new connection pool to the database of `options`.
     pub fn connect(options: &ConnectOptions) -> Result<Self> {
-        Ok(Self::with_pool(options.pool(2)?))
+        Ok(Self::with_pool(
+            options.pool_with_options(2, STATEMENT_TIMEOUT)?,
+        ))
     }
 
-    /// A sink writing through an existing deadpool-postgres pool.
+    /// A sink writing through an existing deadpool-postgres pool. Its sessions keep their own
+    /// `statement_timeout`: make sure it is long enough for a batch (or 0).
     pub fn with_pool(pool: Pool) -> Self {
         let mut sink = PostgresSink {
             pool,
             schema: "public".to_owned(),
             table: "changes".to_owned(),
             progress_table: "_bemi_progress".to_owned(),
-            slot: String::new(),
+            source: None,
             insert_sql: String::new(),
             insert_with_progress_sql: String::new(),
         };
@@ -90,19 +117,28 @@ impl PostgresSink {
     fn build_sql(&mut self) {
         let insert = format!(
             "INSERT INTO {} (primary_key, before, after, context, database, schema, \"table\", \
-             operation, committed_at, queued_at, transaction_id, position, commit_lsn, ordinal) \
-             SELECT u.* FROM {DURABLE_COMMIT}, \
-             UNNEST($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::text[], \
+             operation, committed_at, queued_at, transaction_id, position, system_id, commit_lsn, \
+             ordinal) \
+             SELECT u.primary_key, u.before, u.after, c.context, u.database, u.schema, u.tbl, \
+             u.operation, u.committed_at, u.queued_at, u.transaction_id, u.position, $15, \
+             u.commit_lsn, u.ordinal \
+             FROM {DURABLE_COMMIT}, \
+             UNNEST($1::text[], $2::jsonb[], $3::jsonb[], $4::int4[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
-             $11::int8[], $12::int8[], $13::int8[], $14::int4[]) AS u \
-             ON CONFLICT (commit_lsn, ordinal) DO NOTHING",
+             $11::int8[], $12::int8[], $13::int8[], $14::int4[]) \
+             AS u(primary_key, before, after, context_index, database, schema, tbl, operation, \
+             committed_at, queued_at, transaction_id, position, commit_lsn, ordinal), \
+             UNNEST($16::jsonb[]) WITH ORDINALITY AS c(context, i) \
+             WHERE c.i = u.context_index \
+             ON CONFLICT (system_id, commit_lsn, ordinal) DO NOTHING",
             self.qualified(&self.table)
         );
         self.insert_with_progress_sql = format!(
             "WITH inserted AS ({insert} RETURNING 1) \
-             INSERT INTO {progress} AS p (slot, lsn, updated_at) \
-             SELECT $15, $16, now() FROM {DURABLE_COMMIT} \
-             ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
+             INSERT INTO {progress} AS p (system_id, database, slot, lsn, updated_at) \
+             SELECT $15, $17, $18, $19, now() FROM {DURABLE_COMMIT} \
+             ON CONFLICT (system_id, database, slot) \
+             DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
             progress = self.qualified(&self.progress_table)
         );
         self.insert_sql = insert;
@@ -119,11 +155,53 @@ impl PostgresSink {
         })
     }
 
-    /// Creates or upgrades the tables, under an advisory lock so that two trackers starting
-    /// together do not race.
+    /// Creates or upgrades the tables when something is missing. Checks the catalog first
+    /// without locking; an upgrade runs under an advisory lock (two trackers starting together
+    /// do not race) with a short `lock_timeout`, retried, so readers of the table never wait
+    /// behind it for long.
     async fn migrate(&self) -> Result<()> {
         let mut client = self.client().await?;
+        let mut attempt = 1;
+        loop {
+            if self.is_current(&client).await? {
+                return Ok(());
+            }
+            match self.upgrade(&mut client).await {
+                Err(e) if e.code() == Some("55P03") && attempt < UPGRADE_ATTEMPTS => {
+                    tracing::info!(table = %self.qualified(&self.table), attempt, "the changes table is busy; retrying its upgrade");
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                    attempt += 1;
+                }
+                upgraded => return upgraded,
+            }
+        }
+    }
+
+    /// Whether both tables have every column and index this version needs.
+    async fn is_current(&self, client: &deadpool_postgres::Object) -> Result<bool> {
+        let changes = self.qualified(&self.table);
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_attribute \
+                         WHERE attrelid = to_regclass($1) AND NOT attisdropped \
+                           AND attname IN ('system_id', 'commit_lsn', 'ordinal')) = 3 \
+                    AND EXISTS (SELECT FROM pg_catalog.pg_constraint \
+                                WHERE conrelid = to_regclass($2) AND contype = 'p' \
+                                  AND cardinality(conkey) = 3)",
+                &[&changes, &self.qualified(&self.progress_table)],
+            )
+            .await?;
+        let client: &tokio_postgres::Client = client;
+        Ok(row.get::<_, bool>(0) && self.index_upgrades(client, &changes).await?.is_empty())
+    }
+
+    async fn upgrade(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
         let tx = client.transaction().await?;
+        tx.execute(
+            &format!("SET LOCAL lock_timeout = '{UPGRADE_LOCK_TIMEOUT}'"),
+            &[],
+        )
+        .await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('bemi changes table ' || $1))",
             &[&self.qualified(&self.table)],
@@ -152,28 +230,59 @@ impl PostgresSink {
                position bigint NOT NULL
              );
              ALTER TABLE {changes}
+               ADD COLUMN IF NOT EXISTS system_id bigint,
                ADD COLUMN IF NOT EXISTS commit_lsn bigint,
                ADD COLUMN IF NOT EXISTS ordinal integer;
              ALTER TABLE {changes} ALTER COLUMN created_at SET DEFAULT now();
              CREATE TABLE IF NOT EXISTS {progress} (
-               slot text PRIMARY KEY,
+               system_id bigint NOT NULL DEFAULT 0,
+               database text NOT NULL DEFAULT '',
+               slot text NOT NULL,
                lsn bigint NOT NULL,
-               updated_at timestamptz NOT NULL DEFAULT now()
-             );",
+               updated_at timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (system_id, database, slot)
+             );
+             ALTER TABLE {progress}
+               ADD COLUMN IF NOT EXISTS system_id bigint NOT NULL DEFAULT 0,
+               ADD COLUMN IF NOT EXISTS database text NOT NULL DEFAULT '';",
             schema = quote_identifier(&self.schema),
         ))
         .await?;
-        self.migrate_indexes(&tx, &changes).await?;
+        // Before this version the progress table was keyed by slot alone; its rows keep
+        // system id 0 until a source adopts them (see `open`).
+        let legacy_key = tx
+            .query_opt(
+                "SELECT conname::text FROM pg_catalog.pg_constraint \
+                 WHERE conrelid = $1::text::regclass AND contype = 'p' \
+                   AND cardinality(conkey) = 1",
+                &[&progress],
+            )
+            .await?;
+        if let Some(row) = legacy_key {
+            let name: String = row.get(0);
+            tx.batch_execute(&format!(
+                "ALTER TABLE {progress} DROP CONSTRAINT {}, \
+                 ADD PRIMARY KEY (system_id, database, slot)",
+                quote_identifier(&name)
+            ))
+            .await?;
+        }
+        for statement in self.index_upgrades(&*tx, &changes).await? {
+            tracing::info!(%statement, "upgrading the changes table");
+            tx.batch_execute(&statement).await?;
+        }
         tx.commit().await?;
+        tracing::info!(table = %changes, "the changes table is up to date");
         Ok(())
     }
 
-    async fn migrate_indexes(
+    /// The statements that bring the indexes of `changes` up to date (none when they are).
+    async fn index_upgrades(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        client: &impl tokio_postgres::GenericClient,
         changes: &str,
-    ) -> Result<()> {
-        let rows = tx
+    ) -> Result<Vec<String>> {
+        let rows = client
             .query(
                 "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique, \
                         c.conname, \
@@ -182,10 +291,11 @@ impl PostgresSink {
                               ORDER BY a.attname) \
                  FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
                    AND c.conrelid = i.indrelid \
-                 WHERE i.indrelid = $1::text::regclass",
+                 WHERE i.indrelid = to_regclass($1)",
                 &[&changes],
             )
             .await?;
+        let mut statements = Vec::new();
         let mut existing = Vec::new();
         for row in &rows {
             let name: String = row.get(0);
@@ -195,65 +305,64 @@ impl PostgresSink {
             let mut columns: Vec<String> = row.get(4);
             columns.sort();
             let bemi_key = ["database", "operation", "position", "schema", "table"];
-            if unique && columns == bemi_key {
-                // Bemi's key drops rows that share a position; ours is (commit_lsn, ordinal).
-                let sql = match constraint {
+            // Bemi's key drops rows that share a position; the key before this version lacked
+            // the source cluster. Ours is (system_id, commit_lsn, ordinal).
+            if unique && (columns == bemi_key || columns == ["commit_lsn", "ordinal"]) {
+                statements.push(match constraint {
                     Some(constraint) => format!(
                         "ALTER TABLE {changes} DROP CONSTRAINT {}",
                         quote_identifier(&constraint)
                     ),
                     None => format!("DROP INDEX {name}"),
-                };
-                tx.batch_execute(&sql).await?;
-                tracing::info!(index = %name, "dropped Bemi's unique key on position, which loses rows of a COPY");
+                });
                 continue;
             }
             if let Some(using) = definition.split(" USING ").nth(1) {
                 existing.push(using.to_owned());
             }
         }
-        // (name suffix, kind, method, columns); an index counts as present when one with the
-        // same method starts with the same columns (Bemi's GIN indexes may use jsonb_ops).
-        let wanted = [
-            (
-                "commit_lsn_ordinal_key",
-                "UNIQUE INDEX",
-                "btree",
-                "(commit_lsn, ordinal)",
-            ),
-            ("committed_at_index", "INDEX", "btree", "(committed_at)"),
-            ("table_index", "INDEX", "btree", "(\"table\")"),
-            ("primary_key_index", "INDEX", "btree", "(primary_key)"),
-            ("operation_index", "INDEX", "btree", "(operation)"),
-            ("before_index", "INDEX", "gin", "(before jsonb_path_ops)"),
-            ("after_index", "INDEX", "gin", "(after jsonb_path_ops)"),
-            ("context_index", "INDEX", "gin", "(context jsonb_path_ops)"),
-            (
-                "table_primary_key_committed_at_index",
-                "INDEX",
-                "btree",
-                "(\"table\", primary_key, committed_at)",
-            ),
-        ];
-        for (suffix, kind, method, columns) in wanted {
+        for (suffix, kind, method, columns) in WANTED_INDEXES {
             let key = columns
                 .trim_end_matches(')')
                 .trim_end_matches(" jsonb_path_ops");
             let present = existing
                 .iter()
                 .any(|using| using.starts_with(&format!("{method} {key}")));
-            if present {
-                continue;
+            if !present {
+                statements.push(format!(
+                    "CREATE {kind} IF NOT EXISTS {} ON {changes} USING {method} {columns}",
+                    quote_identifier(&format!("{}_{suffix}", self.table))
+                ));
             }
-            tx.batch_execute(&format!(
-                "CREATE {kind} IF NOT EXISTS {} ON {changes} USING {method} {columns}",
-                quote_identifier(&format!("{}_{suffix}", self.table))
-            ))
-            .await?;
         }
-        Ok(())
+        Ok(statements)
     }
 }
+
+/// The indexes of the changes table: (name suffix, kind, method, columns). An index counts as
+/// present when one with the same method starts with the same columns (Bemi's GIN indexes may
+/// use jsonb_ops).
+const WANTED_INDEXES: [(&str, &str, &str, &str); 9] = [
+    (
+        "system_id_commit_lsn_ordinal_key",
+        "UNIQUE INDEX",
+        "btree",
+        "(system_id, commit_lsn, ordinal)",
+    ),
+    ("committed_at_index", "INDEX", "btree", "(committed_at)"),
+    ("table_index", "INDEX", "btree", "(\"table\")"),
+    ("primary_key_index", "INDEX", "btree", "(primary_key)"),
+    ("operation_index", "INDEX", "btree", "(operation)"),
+    ("before_index", "INDEX", "gin", "(before jsonb_path_ops)"),
+    ("after_index", "INDEX", "gin", "(after jsonb_path_ops)"),
+    ("context_index", "INDEX", "gin", "(context jsonb_path_ops)"),
+    (
+        "table_primary_key_committed_at_index",
+        "INDEX",
+        "btree",
+        "(\"table\", primary_key, committed_at)",
+    ),
+];
 
 /// A one-row subquery that makes the statement's transaction commit durably: a database or
 /// role with `synchronous_commit = off` would acknowledge a commit still in memory, and the
@@ -267,30 +376,56 @@ const DURABLE_COMMIT: &str = "(SELECT set_config('synchronous_commit', \
 #[async_trait]
 impl ChangeSink for PostgresSink {
     async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart> {
-        self.slot = source.slot.clone();
+        // IDENTIFY_SYSTEM prints the identifier unsigned; pg_control_system() and the tables
+        // hold it as bigint.
+        let system_id = source.system_id.parse::<u64>().map_err(|e| {
+            Error::protocol("the server reported an invalid system identifier").with_source(e)
+        })? as i64;
         self.migrate().await?;
         let client = self.client().await?;
+        let progress = self.qualified(&self.progress_table);
+        // A progress row of an older version, keyed by slot alone, belongs to the first source
+        // that opens it; rows it stored after that position (a transaction cut short) take
+        // its key, so their replay is recognised.
+        client
+            .execute(
+                &format!(
+                    "WITH adopted AS (
+                       UPDATE {progress} SET system_id = $1, database = $2
+                       WHERE slot = $3 AND system_id = 0 AND database = ''
+                         AND NOT EXISTS (SELECT FROM {progress}
+                                         WHERE system_id = $1 AND database = $2 AND slot = $3)
+                       RETURNING lsn)
+                     UPDATE {changes} SET system_id = $1
+                     WHERE EXISTS (SELECT FROM adopted) AND system_id IS NULL AND database = $2
+                       AND commit_lsn > (SELECT lsn FROM adopted)",
+                    changes = self.qualified(&self.table),
+                ),
+                &[&system_id, &source.database, &source.slot],
+            )
+            .await?;
         let row = client
             .query_one(
                 &format!(
-                    "SELECT (SELECT lsn FROM {} WHERE slot = $1), \
-                            (SELECT system_identifier::text FROM pg_control_system()), \
+                    "SELECT (SELECT lsn FROM {progress} \
+                             WHERE system_id = $1 AND database = $2 AND slot = $3), \
+                            (SELECT system_identifier FROM pg_control_system()), \
                             current_database()::text",
-                    self.qualified(&self.progress_table)
                 ),
-                &[&self.slot],
+                &[&system_id, &source.database, &source.slot],
             )
             .await?;
         let durable: Option<i64> = row.get(0);
-        let system_id: String = row.get(1);
-        let database: String = row.get(2);
+        let destination_system: i64 = row.get(1);
+        let destination_database: String = row.get(2);
         let mut start = SinkStart::at(durable.map(|lsn| crate::Lsn(lsn as u64)));
-        if system_id == source.system_id && database == source.database {
+        if destination_system == system_id && destination_database == source.database {
             start.ignore_tables = vec![
                 (self.schema.clone(), self.table.clone()),
                 (self.schema.clone(), self.progress_table.clone()),
             ];
         }
+        self.source = Some((system_id, source.database.clone(), source.slot.clone()));
         tracing::info!(
             table = %self.qualified(&self.table),
             durable = ?start.durable,
@@ -304,15 +439,20 @@ impl ChangeSink for PostgresSink {
         if batch.changes.is_empty() && batch.durable_through.is_none() {
             return Ok(());
         }
+        let Some((system_id, database, slot)) = &self.source else {
+            return Err(Error::new(
+                ErrorKind::Sink,
+                "PostgresSink::write was called before open",
+            ));
+        };
         let columns = Columns::new(&batch.changes)?;
         let client = self.client().await?;
-        let slot = self.slot.as_str();
         let lsn = batch.durable_through.map(|l| l.0 as i64);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &columns.primary_key,
             &columns.before,
             &columns.after,
-            &columns.context,
+            &columns.context_index,
             &columns.database,
             &columns.schema,
             &columns.table,
@@ -323,11 +463,12 @@ impl ChangeSink for PostgresSink {
             &columns.position,
             &columns.commit_lsn,
             &columns.ordinal,
+            system_id,
+            &columns.contexts,
         ];
         let sql = match &lsn {
             Some(lsn) => {
-                params.push(&slot);
-                params.push(lsn);
+                params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
                 &self.insert_with_progress_sql
             }
             None => &self.insert_sql,
@@ -358,7 +499,11 @@ struct Columns<'a> {
     primary_key: Vec<Option<&'a str>>,
     before: Vec<Jsonb<'a>>,
     after: Vec<Jsonb<'a>>,
-    context: Vec<Jsonb<'a>>,
+    /// Each change's context, as a 1-based index into `contexts`.
+    context_index: Vec<i32>,
+    /// The distinct contexts of the batch, each once (a transaction's context is shared by
+    /// all its rows, and may be large).
+    contexts: Vec<Jsonb<'a>>,
     database: Vec<&'a str>,
     schema: Vec<&'a str>,
     table: Vec<&'a str>,
@@ -378,7 +523,8 @@ impl<'a> Columns<'a> {
             primary_key: Vec::with_capacity(n),
             before: Vec::with_capacity(n),
             after: Vec::with_capacity(n),
-            context: Vec::with_capacity(n),
+            context_index: Vec::with_capacity(n),
+            contexts: Vec::new(),
             database: Vec::with_capacity(n),
             schema: Vec::with_capacity(n),
             table: Vec::with_capacity(n),
@@ -390,7 +536,13 @@ impl<'a> Columns<'a> {
             commit_lsn: Vec::with_capacity(n),
             ordinal: Vec::with_capacity(n),
         };
+        let mut last_context = None;
         for change in changes {
+            if last_context != Some(&change.context) {
+                c.contexts.push(Jsonb(change.context.as_str()));
+                last_context = Some(&change.context);
+            }
+            c.context_index.push(c.contexts.len() as i32);
             c.primary_key.push(change.primary_key.as_deref().map(|key| {
                 match key.char_indices().nth(PRIMARY_KEY_CHARS) {
                     Some((cut, _)) => {
@@ -402,7 +554,6 @@ impl<'a> Columns<'a> {
             }));
             c.before.push(Jsonb(change.before.as_json()));
             c.after.push(Jsonb(change.after.as_json()));
-            c.context.push(Jsonb(change.context.as_str()));
             c.database.push(&change.database);
             c.schema.push(&change.schema);
             c.table.push(&change.table);
