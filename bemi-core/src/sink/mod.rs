@@ -32,6 +32,22 @@ pub struct SourceInfo {
     pub slot: String,
 }
 
+impl SourceInfo {
+    /// The source `system_id` (as `IDENTIFY_SYSTEM` prints it), `database` and `slot`; for
+    /// opening a sink outside a tracker, in a sink's own tests for instance.
+    pub fn new(
+        system_id: impl Into<String>,
+        database: impl Into<String>,
+        slot: impl Into<String>,
+    ) -> Self {
+        SourceInfo {
+            system_id: system_id.into(),
+            database: database.into(),
+            slot: slot.into(),
+        }
+    }
+}
+
 /// What a sink reports when it opens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -63,6 +79,16 @@ pub struct Batch {
     /// When set, every transaction whose commit ends at or before this LSN is complete in this
     /// batch and the ones before it, and this is the position to store with them.
     pub durable_through: Option<Lsn>,
+}
+
+impl Batch {
+    /// A batch of `changes` that completes every transaction up to `durable_through`, if set.
+    pub fn new(changes: Vec<Change>, durable_through: Option<Lsn>) -> Self {
+        Batch {
+            changes,
+            durable_through,
+        }
+    }
 }
 
 /// The extension point of the tracker: stores changes.

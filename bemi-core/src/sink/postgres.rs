@@ -276,6 +276,63 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// Adopts a progress row of an older version, then reads the stored position of `source`
+    /// and where the destination is (system id, database).
+    async fn stored_position(
+        &self,
+        client: &deadpool_postgres::Object,
+        system_id: i64,
+        source: &SourceInfo,
+    ) -> Result<tokio_postgres::Row> {
+        let progress = self.qualified(&self.progress_table);
+        // A progress row of an older version, keyed by slot alone, belongs to the first source
+        // that opens it; rows it stored after that position (a transaction cut short) take
+        // its key, so their replay is recognised.
+        client
+            .execute(
+                &format!(
+                    "WITH adopted AS (
+                           UPDATE {progress} SET system_id = $1, database = $2
+                           WHERE slot = $3 AND system_id = 0 AND database = ''
+                             AND NOT EXISTS (SELECT FROM {progress}
+                                             WHERE system_id = $1 AND database = $2 AND slot = $3)
+                           RETURNING lsn)
+                         UPDATE {changes} SET system_id = $1
+                         WHERE EXISTS (SELECT FROM adopted) AND system_id IS NULL AND database = $2
+                           AND commit_lsn > (SELECT lsn FROM adopted)",
+                    changes = self.qualified(&self.table),
+                ),
+                &[&system_id, &source.database, &source.slot],
+            )
+            .await?;
+        Ok(client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT lsn FROM {progress} \
+                                 WHERE system_id = $1 AND database = $2 AND slot = $3), \
+                                (SELECT system_identifier FROM pg_control_system()), \
+                                current_database()::text",
+                ),
+                &[&system_id, &source.database, &source.slot],
+            )
+            .await?)
+    }
+
+    /// Passes `result` on; after a failure the connection, and every idle one, is closed rather
+    /// than reused: a session that failed may be stale (read-only since it began, say), and
+    /// the next attempt should start afresh.
+    fn discard_if_failed<T>(
+        &self,
+        client: deadpool_postgres::Object,
+        result: Result<T>,
+    ) -> Result<T> {
+        if result.is_err() {
+            drop(deadpool_postgres::Object::take(client));
+            self.pool.retain(|_, _| false);
+        }
+        result
+    }
+
     /// The statements that bring the indexes of `changes` up to date (none when they are).
     async fn index_upgrades(
         &self,
@@ -383,38 +440,8 @@ impl ChangeSink for PostgresSink {
         })? as i64;
         self.migrate().await?;
         let client = self.client().await?;
-        let progress = self.qualified(&self.progress_table);
-        // A progress row of an older version, keyed by slot alone, belongs to the first source
-        // that opens it; rows it stored after that position (a transaction cut short) take
-        // its key, so their replay is recognised.
-        client
-            .execute(
-                &format!(
-                    "WITH adopted AS (
-                       UPDATE {progress} SET system_id = $1, database = $2
-                       WHERE slot = $3 AND system_id = 0 AND database = ''
-                         AND NOT EXISTS (SELECT FROM {progress}
-                                         WHERE system_id = $1 AND database = $2 AND slot = $3)
-                       RETURNING lsn)
-                     UPDATE {changes} SET system_id = $1
-                     WHERE EXISTS (SELECT FROM adopted) AND system_id IS NULL AND database = $2
-                       AND commit_lsn > (SELECT lsn FROM adopted)",
-                    changes = self.qualified(&self.table),
-                ),
-                &[&system_id, &source.database, &source.slot],
-            )
-            .await?;
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT (SELECT lsn FROM {progress} \
-                             WHERE system_id = $1 AND database = $2 AND slot = $3), \
-                            (SELECT system_identifier FROM pg_control_system()), \
-                            current_database()::text",
-                ),
-                &[&system_id, &source.database, &source.slot],
-            )
-            .await?;
+        let found = self.stored_position(&client, system_id, source).await;
+        let row = self.discard_if_failed(client, found)?;
         let durable: Option<i64> = row.get(0);
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
@@ -473,10 +500,13 @@ impl ChangeSink for PostgresSink {
             }
             None => &self.insert_sql,
         };
-        let statement = client.prepare_cached(sql).await?;
-        client.execute(&statement, &params).await.map_err(|e| {
-            let e = Error::from(e);
-            match e.kind() {
+        let written = async {
+            let statement = client.prepare_cached(sql).await?;
+            client.execute(&statement, &params).await
+        }
+        .await;
+        self.discard_if_failed(client, written.map_err(Error::from))
+            .map_err(|e| match e.kind() {
                 ErrorKind::Connect => e,
                 _ => Error::new(
                     ErrorKind::Sink,
@@ -488,8 +518,7 @@ impl ChangeSink for PostgresSink {
                 )
                 .with_code(e.code().unwrap_or_default().to_owned())
                 .with_source(e),
-            }
-        })?;
+            })?;
         Ok(())
     }
 }
