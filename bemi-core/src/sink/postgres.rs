@@ -131,9 +131,24 @@ impl PostgresSink {
         .await?;
         let changes = self.qualified(&self.table);
         let progress = self.qualified(&self.progress_table);
+        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists;
+        // a role that only owns its schema must be enough.
+        let schema_exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&self.schema],
+            )
+            .await?
+            .get(0);
+        if !schema_exists {
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_identifier(&self.schema)
+            ))
+            .await?;
+        }
         tx.batch_execute(&format!(
             "SET LOCAL client_min_messages = warning;
-             CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {changes} (
                id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
                primary_key varchar(255),
@@ -159,8 +174,7 @@ impl PostgresSink {
                slot text PRIMARY KEY,
                lsn bigint NOT NULL,
                updated_at timestamptz NOT NULL DEFAULT now()
-             );",
-            schema = quote_identifier(&self.schema),
+             );"
         ))
         .await?;
         self.migrate_indexes(&tx, &changes).await?;
