@@ -338,14 +338,36 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
         )
     }
 
-    /// Checks the server, runs [`script`](Self::script) and reports the result.
+    /// Checks the server, runs [`script`](Self::script) and reports the result. The session's
+    /// `search_path` and `client_min_messages` are as before when it returns.
     pub async fn apply(&self, client: &Client) -> Result<SetupReport> {
+        let saved = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('search_path'), \
+                        pg_catalog.current_setting('client_min_messages')",
+                &[],
+            )
+            .await?;
+        let result = self.apply_script(client).await;
+        client
+            .execute(
+                "SELECT pg_catalog.set_config('search_path', $1, false), \
+                        pg_catalog.set_config('client_min_messages', $2, false)",
+                &[&saved.get::<_, String>(0), &saved.get::<_, String>(1)],
+            )
+            .await?;
+        result
+    }
+
+    async fn apply_script(&self, client: &Client) -> Result<SetupReport> {
+        client
+            .batch_execute(
+                "SET search_path = pg_catalog, pg_temp; SET client_min_messages = warning",
+            )
+            .await?;
         check_server(client).await?;
         let publication_existed = self.publication_exists(client).await?;
         let slot_existed = self.slot_row(client).await?.is_some();
-        client
-            .batch_execute("SET client_min_messages = warning")
-            .await?;
         for statement in self.statements() {
             client.batch_execute(&statement).await?;
         }
