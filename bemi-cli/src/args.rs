@@ -15,12 +15,33 @@ pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
 
-    /// Log level: error, warn, info, debug or trace (Bemi's LOG_LEVEL; RUST_LOG overrides)
-    #[arg(long, env = "LOG_LEVEL", global = true, help_heading = "Logging")]
+    /// Log level: error, warn, info, debug or trace, in any case (Bemi's LOG_LEVEL; RUST_LOG
+    /// overrides)
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        global = true,
+        help_heading = "Logging",
+        value_parser = parse_log_level
+    )]
     pub(crate) log_level: Option<String>,
 
     #[command(flatten)]
     pub(crate) run: RunArgs,
+}
+
+/// The levels `LOG_LEVEL` accepts, in any case.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A `LOG_LEVEL`, lowercased; anything else is refused with the list (a typo must not leave
+/// the worker silent).
+fn parse_log_level(text: &str) -> Result<String, String> {
+    let level = text.to_ascii_lowercase();
+    if LOG_LEVELS.contains(&level.as_str()) {
+        Ok(level)
+    } else {
+        Err(format!("use one of {}", LOG_LEVELS.join(", ")))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +72,7 @@ pub(crate) enum Command {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ConnectionArgs {
     /// Connection URL of the tracked database, e.g. postgres://user:pass@host:5432/app
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
     /// Host of the tracked database (used when no URL is given)
     #[arg(long, env = "DB_HOST")]
@@ -96,7 +117,7 @@ pub(crate) struct SourceArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DestinationArgs {
     /// Connection URL of the database that stores `changes` (default: the tracked database)
-    #[arg(long, env = "DESTINATION_DATABASE_URL")]
+    #[arg(long, env = "DESTINATION_DATABASE_URL", hide_env_values = true)]
     pub(crate) destination_url: Option<String>,
     /// Host of the destination database (falls back to DB_HOST)
     #[arg(long, env = "DESTINATION_DB_HOST")]
@@ -136,9 +157,13 @@ pub(crate) struct RunArgs {
 pub(crate) struct SetupArgs {
     #[command(flatten)]
     pub(crate) source: SourceArgs,
-    /// Print the SQL instead of running it (for DBAs), including an optional dedicated role
+    /// Print the SQL instead of running it (for DBAs), with least-privilege roles for the
+    /// worker and their pg_hba.conf lines
     #[arg(long)]
     pub(crate) print_sql: bool,
+    /// Schema of the `changes` table, owned by the destination role that --print-sql prints
+    #[arg(long, env = "BEMI_DESTINATION_SCHEMA", default_value = "public")]
+    pub(crate) destination_schema: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -155,7 +180,7 @@ pub(crate) struct StatusArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
     /// Connection URL of a database to run the demo in (default: a throwaway PostgreSQL)
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
 }
 

@@ -23,6 +23,7 @@ mod run;
 mod setup;
 mod status;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -41,7 +42,10 @@ async fn main() -> ExitCode {
             | Command::Changes(_)
             | Command::Revert(_)
     );
-    init_logging(cli.log_level.as_deref(), quiet);
+    if let Err(e) = init_logging(cli.log_level.as_deref(), quiet) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match command {
         Command::Run(args) => run::run(args).await,
         Command::Setup(args) => setup::setup(args).await,
@@ -60,15 +64,25 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr. `LOG_LEVEL` (Bemi's variable: DEBUG, INFO, WARN, ERROR) or `--log-level`
-/// sets the level; `RUST_LOG` takes precedence for fine-grained filters.
-fn init_logging(level: Option<&str>, quiet: bool) {
+/// Logs to stderr, in colour only on a terminal. `LOG_LEVEL` (Bemi's variable: DEBUG, INFO,
+/// WARN, ERROR) or `--log-level` sets the level; `RUST_LOG` takes precedence for fine-grained
+/// filters. The database driver's own log (target `tokio_postgres`) stays off unless a filter
+/// names it: at debug level it holds every statement's parameters, which are audited values.
+fn init_logging(level: Option<&str>, quiet: bool) -> Result<(), String> {
     let default = if quiet { "warn" } else { "info" };
-    let level = level.unwrap_or(default).to_ascii_lowercase();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let mut spec = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec,
+        _ => level.unwrap_or(default).to_owned(),
+    };
+    if !spec.contains("tokio_postgres") {
+        spec.push_str(",tokio_postgres=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .map_err(|e| format!("invalid RUST_LOG: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }

@@ -5,23 +5,19 @@ use bemi_core::Result;
 
 use crate::args::SetupArgs;
 
-/// An optional dedicated role, printed with `--print-sql` (never created by `bemi setup`).
-const ROLE_SQL: &str = "
--- Optional: a dedicated read-only role for the worker (set your own password), then run
--- bemi with DB_USER=bemi_tracker.
--- CREATE ROLE bemi_tracker WITH LOGIN REPLICATION PASSWORD 'change-me';
--- GRANT SELECT ON ALL TABLES IN SCHEMA public TO bemi_tracker;
--- ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO bemi_tracker;
-";
-
 pub(crate) async fn setup(args: SetupArgs) -> Result<()> {
     let setup =
         SourceSetup::new(&args.source.slot, &args.source.publication).tables(args.source.tables());
+    let options = args.source.options()?;
     if args.print_sql {
-        print!("{}{ROLE_SQL}", setup.script());
+        print!(
+            "{}{}",
+            setup.script(),
+            setup.roles_script(options.dbname(), &args.destination_schema)
+        );
         return Ok(());
     }
-    let client = args.source.options()?.connect().await?;
+    let client = options.connect().await?;
     let report = setup.apply(&client).await?;
     let did = |done: bool| if done { "created" } else { "already there" };
     println!("wal_level: logical");

@@ -273,7 +273,7 @@ async fn setup_is_idempotent_and_print_sql_gives_the_same_state() {
         .await,
         1
     );
-    assert!(text(&script.stdout).contains("CREATE ROLE bemi_tracker WITH LOGIN REPLICATION"));
+    assert!(text(&script.stdout).contains("CREATE ROLE bemi_source WITH LOGIN REPLICATION;"));
 }
 
 #[tokio::test]

@@ -335,6 +335,27 @@ impl ConnectOptions {
             .strip_prefix("postgresql://")
             .or_else(|| url.strip_prefix("postgres://"))
             .ok_or_else(|| Error::config("a connection URL starts with postgres://"))?;
+        // The user name and password end at the last '@'. An unencoded '/' or '?' in them would
+        // end them early and show parts of the password as the host, port or parameters.
+        if rest
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(['/', '?']))
+        {
+            return Err(Error::config(format!(
+                "the connection URL {} has an unencoded '/' or '?' in its user name or password \
+                 (or an '@' after its host); percent-encode them: / as %2F, ? as %3F, @ as %40",
+                redact_url(url)
+            )));
+        }
+        let decode = |part: &str, what: &str| {
+            percent_decode(part).map_err(|e| {
+                Error::config(format!(
+                    "{} in the {what} of the connection URL {}",
+                    e.message(),
+                    redact_url(url)
+                ))
+            })
+        };
         let mut options = ConnectOptions::default();
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -348,10 +369,10 @@ impl ConnectOptions {
                 None => (userinfo, None),
             };
             if !user.is_empty() {
-                options.user = percent_decode(user)?;
+                options.user = decode(user, "user name")?;
             }
             if let Some(password) = password {
-                options.password = Some(percent_decode(password)?);
+                options.password = Some(decode(password, "password")?);
             }
         }
         let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
@@ -366,19 +387,19 @@ impl ConnectOptions {
             }
         };
         if !host.is_empty() {
-            options.set("host", percent_decode(host)?)?;
+            options.set("host", decode(host, "host")?)?;
         }
         if let Some(port) = port.filter(|p| !p.is_empty()) {
             options.set("port", port.to_owned())?;
         }
         if !path.is_empty() {
-            options.dbname = Some(percent_decode(path)?);
+            options.dbname = Some(decode(path, "database name")?);
         }
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair
                 .split_once('=')
                 .ok_or_else(|| Error::config(format!("URL parameter {pair:?} has no value")))?;
-            options.set(&percent_decode(key)?, percent_decode(value)?)?;
+            options.set(&decode(key, "parameters")?, decode(value, "parameters")?)?;
         }
         Ok(options)
     }
@@ -397,9 +418,11 @@ impl ConnectOptions {
             }
             while chars.next_if(|c| c.is_whitespace()).is_some() {}
             if chars.next() != Some('=') {
-                return Err(Error::config(format!(
-                    "expected key=value in the connection string, found {key:?} without '='"
-                )));
+                // Not quoting the word: it may be part of a password with a space.
+                return Err(Error::config(
+                    "expected key=value in the connection string, found a word without '='; \
+                     quote values that hold spaces (password='a b')",
+                ));
             }
             while chars.next_if(|c| c.is_whitespace()).is_some() {}
             let mut value = String::new();
@@ -587,7 +610,7 @@ fn percent_decode(text: &str) -> Result<String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::config(format!("invalid percent-encoding in {text:?}")))?;
+                .ok_or_else(|| Error::config("invalid percent-encoding (write % as %25)"))?;
             out.push(hex);
             i += 3;
         } else {
@@ -595,8 +618,33 @@ fn percent_decode(text: &str) -> Result<String> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map_err(|_| Error::config(format!("percent-encoding in {text:?} is not UTF-8")))
+    String::from_utf8(out).map_err(|_| Error::config("percent-encoding that is not UTF-8"))
+}
+
+/// `url` with the password (after the user name, or in a `password` parameter) replaced by
+/// `***`, for messages.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => rest.to_owned(),
+    };
+    let Some((start, query)) = rest.split_once('?') else {
+        return format!("{scheme}://{rest}");
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***",
+            _ => pair,
+        })
+        .collect();
+    format!("{scheme}://{start}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -667,6 +715,23 @@ mod tests {
         ] {
             let options = parse(text);
             assert_eq!(parse(&options.to_url()), options, "{}", options.to_url());
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_the_password() {
+        let password = "p%w/o?r@d";
+        for text in [
+            format!("postgres://app:{password}@db:5432/shop"),
+            format!("postgres://app:{password}@db:54x/shop"),
+            "postgres://app:p%zz@db/shop".to_owned(),
+            format!("postgres://app@db/shop?password={password}&sslmode=sometimes"),
+            format!("host=db password={} port=1", password.replace('/', " ")),
+        ] {
+            let e = text.parse::<ConnectOptions>().unwrap_err().to_string();
+            for part in ["p%w", "o?r", "r@d", "p%zz", "w o"] {
+                assert!(!e.contains(part), "{text} → {e}");
+            }
         }
     }
 

@@ -101,13 +101,23 @@ impl Error {
         &self.message
     }
 
-    /// The message followed by its causes, `: `-separated, for logs and CLI output.
+    /// The message followed by its causes, `: `-separated, for logs and CLI output. A cause
+    /// whose text is already there is left out, so each text appears once: a server error's
+    /// message, code and hint are in the message already, and many errors' `Display` repeats
+    /// their own cause.
     pub fn report(&self) -> String {
         let mut text = self.message.to_string();
         let mut source = std::error::Error::source(self);
         while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
+            let server_error = cause
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::as_db_error)
+                .or_else(|| cause.downcast_ref::<tokio_postgres::error::DbError>());
+            let cause_text = server_error.map_or_else(|| cause.to_string(), server_error_text);
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
             source = cause.source();
         }
         text
@@ -218,14 +228,8 @@ impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) => {
-                let mut message = format!("server error {}: {}", db.code().code(), db.message());
-                if let Some(hint) = db.hint() {
-                    message.push_str(" (hint: ");
-                    message.push_str(hint);
-                    message.push(')');
-                }
                 let code = db.code().code().to_owned();
-                Error::new(sqlstate_kind(&code, db.message()), message)
+                Error::new(sqlstate_kind(&code, db.message()), server_error_text(db))
                     .with_code(code)
                     .with_source(e)
             }
@@ -252,6 +256,17 @@ impl From<tokio_postgres::Error> for Error {
             None => Error::new(ErrorKind::Db, "the database query failed").with_source(e),
         }
     }
+}
+
+/// `server error SQLSTATE: message (hint: …)`.
+fn server_error_text(db: &tokio_postgres::error::DbError) -> String {
+    let mut text = format!("server error {}: {}", db.code().code(), db.message());
+    if let Some(hint) = db.hint() {
+        text.push_str(" (hint: ");
+        text.push_str(hint);
+        text.push(')');
+    }
+    text
 }
 
 impl From<crate::pgoutput::DecodeError> for Error {

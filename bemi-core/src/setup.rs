@@ -26,13 +26,23 @@ use crate::Lsn;
 /// The oldest supported server (`pg_logical_emit_message` in pgoutput needs 14).
 pub const MIN_SERVER_VERSION_NUM: i32 = 140_000;
 
+/// The role [`SourceSetup::roles_script`] creates for the worker's source connections.
+pub const SOURCE_ROLE: &str = "bemi_source";
+
+/// The role [`SourceSetup::roles_script`] creates for writing `changes`.
+pub const DESTINATION_ROLE: &str = "bemi_destination";
+
+/// The command tags that create a table, which the event trigger of the setup watches.
+const TABLE_CREATING_TAGS: [&str; 3] = ["CREATE TABLE", "CREATE TABLE AS", "SELECT INTO"];
+
 /// Which tables a publication created by the setup covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Tables {
     /// `FOR ALL TABLES` (needs a superuser), including tables created later.
     #[default]
     All,
-    /// `FOR TABLE …`: names, optionally schema-qualified (`"billing.invoices"`).
+    /// `FOR TABLE …`: names, optionally schema-qualified (`"billing.invoices"`); a name without
+    /// a schema is in `public`, whatever the session's `search_path`.
     Only(Vec<String>),
 }
 
@@ -137,6 +147,12 @@ impl SourceSetup {
     /// tables (`_bemi_set_replica_identity`, all-tables publications only), and the slot.
     /// Running it again changes nothing. `bemi setup --print-sql` prints it for DBAs;
     /// [`apply`](Self::apply) runs it.
+    ///
+    /// The script runs as a superuser, so it trusts no schema a less privileged role can write
+    /// to: it pins `search_path` to `pg_catalog, pg_temp` and schema-qualifies every name, and
+    /// so does the event trigger's function, which runs as whoever creates a table. Otherwise a
+    /// role with CREATE on `public` could define, say, `public.format(text, regclass)` and have
+    /// the next superuser's `CREATE TABLE` run it.
     pub fn script(&self) -> String {
         self.statements().concat()
     }
@@ -151,7 +167,7 @@ impl SourceSetup {
                 let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
                 let literals: Vec<String> = names
                     .iter()
-                    .map(|n| format!("{}::regclass", quote_literal(n)))
+                    .map(|n| format!("{}::pg_catalog.regclass", quote_literal(n)))
                     .collect();
                 (
                     format!("TABLE {}", names.join(", ")),
@@ -163,10 +179,13 @@ impl SourceSetup {
         let mut statements = vec![
             format!(
                 "-- Bemi source setup (idempotent). Needs wal_level = logical and a superuser.
+-- Names are schema-qualified and the search path holds no schema other roles can write to
+-- (so operators resolve in pg_catalog too).
+SET search_path = pg_catalog, pg_temp;
 
 -- 1. The publication of the tracked tables.
 DO $bemi$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = {pub_literal}) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {pub_literal}) THEN
     CREATE PUBLICATION {publication} FOR {target};
   END IF;
 END $bemi$;
@@ -175,62 +194,180 @@ END $bemi$;
             format!(
                 "
 -- 2. REPLICA IDENTITY FULL, so that `before` holds the whole old row.
-DO $bemi$ DECLARE t regclass; BEGIN
-  FOR t IN SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+DO $bemi$ DECLARE t record; BEGIN
+  FOR t IN SELECT n.nspname, c.relname
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
              AND n.nspname NOT LIKE 'pg_toast%'{table_filter}
   LOOP
-    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t);
+    EXECUTE pg_catalog.format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', t.nspname, t.relname);
   END LOOP;
 END $bemi$;
 "
             ),
         ];
         if self.tables == Tables::All {
-            statements.push(
+            statements.push(format!(
                 "
--- 3. Keep REPLICA IDENTITY FULL for tables created later.
-CREATE OR REPLACE FUNCTION _bemi_set_replica_identity() RETURNS event_trigger
-LANGUAGE plpgsql AS $bemi$
-DECLARE t regclass;
+-- 3. Keep REPLICA IDENTITY FULL for tables created later, by any command that creates one
+--    (partitions included). The function runs as the role creating the table, with the same
+--    fixed search path.
+CREATE OR REPLACE FUNCTION public._bemi_set_replica_identity() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE t record;
 BEGIN
-  FOR t IN SELECT objid::regclass FROM pg_event_trigger_ddl_commands()
-           WHERE command_tag = 'CREATE TABLE' AND object_type = 'table'
+  FOR t IN SELECT n.nspname, c.relname
+           FROM pg_catalog.pg_event_trigger_ddl_commands() d
+           JOIN pg_catalog.pg_class c ON c.oid = d.objid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE d.object_type = 'table'
+             AND c.relreplident <> 'f'
   LOOP
-    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t);
+    EXECUTE pg_catalog.format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', t.nspname, t.relname);
   END LOOP;
 END $bemi$;
 DO $bemi$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger
-                 WHERE evtname = '_bemi_set_replica_identity_trigger') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger
+                 WHERE evtname = '_bemi_set_replica_identity_trigger'
+                   AND evtfoid = 'public._bemi_set_replica_identity()'::pg_catalog.regprocedure
+                   AND evttags = ARRAY[{tags}]::pg_catalog.text[]) THEN
+    DROP EVENT TRIGGER IF EXISTS _bemi_set_replica_identity_trigger;
     CREATE EVENT TRIGGER _bemi_set_replica_identity_trigger ON ddl_command_end
-      WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION _bemi_set_replica_identity();
+      WHEN TAG IN ({tags}) EXECUTE FUNCTION public._bemi_set_replica_identity();
   END IF;
 END $bemi$;
-"
-                .to_owned(),
-            );
+",
+                tags = TABLE_CREATING_TAGS
+                    .iter()
+                    .map(|tag| quote_literal(tag))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         statements.push(format!(
             "
 -- 4. The replication slot (never dropped by the tracker).
-SELECT pg_create_logical_replication_slot({slot}, 'pgoutput')
-WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot});
+SELECT pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput')
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot});
 ",
             slot = quote_literal(&self.slot)
         ));
         statements
     }
 
-    /// Checks the server, runs [`script`](Self::script) and reports the result.
+    /// SQL creating two least-privilege roles for running the tracker with, and the
+    /// `pg_hba.conf` lines for the first, as comments: `bemi setup --print-sql` prints it after
+    /// [`script`](Self::script); the setup never runs it.
+    ///
+    /// - [`SOURCE_ROLE`] connects to the tracked `database`: LOGIN, REPLICATION, SELECT on the
+    ///   tracked tables, nothing else. Its `pg_hba.conf` lines let it make logical replication
+    ///   connections to `database` only and refuse it physical replication (`pg_basebackup`,
+    ///   a standby), which would copy the whole cluster.
+    /// - [`DESTINATION_ROLE`] writes `changes`: LOGIN and the ownership of
+    ///   `destination_schema`, where it creates its tables. `public` cannot be given away, so
+    ///   for `public` the SQL uses a schema `bemi` and says to point the tracker at it.
+    ///
+    /// The script holds no password: a role without one cannot log in with password
+    /// authentication until it is set (psql's `\password` sends it hashed). Idempotent.
+    pub fn roles_script(&self, database: &str, destination_schema: &str) -> String {
+        let schema_note = if destination_schema == "public" {
+            "\n-- `public` cannot belong to this role: run bemi with --destination-schema bemi\n\
+             -- (BEMI_DESTINATION_SCHEMA=bemi) to keep `changes` in a schema of its own."
+        } else {
+            ""
+        };
+        let schema = quote_identifier(if destination_schema == "public" {
+            "bemi"
+        } else {
+            destination_schema
+        });
+        let grant = match &self.tables {
+            Tables::All => format!(
+                "DO $bemi$ DECLARE t record; BEGIN
+  FOR t IN SELECT n.nspname, c.relname
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', {schema_literal})
+             AND n.nspname NOT LIKE 'pg\\_%'
+  LOOP
+    EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %I.%I TO {SOURCE_ROLE}', t.nspname, t.relname);
+  END LOOP;
+END $bemi$;",
+                schema_literal = quote_literal(destination_schema)
+            ),
+            Tables::Only(names) => {
+                let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
+                format!(
+                    "GRANT SELECT ON TABLE {} TO {SOURCE_ROLE};",
+                    names.join(", ")
+                )
+            }
+        };
+        let database = database.replace('"', "\"\"");
+        format!(
+            "
+-- Optional: least-privilege roles for bemi (idempotent). Set their passwords yourself, e.g.
+-- with psql's \\password {SOURCE_ROLE}; this script holds none.
+SET search_path = pg_catalog, pg_temp;
+
+-- {SOURCE_ROLE}: the worker's role in the tracked database (DB_USER or DATABASE_URL):
+-- LOGIN, REPLICATION and SELECT on the tracked tables.
+DO $bemi$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{SOURCE_ROLE}') THEN
+    CREATE ROLE {SOURCE_ROLE} WITH LOGIN REPLICATION;
+  END IF;
+END $bemi$;
+{grant}
+-- In pg_hba.conf, before any line that would match first, then SELECT pg_reload_conf():
+-- logical replication to this database only, no physical replication (pg_basebackup).
+--   local  replication  {SOURCE_ROLE}  reject
+--   host   replication  {SOURCE_ROLE}  all  reject
+--   host   \"{database}\"  {SOURCE_ROLE}  all  scram-sha-256
+
+-- {DESTINATION_ROLE}: writes `changes` (DESTINATION_DB_USER or DESTINATION_DATABASE_URL);
+-- owns the schema of `changes` and nothing else. Run this part in the destination database.{schema_note}
+DO $bemi$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{DESTINATION_ROLE}') THEN
+    CREATE ROLE {DESTINATION_ROLE} WITH LOGIN;
+  END IF;
+END $bemi$;
+CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {DESTINATION_ROLE};
+ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
+"
+        )
+    }
+
+    /// Checks the server, runs [`script`](Self::script) and reports the result. The session's
+    /// `search_path` and `client_min_messages` are as before when it returns.
     pub async fn apply(&self, client: &Client) -> Result<SetupReport> {
+        let saved = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('search_path'), \
+                        pg_catalog.current_setting('client_min_messages')",
+                &[],
+            )
+            .await?;
+        let result = self.apply_script(client).await;
+        client
+            .execute(
+                "SELECT pg_catalog.set_config('search_path', $1, false), \
+                        pg_catalog.set_config('client_min_messages', $2, false)",
+                &[&saved.get::<_, String>(0), &saved.get::<_, String>(1)],
+            )
+            .await?;
+        result
+    }
+
+    async fn apply_script(&self, client: &Client) -> Result<SetupReport> {
+        client
+            .batch_execute(
+                "SET search_path = pg_catalog, pg_temp; SET client_min_messages = warning",
+            )
+            .await?;
         check_server(client).await?;
         let publication_existed = self.publication_exists(client).await?;
         let slot_existed = self.slot_row(client).await?.is_some();
-        client
-            .batch_execute("SET client_min_messages = warning")
-            .await?;
         for statement in self.statements() {
             client.batch_execute(&statement).await?;
         }
@@ -456,7 +593,7 @@ pub async fn tables_without_full_identity(
 ) -> Result<Vec<String>> {
     let rows = client
         .query(
-            "SELECT format('%s.%s', t.schemaname, t.tablename) \
+            "SELECT pg_catalog.format('%s.%s', t.schemaname, t.tablename) \
              FROM pg_publication_tables t \
              JOIN pg_namespace n ON n.nspname = t.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
@@ -467,12 +604,10 @@ pub async fn tables_without_full_identity(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// `schema.table` or `table` → quoted SQL name.
+/// `schema.table` or `table` (in `public`) → quoted, schema-qualified SQL name.
 fn qualified_name(name: &str) -> String {
-    name.split('.')
-        .map(quote_identifier)
-        .collect::<Vec<_>>()
-        .join(".")
+    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+    format!("{}.{}", quote_identifier(schema), quote_identifier(table))
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn> {
@@ -500,6 +635,6 @@ mod tests {
             qualified_name("billing.invoices"),
             "\"billing\".\"invoices\""
         );
-        assert_eq!(qualified_name("Todo"), "\"Todo\"");
+        assert_eq!(qualified_name("Todo"), "\"public\".\"Todo\"");
     }
 }

@@ -477,7 +477,7 @@ async fn a_silent_walsender_is_given_up_and_replaced() {
         .await
         .unwrap();
     let pid = walsender(&sql, &db.slot()).await;
-    signal("STOP", &[pid.clone()]);
+    signal("STOP", std::slice::from_ref(&pid));
     let noticed = tokio::time::timeout(
         Duration::from_secs(15),
         tracker.wait_for(|p| p.reconnects >= 1),

@@ -209,9 +209,24 @@ impl PostgresSink {
         .await?;
         let changes = self.qualified(&self.table);
         let progress = self.qualified(&self.progress_table);
+        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists;
+        // a role that only owns its schema must be enough.
+        let schema_exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&self.schema],
+            )
+            .await?
+            .get(0);
+        if !schema_exists {
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_identifier(&self.schema)
+            ))
+            .await?;
+        }
         tx.batch_execute(&format!(
             "SET LOCAL client_min_messages = warning;
-             CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {changes} (
                id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
                primary_key varchar(255),
@@ -244,8 +259,7 @@ impl PostgresSink {
              );
              ALTER TABLE {progress}
                ADD COLUMN IF NOT EXISTS system_id bigint NOT NULL DEFAULT 0,
-               ADD COLUMN IF NOT EXISTS database text NOT NULL DEFAULT '';",
-            schema = quote_identifier(&self.schema),
+               ADD COLUMN IF NOT EXISTS database text NOT NULL DEFAULT '';"
         ))
         .await?;
         // Before this version the progress table was keyed by slot alone; its rows keep
