@@ -151,6 +151,15 @@ pub(crate) struct RunArgs {
     /// Longest wait, in milliseconds, before a partial batch is written
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     pub(crate) flush_interval_ms: u64,
+    /// Start even though changes between the stored position and the slot's are gone (a
+    /// destination restored from an older backup, a lost slot); the gap is recorded in
+    /// `changes`. Applies to this start only
+    #[arg(long)]
+    pub(crate) accept_gap: bool,
+    /// Do not set REPLICA IDENTITY FULL on tables lacking it nor install the event trigger
+    /// that keeps it for new tables (`before` of updates and deletes then holds only the key)
+    #[arg(long)]
+    pub(crate) no_replica_identity: bool,
 }
 
 #[derive(Debug, Clone, Args)]

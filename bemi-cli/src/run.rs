@@ -22,6 +22,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         .tables(args.source.tables())
         .batch_size(args.batch_size)
         .flush_interval(args.flush_interval())
+        .accept_gap(args.accept_gap)
+        .replica_identity(!args.no_replica_identity)
         .spawn();
 
     let signal_error = |e: std::io::Error| {

@@ -12,10 +12,17 @@
 //! | slot streamed by another process | [`ErrorKind::SlotInUse`] | stop it or use another slot |
 //! | slot invalidated (`wal_status = lost`) | [`ErrorKind::SlotLost`] | recreate it; changes were lost |
 //!
-//! Tables in the publication without `REPLICA IDENTITY FULL` are listed in the report and in a
-//! warning: their `before` holds only the key columns.
+//! It also sets `REPLICA IDENTITY FULL` on the published tables that lack it (so `before`
+//! holds the whole old row) and, for an all-tables publication, installs the event trigger
+//! that does the same for tables created later: the same steps as `bemi setup`, done only
+//! where something is missing, so a least-privilege role can run it once they are done. Each
+//! `ALTER TABLE` waits at most a few seconds for its lock at a time (the application's queries
+//! are not queued behind it for long) and is retried. Opt out with
+//! [`SourceSetup::replica_identity`]; tables left without `REPLICA IDENTITY FULL` are then
+//! listed in the report and in a warning.
 //!
-//! It never drops a slot: a slot holds changes not yet stored, and dropping it loses them.
+//! A start that fails after creating the publication drops it again. It never drops a slot: a
+//! slot holds changes not yet stored, and dropping it loses them.
 
 use tokio_postgres::Client;
 
@@ -53,9 +60,14 @@ pub struct SourceSetup {
     publication: String,
     tables: Tables,
     resuming_from: Option<Lsn>,
-    /// `schema.table` of tables never recorded, left out of the replica identity warning.
+    /// `schema.table` of tables never recorded, left out of the replica identity steps.
     unrecorded: Vec<String>,
+    replica_identity: bool,
 }
+
+/// How long one `ALTER TABLE … REPLICA IDENTITY FULL` waits for its lock, and how many times.
+const IDENTITY_LOCK_TIMEOUT: &str = "3s";
+const IDENTITY_ATTEMPTS: u32 = 5;
 
 /// What [`SourceSetup::prepare`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +94,16 @@ impl SourceSetup {
             tables: Tables::All,
             resuming_from: None,
             unrecorded: Vec::new(),
+            replica_identity: true,
         }
+    }
+
+    /// Whether [`prepare`](Self::prepare) sets `REPLICA IDENTITY FULL` where it is missing and
+    /// installs the event trigger that keeps it for new tables (default `true`). Without, the
+    /// `before` of UPDATEs and DELETEs on tables lacking it holds only their key.
+    pub fn replica_identity(mut self, set: bool) -> Self {
+        self.replica_identity = set;
+        self
     }
 
     /// Tells that changes up to `lsn` were already stored from this slot. A missing slot is
@@ -118,14 +139,32 @@ impl SourceSetup {
         self
     }
 
-    /// Runs the checks and creates the publication and the slot when missing.
+    /// Runs the checks and creates what is missing: the publication, `REPLICA IDENTITY FULL`
+    /// and its event trigger (see [`replica_identity`](Self::replica_identity)), the slot.
+    /// A publication created here is dropped again when a later step fails.
     pub async fn prepare(&self, client: &Client) -> Result<SetupReport> {
         let server_version_num = check_server(client).await?;
+        self.check_slot(client).await?;
         let created_publication = self.ensure_publication(client).await?;
-        let (created_slot, confirmed_flush_lsn) = self.ensure_slot(client).await?;
-        let mut tables_without_full_identity =
-            tables_without_full_identity(client, &self.publication).await?;
-        tables_without_full_identity.retain(|table| !self.unrecorded.contains(table));
+        let rest = async {
+            if self.replica_identity {
+                self.ensure_full_identity(client).await?;
+                if self.tables == Tables::All {
+                    self.ensure_event_trigger(client).await?;
+                }
+            }
+            self.ensure_slot(client).await
+        };
+        let (created_slot, confirmed_flush_lsn) = match rest.await {
+            Ok(slot) => slot,
+            Err(e) => {
+                if created_publication {
+                    self.drop_publication(client).await;
+                }
+                return Err(e);
+            }
+        };
+        let tables_without_full_identity = self.tables_lacking_full_identity(client).await?;
         if !tables_without_full_identity.is_empty() {
             tracing::warn!(
                 tables = ?tables_without_full_identity,
@@ -140,6 +179,123 @@ impl SourceSetup {
             confirmed_flush_lsn,
             tables_without_full_identity,
         })
+    }
+
+    /// Checks an existing slot (plugin, database, not lost, not in use) before anything is
+    /// created, so a start that cannot succeed leaves nothing behind.
+    pub async fn check_slot(&self, client: &Client) -> Result<()> {
+        if self.slot_row(client).await?.is_some() {
+            self.ensure_slot(client).await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_publication(&self, client: &Client) {
+        let sql = format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_identifier(&self.publication)
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                tracing::info!(publication = %self.publication, "dropped the publication this failed start created")
+            }
+            Err(error) => {
+                tracing::warn!(%error, publication = %self.publication, "could not drop the publication this failed start created")
+            }
+        }
+    }
+
+    /// Published tables (other than the unrecorded ones) whose replica identity is not FULL.
+    async fn tables_lacking_full_identity(&self, client: &Client) -> Result<Vec<String>> {
+        let mut tables = tables_without_full_identity(client, &self.publication).await?;
+        tables.retain(|table| !self.unrecorded.contains(table));
+        Ok(tables)
+    }
+
+    /// Sets `REPLICA IDENTITY FULL` on the published tables lacking it, one table at a time,
+    /// each waiting at most [`IDENTITY_LOCK_TIMEOUT`] for its lock and retried.
+    async fn ensure_full_identity(&self, client: &Client) -> Result<()> {
+        let rows = client
+            .query(
+                "SELECT pg_catalog.format('%I.%I', t.schemaname, t.tablename), \
+                        pg_catalog.format('%s.%s', t.schemaname, t.tablename) \
+                 FROM pg_catalog.pg_publication_tables t \
+                 JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
+                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+                 WHERE t.pubname = $1 AND c.relreplident <> 'f'",
+                &[&self.publication],
+            )
+            .await?;
+        for row in rows {
+            let (quoted, name): (String, String) = (row.get(0), row.get(1));
+            if self.unrecorded.contains(&name) {
+                continue;
+            }
+            let sql = format!(
+                "SET lock_timeout = '{IDENTITY_LOCK_TIMEOUT}'; \
+                 ALTER TABLE {quoted} REPLICA IDENTITY FULL"
+            );
+            let mut attempt = 1;
+            let altered = loop {
+                let altered = client.batch_execute(&sql).await.map_err(Error::from);
+                match altered {
+                    Err(e) if e.code() == Some("55P03") && attempt < IDENTITY_ATTEMPTS => {
+                        tracing::info!(table = %name, attempt, "the table is busy; retrying REPLICA IDENTITY FULL");
+                        tokio::time::sleep(std::time::Duration::from_millis(500) * attempt).await;
+                        attempt += 1;
+                    }
+                    altered => break altered,
+                }
+            };
+            client.batch_execute("RESET lock_timeout").await?;
+            altered.map_err(|e| self.identity_refused(&name, e))?;
+            tracing::info!(table = %name, "set REPLICA IDENTITY FULL");
+        }
+        Ok(())
+    }
+
+    /// Installs the event trigger that keeps `REPLICA IDENTITY FULL` for new tables, unless
+    /// the current one is there.
+    async fn ensure_event_trigger(&self, client: &Client) -> Result<()> {
+        let current: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e \
+                   JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid \
+                   WHERE e.evtname = '_bemi_set_replica_identity_trigger' \
+                     AND e.evtfoid = pg_catalog.to_regprocedure('public._bemi_set_replica_identity()') \
+                     AND e.evttags = $1::text[] \
+                     AND p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'])",
+                &[&TABLE_CREATING_TAGS.as_slice()],
+            )
+            .await?
+            .get(0);
+        if !current {
+            client
+                .batch_execute(&event_trigger_sql())
+                .await
+                .map_err(|e| self.identity_refused("the event trigger", e.into()))?;
+            tracing::info!(
+                "installed the event trigger that keeps REPLICA IDENTITY FULL for new tables"
+            );
+        }
+        Ok(())
+    }
+
+    fn identity_refused(&self, what: &str, e: Error) -> Error {
+        if e.kind() != ErrorKind::Privilege {
+            return e;
+        }
+        Error::new(
+            ErrorKind::Privilege,
+            format!(
+                "not allowed to set up REPLICA IDENTITY FULL ({what}: {}); run `bemi setup` once \
+                 as a superuser (or the tables' owner), or opt out with \
+                 TrackerBuilder::replica_identity(false) / `bemi run --no-replica-identity`, \
+                 leaving `before` of updates and deletes with only the key",
+                e.message()
+            ),
+        )
+        .with_source(e)
     }
 
     /// The full, idempotent setup of Bemi's docs as one SQL script: the publication,
@@ -182,6 +338,9 @@ impl SourceSetup {
 -- Names are schema-qualified and the search path holds no schema other roles can write to
 -- (so operators resolve in pg_catalog too).
 SET search_path = pg_catalog, pg_temp;
+-- ALTER TABLE waits at most this long for a busy table (the application's queries would queue
+-- behind it); run the script again if it times out.
+SET lock_timeout = '10s';
 
 -- 1. The publication of the tracked tables.
 DO $bemi$ BEGIN
@@ -208,42 +367,7 @@ END $bemi$;
             ),
         ];
         if self.tables == Tables::All {
-            statements.push(format!(
-                "
--- 3. Keep REPLICA IDENTITY FULL for tables created later, by any command that creates one
---    (partitions included). The function runs as the role creating the table, with the same
---    fixed search path.
-CREATE OR REPLACE FUNCTION public._bemi_set_replica_identity() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
-DECLARE t record;
-BEGIN
-  FOR t IN SELECT n.nspname, c.relname
-           FROM pg_catalog.pg_event_trigger_ddl_commands() d
-           JOIN pg_catalog.pg_class c ON c.oid = d.objid
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE d.object_type = 'table'
-             AND c.relreplident <> 'f'
-  LOOP
-    EXECUTE pg_catalog.format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', t.nspname, t.relname);
-  END LOOP;
-END $bemi$;
-DO $bemi$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger
-                 WHERE evtname = '_bemi_set_replica_identity_trigger'
-                   AND evtfoid = 'public._bemi_set_replica_identity()'::pg_catalog.regprocedure
-                   AND evttags = ARRAY[{tags}]::pg_catalog.text[]) THEN
-    DROP EVENT TRIGGER IF EXISTS _bemi_set_replica_identity_trigger;
-    CREATE EVENT TRIGGER _bemi_set_replica_identity_trigger ON ddl_command_end
-      WHEN TAG IN ({tags}) EXECUTE FUNCTION public._bemi_set_replica_identity();
-  END IF;
-END $bemi$;
-",
-                tags = TABLE_CREATING_TAGS
-                    .iter()
-                    .map(|tag| quote_literal(tag))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            statements.push(event_trigger_sql());
         }
         statements.push(format!(
             "
@@ -365,16 +489,7 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
                 "SET search_path = pg_catalog, pg_temp; SET client_min_messages = warning",
             )
             .await?;
-        check_server(client).await?;
-        let publication_existed = self.publication_exists(client).await?;
-        let slot_existed = self.slot_row(client).await?.is_some();
-        for statement in self.statements() {
-            client.batch_execute(&statement).await?;
-        }
-        let mut report = self.prepare(client).await?;
-        report.created_publication = !publication_existed;
-        report.created_slot = !slot_existed;
-        Ok(report)
+        self.clone().replica_identity(true).prepare(client).await
     }
 
     async fn publication_exists(&self, client: &Client) -> Result<bool> {
@@ -505,6 +620,48 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
                 .unwrap_or_default(),
         ))
     }
+}
+
+/// Step 3 of the setup script: the event trigger that keeps `REPLICA IDENTITY FULL` for
+/// tables created later, by any command that creates one (partitions included). Its function
+/// runs as the role creating the table, with a fixed search path.
+fn event_trigger_sql() -> String {
+    format!(
+        "
+-- 3. Keep REPLICA IDENTITY FULL for tables created later, by any command that creates one
+--    (partitions included). The function runs as the role creating the table, with the same
+--    fixed search path.
+CREATE OR REPLACE FUNCTION public._bemi_set_replica_identity() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE t record;
+BEGIN
+  FOR t IN SELECT n.nspname, c.relname
+           FROM pg_catalog.pg_event_trigger_ddl_commands() d
+           JOIN pg_catalog.pg_class c ON c.oid = d.objid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE d.object_type = 'table'
+             AND c.relreplident <> 'f'
+  LOOP
+    EXECUTE pg_catalog.format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', t.nspname, t.relname);
+  END LOOP;
+END $bemi$;
+DO $bemi$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger
+                 WHERE evtname = '_bemi_set_replica_identity_trigger'
+                   AND evtfoid = 'public._bemi_set_replica_identity()'::pg_catalog.regprocedure
+                   AND evttags = ARRAY[{tags}]::pg_catalog.text[]) THEN
+    DROP EVENT TRIGGER IF EXISTS _bemi_set_replica_identity_trigger;
+    CREATE EVENT TRIGGER _bemi_set_replica_identity_trigger ON ddl_command_end
+      WHEN TAG IN ({tags}) EXECUTE FUNCTION public._bemi_set_replica_identity();
+  END IF;
+END $bemi$;
+",
+        tags = TABLE_CREATING_TAGS
+            .iter()
+            .map(|tag| quote_literal(tag))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The error for a slot whose WAL was removed.

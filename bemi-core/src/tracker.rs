@@ -54,6 +54,7 @@ impl Tracker {
                 publication: "bemi".to_owned(),
                 tables: Tables::All,
                 setup: true,
+                replica_identity: true,
                 accept_gap: false,
                 batch_size: 1_000,
                 batch_bytes: 64 * 1024 * 1024,
@@ -103,8 +104,9 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         self
     }
 
-    /// Accepts, for this start, that changes between the sink's stored position and the slot's
-    /// position are gone (default `false`).
+    /// Accepts, for the first session of this tracker, that changes between the sink's stored
+    /// position and the slot's position are gone (default `false`). Reconnections later never
+    /// accept a gap.
     ///
     /// At every start the tracker compares the two. When the slot is ahead of what the sink
     /// holds (a destination restored from an older backup, a slot advanced by hand, a lost slot
@@ -114,6 +116,15 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     /// gap from quiet time. A missing slot is then created instead of refused.
     pub fn accept_gap(mut self, accept: bool) -> Self {
         self.settings.accept_gap = accept;
+        self
+    }
+
+    /// Whether the setup at start also sets `REPLICA IDENTITY FULL` where it is missing and
+    /// installs the event trigger that keeps it for new tables, as `bemi setup` does (default
+    /// `true`; see [`SourceSetup::replica_identity`]). Only with
+    /// [`create_missing`](Self::create_missing).
+    pub fn replica_identity(mut self, set: bool) -> Self {
+        self.settings.replica_identity = set;
         self
     }
 
@@ -244,14 +255,16 @@ impl<S: ChangeSink> TrackerBuilder<S> {
             mut sink,
         } = self;
         let mut backoff = config.min_backoff;
+        let mut accept_gap = config.accept_gap;
         loop {
             let began = tokio::time::Instant::now();
             let started = tokio::select! {
-                started = Session::start(&config, &mut sink, &progress) => started,
+                started = Session::start(&config, accept_gap, &mut sink, &progress) => started,
                 _ = stop_requested(&mut stop) => return Ok(()),
             };
             let outcome = match started {
                 Ok(session) => {
+                    accept_gap = false;
                     let (returned, outcome) =
                         session.run(&config, sink, &mut stop, &progress).await;
                     match returned {
@@ -306,6 +319,7 @@ struct Settings {
     publication: String,
     tables: Tables,
     setup: bool,
+    replica_identity: bool,
     accept_gap: bool,
     batch_size: usize,
     batch_bytes: usize,
@@ -546,6 +560,7 @@ fn check_stored_position(stored: Option<Lsn>, wal_end: Lsn, slot: &str) -> Resul
 impl Session {
     async fn start<S: ChangeSink>(
         config: &Settings,
+        accept_gap: bool,
         sink: &mut S,
         progress: &watch::Sender<Progress>,
     ) -> Result<Session> {
@@ -565,19 +580,24 @@ impl Session {
             database: database.clone(),
             slot: config.slot.clone(),
         };
+        let setup = SourceSetup::new(&config.slot, &config.publication)
+            .tables(config.tables.clone())
+            .replica_identity(config.replica_identity);
+        // Refuses an unusable slot before the sink creates anything.
+        setup.check_slot(&sql).await?;
         let start = sink.open(&source).await?;
         check_stored_position(start.durable, system.xlog_pos, &config.slot)?;
         if config.setup {
-            let mut setup = SourceSetup::new(&config.slot, &config.publication)
-                .tables(config.tables.clone())
-                .unrecorded(start.ignore_tables.iter().cloned());
-            if let (Some(stored), false) = (start.durable, config.accept_gap) {
+            let mut setup = setup.unrecorded(start.ignore_tables.iter().cloned());
+            if let (Some(stored), false) = (start.durable, accept_gap) {
                 setup = setup.resuming_from(stored);
             }
             setup.prepare(&sql).await?;
         }
         let durable = match start.durable {
-            Some(stored) => Some(check_gap(config, &sql, sink, &database, stored).await?),
+            Some(stored) => {
+                Some(check_gap(config, accept_gap, &sql, sink, &database, stored).await?)
+            }
             None => None,
         };
         let mut stitcher = Stitcher::new(database);
@@ -865,6 +885,7 @@ fn batch_weight(changes: &[Change], previous: Option<&Change>) -> usize {
 /// the gap, which is then stored as a record of its own. Returns the position to resume from.
 async fn check_gap<S: ChangeSink>(
     config: &Settings,
+    accept_gap: bool,
     sql: &tokio_postgres::Client,
     sink: &mut S,
     database: &str,
@@ -886,7 +907,7 @@ async fn check_gap<S: ChangeSink>(
     if slot <= stored {
         return Ok(stored);
     }
-    if !config.accept_gap {
+    if !accept_gap {
         return Err(Error::new(
             ErrorKind::Gap,
             format!(

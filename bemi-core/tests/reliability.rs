@@ -649,3 +649,96 @@ async fn a_recreated_publication_gets_advice_that_works() {
     wait_stored(&db.options(), 3, &tracker).await;
     tracker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_in_app_tracker_sets_up_replica_identity_as_bemi_setup_does() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE plain (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    sql.batch_execute(
+        "INSERT INTO plain VALUES (1, 'a');
+         UPDATE plain SET note = 'b';
+         CREATE TABLE copied AS SELECT * FROM plain;
+         SELECT * INTO selected FROM plain;",
+    )
+    .await
+    .unwrap();
+    // the insert, the update, and the rows of the two new tables
+    wait_stored(&db.options(), 4, &tracker).await;
+    tracker.shutdown().await.unwrap();
+    let before: serde_json::Value = sql
+        .query_one(
+            "SELECT before FROM changes WHERE operation = 'UPDATE' AND \"table\" = 'plain'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, serde_json::json!({"id": 1, "note": "a"}));
+    let full = count(
+        &sql,
+        "SELECT count(*) FROM pg_class WHERE relname IN ('plain', 'copied', 'selected') \
+         AND relreplident = 'f'",
+    )
+    .await;
+    assert_eq!(
+        full, 3,
+        "existing tables and those made by CTAS and SELECT INTO"
+    );
+
+    // opting out leaves the tables as they are
+    let other = TestDatabase::create().await.unwrap();
+    let other_sql = other.connect().await.unwrap();
+    other_sql
+        .batch_execute("CREATE TABLE plain (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let tracker = other
+        .tracker_builder()
+        .unwrap()
+        .replica_identity(false)
+        .start()
+        .await
+        .unwrap();
+    tracker.shutdown().await.unwrap();
+    let full = count(
+        &other_sql,
+        "SELECT count(*) FROM pg_class WHERE relname = 'plain' AND relreplident = 'f'",
+    )
+    .await;
+    assert_eq!(full, 0);
+}
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_nothing_behind() {
+    let taken = TestDatabase::create().await.unwrap();
+    let db = TestDatabase::create().await.unwrap();
+    taken
+        .connect()
+        .await
+        .unwrap()
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&db.slot()],
+        )
+        .await
+        .unwrap();
+    let err = db.tracker_builder().unwrap().start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{}", err.report());
+    assert!(
+        err.to_string().contains("belongs to database"),
+        "{}",
+        err.report()
+    );
+    let sql = db.connect().await.unwrap();
+    let left = count(
+        &sql,
+        "SELECT (SELECT count(*) FROM pg_publication) \
+              + (SELECT count(*) FROM pg_class WHERE relname IN ('changes', '_bemi_progress'))",
+    )
+    .await;
+    assert_eq!(left, 0, "no publication nor tables left behind");
+}

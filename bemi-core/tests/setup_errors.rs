@@ -178,7 +178,7 @@ async fn an_invalidated_slot_is_reported_as_lost_with_the_fix() {
 }
 
 #[tokio::test]
-async fn tables_without_replica_identity_full_are_listed() {
+async fn tables_without_replica_identity_full_are_listed_when_the_setup_leaves_them() {
     let db = TestDatabase::create().await.unwrap();
     let sql = db.connect().await.unwrap();
     sql.batch_execute(
@@ -189,6 +189,7 @@ async fn tables_without_replica_identity_full_are_listed() {
     .await
     .unwrap();
     let report = SourceSetup::new(db.slot(), db.publication())
+        .replica_identity(false)
         .prepare(&sql)
         .await
         .unwrap();
@@ -200,10 +201,30 @@ async fn tables_without_replica_identity_full_are_listed() {
     // the tracker's own tables are left out: it never records them
     let report = SourceSetup::new(db.slot(), db.publication())
         .unrecorded([("billing", "invoices")])
+        .replica_identity(false)
         .prepare(&sql)
         .await
         .unwrap();
     assert_eq!(report.tables_without_full_identity, ["public.keyed"]);
+    // by default the setup sets it where it is missing, except on tables never recorded
+    let report = SourceSetup::new(db.slot(), db.publication())
+        .unrecorded([("billing", "invoices")])
+        .prepare(&sql)
+        .await
+        .unwrap();
+    assert!(report.tables_without_full_identity.is_empty());
+    let full: Vec<String> = sql
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relname IN ('keyed', 'invoices') \
+             AND relreplident = 'f'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(full, ["keyed"]);
 }
 
 #[tokio::test]
