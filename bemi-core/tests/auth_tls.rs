@@ -2,9 +2,11 @@
 //! certificate made by the test.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bemi_core::embedded::TempPostgres;
-use bemi_core::{ConnectOptions, Error, ErrorKind, ReplicationClient, SslMode};
+use bemi_core::sink::PostgresSink;
+use bemi_core::{ConnectOptions, Error, ErrorKind, ReplicationClient, SslMode, Tracker};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 struct Authority {
@@ -209,4 +211,79 @@ async fn require_against_a_server_without_tls_is_refused() {
         .parse()
         .unwrap();
     replication_works(&prefer).await.unwrap();
+}
+
+#[tokio::test]
+async fn certificate_problems_stop_the_tracker_instead_of_retrying_forever() {
+    let f = tokio::task::spawn_blocking(start).await.unwrap();
+    let wrong_ca = f
+        .options("localhost", "scram_user", "scram secret")
+        .with_ssl_mode(SslMode::VerifyFull)
+        .with_ssl_root_cert(&f.other_ca_file);
+    let wrong_host = f
+        .options("127.0.0.1", "scram_user", "scram secret")
+        .with_ssl_mode(SslMode::VerifyFull)
+        .with_ssl_root_cert(&f.ca_file);
+    for options in [wrong_ca, wrong_host] {
+        // the SQL connection, which the tracker opens first
+        let err = options.connect().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Tls, "{}", err.report());
+        assert!(!err.is_transient(), "{}", err.report());
+        // a spawned tracker, which retries what can pass, stops at once with the cause
+        let sink = PostgresSink::connect(&options).unwrap();
+        let tracker = Tracker::builder(options, sink).spawn();
+        let err = tokio::time::timeout(Duration::from_secs(20), tracker.join())
+            .await
+            .expect("the tracker stopped instead of retrying")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Tls, "{}", err.report());
+    }
+    // a wrong password is not retried either
+    let wrong_password = f
+        .options("127.0.0.1", "scram_user", "not the password")
+        .with_ssl_mode(SslMode::Disable);
+    let err = wrong_password.connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{}", err.report());
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn a_unix_socket_works_with_the_default_sslmode() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    // sslmode defaults to prefer, as in libpq, which never uses TLS over a Unix socket
+    let options = ConnectOptions::new()
+        .with_host(pg.socket_dir().to_str().unwrap())
+        .with_port(pg.port())
+        .with_dbname("postgres");
+    let sql = options
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.report()));
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let tracker = Tracker::builder(options.clone(), PostgresSink::connect(&options).unwrap())
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.report()));
+    sql.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sql
+        .query_one("SELECT count(*) FROM changes", &[])
+        .await
+        .map(|row| row.get::<_, i64>(0))
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            tracker.progress()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracker.shutdown().await.unwrap();
 }
