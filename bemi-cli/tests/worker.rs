@@ -398,3 +398,53 @@ async fn a_changes_table_made_by_bemi_is_upgraded_in_place_and_filled() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_idle_server_restart_does_not_end_the_worker() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .expect("throwaway server");
+    let admin: ConnectOptions = pg.url("postgres").parse().unwrap();
+    let db = TestDatabase::create_on(&admin).await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut worker = Running(
+        bemi(&db, &["run"])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bemi run"),
+    );
+    // the first change shows the worker streams; then nothing is written for a while
+    let deadline = Instant::now() + WAIT;
+    let mut id = 0;
+    while count(&sql, "SELECT count(*) FROM changes").await == 0 {
+        id += 1;
+        sql.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+        assert!(Instant::now() < deadline, "the worker stored nothing");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // (inserts made before the worker created its slot are not tracked)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = count(&sql, "SELECT count(*) FROM changes").await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart().expect("pg_ctl restart -m fast");
+        pg
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(worker.0.try_wait(), Ok(None)),
+        "the worker exited after the restart"
+    );
+    let sql = db.connect().await.unwrap();
+    sql.execute("INSERT INTO t VALUES (-1)", &[]).await.unwrap();
+    wait_for_count(&sql, "SELECT count(*) FROM changes", stored + 1).await;
+    assert!(terminate(&mut worker).success());
+    drop(pg);
+}

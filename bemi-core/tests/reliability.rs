@@ -742,3 +742,40 @@ async fn a_start_that_fails_leaves_nothing_behind() {
     .await;
     assert_eq!(left, 0, "no publication nor tables left behind");
 }
+
+#[tokio::test]
+async fn setting_replica_identity_does_not_queue_the_application_behind_a_long_query() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE busy (id int PRIMARY KEY); INSERT INTO busy VALUES (1)")
+        .await
+        .unwrap();
+    // a long report holds a lock on the table for 8 s
+    let report = db.connect().await.unwrap();
+    let long = tokio::spawn(async move {
+        report
+            .batch_execute("BEGIN; SELECT * FROM busy; SELECT pg_sleep(8); COMMIT;")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let setup_sql = db.connect().await.unwrap();
+    let setup = bemi_core::setup::SourceSetup::new(db.slot(), db.publication());
+    let prepared = tokio::spawn(async move { setup.prepare(&setup_sql).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the application's own query waits for the ALTER at most its lock timeout
+    let began = Instant::now();
+    sql.query("SELECT * FROM busy", &[]).await.unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "the application waited {:?}",
+        began.elapsed()
+    );
+    long.await.unwrap().unwrap();
+    prepared.await.unwrap().unwrap();
+    let full = count(
+        &sql,
+        "SELECT count(*) FROM pg_class WHERE relname = 'busy' AND relreplident = 'f'",
+    )
+    .await;
+    assert_eq!(full, 1, "set once the report ended");
+}
