@@ -16,11 +16,21 @@
 //! * **Feedback never starves.** Status updates are sent from their own task, so a slow sink
 //!   does not make the server drop the connection.
 //! * **Idle databases do not pin WAL.** When nothing is in flight, the server's keepalive
-//!   position is confirmed, so busy untracked tables and idle periods let the slot advance.
-//! * **Reconnects.** Transient failures (server restart, network, destination down) end the
-//!   session; the tracker reconnects with exponential backoff and replays from the durable
-//!   position. Other errors stop it and are returned by [`TrackerHandle::shutdown`] and
-//!   [`TrackerHandle::join`].
+//!   position is recorded in the sink (once per [`record_interval`](TrackerBuilder::record_interval))
+//!   and then confirmed, so busy untracked tables and idle periods let the slot advance.
+//! * **Gaps are never silent.** The slot is only confirmed up to positions the sink recorded,
+//!   so at start a slot ahead of the sink means changes are gone: the tracker refuses
+//!   ([`ErrorKind::Gap`]) unless [`accept_gap`](TrackerBuilder::accept_gap) is set, and then
+//!   stores the gap as a record of its own.
+//! * **Reconnects.** Transient failures (a server restart, busy or idle, a terminated
+//!   walsender, the network, a destination down or read-only, a peer silent past
+//!   [`receive_timeout`](TrackerBuilder::receive_timeout) or a write past
+//!   [`write_timeout`](TrackerBuilder::write_timeout)) end the session; the tracker reconnects
+//!   with a backoff that grows while sessions store nothing, and replays from the durable
+//!   position. Other errors (certificates, passwords, configuration, privileges) stop it and are
+//!   returned by [`TrackerHandle::shutdown`] and [`TrackerHandle::join`].
+//! * **Bounded shutdown.** [`TrackerHandle::shutdown`] returns within
+//!   [`shutdown_timeout`](TrackerBuilder::shutdown_timeout), even with a hung destination.
 //! * **Never drops a slot.**
 
 use std::time::Duration;
