@@ -219,7 +219,9 @@ async fn setup_then_run_with_bemi_variables_then_sigterm_then_status() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["slot_exists"], true, "{json}");
     assert_eq!(json["active"], false, "{json}");
-    assert_eq!(json["lag_bytes"], 0, "{json}");
+    // The slot is left just behind the record of the last position: that write itself.
+    let lag = json["lag_bytes"].as_i64().unwrap();
+    assert!(lag < 4096, "{json}");
     assert_eq!(json["changes"]["rows"], 4, "{json}");
     assert_eq!(json["changes"]["newest"]["operation"], "DELETE", "{json}");
 }
@@ -377,7 +379,8 @@ async fn a_changes_table_made_by_bemi_is_upgraded_in_place_and_filled() {
 
     let still: String = sql
         .query_one(
-            "SELECT (to_jsonb(c) - 'commit_lsn' - 'ordinal')::text FROM changes c WHERE \"table\" = 'legacy'",
+            "SELECT (to_jsonb(c) - 'system_id' - 'commit_lsn' - 'ordinal')::text FROM changes c \
+             WHERE \"table\" = 'legacy'",
             &[],
         )
         .await

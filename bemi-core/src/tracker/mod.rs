@@ -1,0 +1,439 @@
+//! The tracker runtime: replication stream → decoder → stitcher → sink → confirmed LSN.
+//!
+//! [`Tracker::builder`] configures it and [`TrackerBuilder::spawn`] runs it on the caller's
+//! tokio runtime, next to an axum server for instance. The [`TrackerHandle`] reports
+//! [`Progress`] and shuts down gracefully: it flushes what is buffered, confirms it, and
+//! closes the stream.
+//!
+//! Behaviour:
+//!
+//! * **Exactly once with [`PostgresSink`](crate::sink::PostgresSink).** The slot is confirmed
+//!   only up to what the sink reported durable; after a restart the tracker resumes from the
+//!   sink's durable position and drops replays (see [`ChangeSink`]).
+//! * **Bounded memory.** Changes go to the sink in batches of at most
+//!   [`batch_size`](TrackerBuilder::batch_size), also in the middle of a large transaction;
+//!   the position is confirmed only at its commit.
+//! * **Feedback never starves.** Status updates are sent from their own task, so a slow sink
+//!   does not make the server drop the connection.
+//! * **Idle databases do not pin WAL.** When nothing is in flight, the server's keepalive
+//!   position is recorded in the sink (once per [`record_interval`](TrackerBuilder::record_interval))
+//!   and then confirmed, so busy untracked tables and idle periods let the slot advance.
+//! * **Gaps are never silent.** The slot is only confirmed up to positions the sink recorded,
+//!   so at start a slot ahead of the sink means changes are gone: the tracker refuses
+//!   ([`ErrorKind::Gap`]) unless [`accept_gap`](TrackerBuilder::accept_gap) is set, and then
+//!   stores the gap as a record of its own.
+//! * **Reconnects.** Transient failures (a server restart, busy or idle, a terminated
+//!   walsender, the network, a destination down or read-only, a peer silent past
+//!   [`receive_timeout`](TrackerBuilder::receive_timeout) or a write past
+//!   [`write_timeout`](TrackerBuilder::write_timeout)) end the session; the tracker reconnects
+//!   with a backoff that grows while sessions store nothing, and replays from the durable
+//!   position. Other errors (certificates, passwords, configuration, privileges) stop it and are
+//!   returned by [`TrackerHandle::shutdown`] and [`TrackerHandle::join`].
+//! * **Bounded shutdown.** [`TrackerHandle::shutdown`] returns within
+//!   [`shutdown_timeout`](TrackerBuilder::shutdown_timeout), even with a hung destination.
+//! * **Never drops a slot.**
+
+mod ledger;
+mod session;
+mod writer;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ConnectOptions;
+use crate::error::{Error, ErrorKind, Result};
+use crate::setup::Tables;
+use crate::sink::ChangeSink;
+use crate::Lsn;
+use session::Session;
+
+/// Entry point: `Tracker::builder(source, sink)`.
+#[derive(Debug)]
+pub struct Tracker(());
+
+impl Tracker {
+    /// A tracker of the database `source` that stores changes in `sink`.
+    pub fn builder<S: ChangeSink>(source: ConnectOptions, sink: S) -> TrackerBuilder<S> {
+        TrackerBuilder {
+            sink,
+            settings: Settings {
+                source,
+                slot: "bemi".to_owned(),
+                publication: "bemi".to_owned(),
+                tables: Tables::All,
+                setup: true,
+                replica_identity: true,
+                accept_gap: false,
+                batch_size: 1_000,
+                batch_bytes: 64 * 1024 * 1024,
+                flush_interval: Duration::from_millis(100),
+                record_interval: Duration::from_secs(10),
+                status_interval: crate::replication::DEFAULT_STATUS_INTERVAL,
+                receive_timeout: crate::replication::DEFAULT_RECEIVE_TIMEOUT,
+                write_timeout: Duration::from_secs(300),
+                shutdown_timeout: Duration::from_secs(30),
+                min_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+/// Settings of a tracker; see [`Tracker::builder`].
+#[derive(Debug)]
+pub struct TrackerBuilder<S> {
+    sink: S,
+    settings: Settings,
+}
+
+impl<S: ChangeSink> TrackerBuilder<S> {
+    /// The replication slot (default `bemi`, as in Bemi's docs).
+    pub fn slot(mut self, slot: impl Into<String>) -> Self {
+        self.settings.slot = slot.into();
+        self
+    }
+
+    /// The publication (default `bemi`).
+    pub fn publication(mut self, publication: impl Into<String>) -> Self {
+        self.settings.publication = publication.into();
+        self
+    }
+
+    /// The tables a publication created by the tracker covers (default: all).
+    pub fn tables(mut self, tables: Tables) -> Self {
+        self.settings.tables = tables;
+        self
+    }
+
+    /// Whether to create a missing publication and slot at start (default `true`). Checks of
+    /// the server run either way.
+    pub fn create_missing(mut self, create: bool) -> Self {
+        self.settings.setup = create;
+        self
+    }
+
+    /// Accepts, for the first session of this tracker, that changes between the sink's stored
+    /// position and the slot's position are gone (default `false`). Reconnections later never
+    /// accept a gap.
+    ///
+    /// At every start the tracker compares the two. When the slot is ahead of what the sink
+    /// holds (a destination restored from an older backup, a slot advanced by hand, a lost slot
+    /// recreated), the changes in between can never be read again, and the tracker refuses to
+    /// start with [`ErrorKind::Gap`]. With this set it starts anyway and stores the gap itself
+    /// as a record in the trail ([`Change::gap`](crate::Change::gap)), so readers can tell a
+    /// gap from quiet time. A missing slot is then created instead of refused.
+    pub fn accept_gap(mut self, accept: bool) -> Self {
+        self.settings.accept_gap = accept;
+        self
+    }
+
+    /// Whether the setup at start also sets `REPLICA IDENTITY FULL` where it is missing and
+    /// installs the event trigger that keeps it for new tables, as `bemi setup` does (default
+    /// `true`; see [`SourceSetup::replica_identity`]). Only with
+    /// [`create_missing`](Self::create_missing).
+    pub fn replica_identity(mut self, set: bool) -> Self {
+        self.settings.replica_identity = set;
+        self
+    }
+
+    /// The most changes handed to the sink at once (default 1,000).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.settings.batch_size = size.max(1);
+        self
+    }
+
+    /// The most bytes of row and context JSON handed to the sink at once (default 64 MiB);
+    /// a single larger change goes in a batch of its own.
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.settings.batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// How long changes may wait for a fuller batch (default 100 ms).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.settings.flush_interval = interval;
+        self
+    }
+
+    /// How often a position reached without changes to store (quiet time, untracked tables)
+    /// is recorded in the sink and then confirmed to the slot (default 10 s).
+    ///
+    /// The slot is only ever confirmed up to a position the sink recorded, so a gap between the
+    /// two can be detected at start. Each record is a small write; when the sink writes to the
+    /// tracked database itself, that write is WAL the next record covers, so an idle database
+    /// sees one such write per interval.
+    pub fn record_interval(mut self, interval: Duration) -> Self {
+        self.settings.record_interval = interval;
+        self
+    }
+
+    /// How often standby status updates are sent (default 1 s).
+    pub fn status_interval(mut self, interval: Duration) -> Self {
+        self.settings.status_interval = interval;
+        self
+    }
+
+    /// How long the replication connection may receive nothing before it is given up and
+    /// reconnected (default 30 s; the server is asked to answer after half of it).
+    pub fn receive_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.receive_timeout = timeout;
+        self
+    }
+
+    /// How long one write to the sink may take before the session is given up and the batch
+    /// retried on a new one (default 5 min). A warning is logged every 15 s while it waits.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.write_timeout = timeout;
+        self
+    }
+
+    /// How long [`TrackerHandle::shutdown`] may flush and confirm before it stops anyway
+    /// (default 30 s). Stopping early loses nothing: what was not confirmed is streamed again
+    /// at the next start.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The first and the longest wait between reconnection attempts (default 200 ms, 30 s).
+    /// The wait doubles after every session that stored nothing, and starts again from the
+    /// first after one that did.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.settings.min_backoff = min;
+        self.settings.max_backoff = max.max(min);
+        self
+    }
+
+    /// Spawns the tracker and waits until it streams, so that an application learns at start
+    /// whether tracking works (settings, slot, publication, privileges, sink) before going on.
+    /// Every change committed after this returns is tracked (with a slot it had to create,
+    /// changes committed while it was being created may precede the slot's starting point).
+    ///
+    /// ```no_run
+    /// # async fn run(options: bemi_core::ConnectOptions) -> bemi_core::Result<()> {
+    /// let sink = bemi_core::sink::PostgresSink::connect(&options)?;
+    /// let tracker = bemi_core::Tracker::builder(options, sink).start().await?;
+    /// # drop(tracker); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error that ended the first session, with its [`kind`](Error::kind). The tracker is
+    /// shut down then, even when the error was one it would retry after (say the server was
+    /// unreachable); use [`spawn`](Self::spawn) to start a tracker that keeps trying.
+    pub async fn start(self) -> Result<TrackerHandle> {
+        let tracker = self.spawn();
+        let progress = tracker
+            .wait_for(|p| p.connected || p.last_error.is_some())
+            .await;
+        if progress.connected {
+            return Ok(tracker);
+        }
+        // An error the tracker gives up on ends its task with that error; it keeps retrying
+        // after any other, whose report and kind are in the progress.
+        tracker.shutdown().await?;
+        Err(Error::new(
+            progress.last_error_kind.unwrap_or(ErrorKind::Connect),
+            format!(
+                "the tracker did not start: {}",
+                progress.last_error.as_deref().unwrap_or("it stopped")
+            ),
+        ))
+    }
+
+    /// Spawns the tracker on the current tokio runtime.
+    pub fn spawn(self) -> TrackerHandle {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let task = tokio::spawn(self.run(stop_rx, progress_tx));
+        TrackerHandle {
+            stop: stop_tx,
+            progress: progress_rx,
+            task,
+        }
+    }
+
+    async fn run(
+        self,
+        mut stop: watch::Receiver<bool>,
+        progress: watch::Sender<Progress>,
+    ) -> Result<()> {
+        let TrackerBuilder {
+            settings: config,
+            mut sink,
+        } = self;
+        let mut backoff = config.min_backoff;
+        let mut accept_gap = config.accept_gap;
+        loop {
+            let began = tokio::time::Instant::now();
+            let started = tokio::select! {
+                started = Session::start(&config, accept_gap, &mut sink, &progress) => started,
+                _ = stop_requested(&mut stop) => return Ok(()),
+            };
+            let outcome = match started {
+                Ok(session) => {
+                    accept_gap = false;
+                    let (returned, outcome) =
+                        session.run(&config, sink, &mut stop, &progress).await;
+                    match returned {
+                        Ok(returned) => sink = returned,
+                        Err(e) => return outcome.and(Err(e)),
+                    }
+                    outcome
+                }
+                Err(e) => Err(e),
+            };
+            progress.send_modify(|p| p.connected = false);
+            let error = match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => e,
+                Err(e) => {
+                    tracing::error!(error = %e.report(), "tracker stopped");
+                    progress.send_modify(|p| p.record_error(&e));
+                    return Err(e);
+                }
+            };
+            // Back off further after sessions that got nowhere (a batch that cannot be written,
+            // a statement timeout): only storing something, or streaming for a while, resets it.
+            let mut stored = false;
+            progress.send_if_modified(|p| {
+                stored = std::mem::take(&mut p.stored_in_session);
+                false
+            });
+            if stored || began.elapsed() >= PROGRESS_WITHOUT_STORING {
+                backoff = config.min_backoff;
+            }
+            tracing::warn!(error = %error.report(), retry_in = ?backoff, "tracker session ended; reconnecting");
+            progress.send_modify(|p| {
+                p.reconnects += 1;
+                p.record_error(&error);
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop_requested(&mut stop) => return Ok(()),
+            }
+            backoff = (backoff * 2).min(config.max_backoff);
+        }
+    }
+}
+
+/// A session that streamed this long counts as progress even when it had nothing to store.
+const PROGRESS_WITHOUT_STORING: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Settings {
+    source: ConnectOptions,
+    slot: String,
+    publication: String,
+    tables: Tables,
+    setup: bool,
+    replica_identity: bool,
+    accept_gap: bool,
+    batch_size: usize,
+    batch_bytes: usize,
+    flush_interval: Duration,
+    record_interval: Duration,
+    status_interval: Duration,
+    receive_timeout: Duration,
+    write_timeout: Duration,
+    shutdown_timeout: Duration,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+/// What a running tracker has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The last position confirmed to the slot (stored by the sink, or idle).
+    pub confirmed_lsn: Lsn,
+    /// The latest server WAL position seen.
+    pub server_lsn: Lsn,
+    /// `server_lsn - confirmed_lsn` in bytes.
+    pub lag_bytes: u64,
+    /// Transactions committed and handled since start.
+    pub transactions: u64,
+    /// Changes handed to the sink since start.
+    pub changes: u64,
+    /// How many times the tracker reconnected.
+    pub reconnects: u64,
+    /// Whether a replication session is streaming now.
+    pub connected: bool,
+    /// The error that ended the last session, if any.
+    pub last_error: Option<String>,
+    /// The [`kind`](Error::kind) of [`last_error`](Self::last_error).
+    pub last_error_kind: Option<ErrorKind>,
+    /// Whether the current session stored something (for the backoff).
+    stored_in_session: bool,
+}
+
+impl Progress {
+    fn record_error(&mut self, error: &Error) {
+        self.last_error = Some(error.report());
+        self.last_error_kind = Some(error.kind());
+    }
+}
+
+/// Controls a spawned tracker.
+#[derive(Debug)]
+pub struct TrackerHandle {
+    stop: watch::Sender<bool>,
+    progress: watch::Receiver<Progress>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl TrackerHandle {
+    /// The latest progress.
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// A receiver that sees every progress update.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// Waits until `done` holds for the progress, or the tracker stops.
+    pub async fn wait_for(&self, mut done: impl FnMut(&Progress) -> bool) -> Progress {
+        let mut rx = self.progress.clone();
+        let result = rx.wait_for(|p| done(p)).await.map(|p| p.clone());
+        result.unwrap_or_else(|_| self.progress())
+    }
+
+    /// Waits until the tracker stops (after an error, or a shutdown); then [`join`](Self::join)
+    /// returns at once.
+    pub async fn stopped(&self) {
+        let mut rx = self.progress.clone();
+        while rx.changed().await.is_ok() {}
+    }
+
+    /// Whether the tracker has stopped (after an error or a shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops gracefully: flushes buffered changes to the sink, confirms them and closes the
+    /// stream. Returns the error that stopped the tracker, if one did.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.join().await
+    }
+
+    /// Waits for the tracker to stop on its own (it only does after an error).
+    pub async fn join(self) -> Result<()> {
+        self.task.await.map_err(|e| {
+            Error::new(
+                ErrorKind::Sink,
+                "the tracker task panicked or was cancelled",
+            )
+            .with_source(e)
+        })?
+    }
+}
+
+/// Resolves once a stop was requested (or the handle is gone).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}

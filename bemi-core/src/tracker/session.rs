@@ -1,0 +1,367 @@
+//! One replication session: connect, set up, stream, hand batches to the writer, confirm.
+//! The positions it hands on and confirms are decided by its [`Ledger`].
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::ledger::{Ledger, Limits};
+use super::writer::{Ack, Writer};
+use super::{stop_requested, Progress, Settings};
+use crate::change::Change;
+use crate::error::{Error, ErrorKind, Result};
+use crate::relation::RowDecoder;
+use crate::replication::{ReplicationClient, ReplicationEvent, ReplicationStream};
+use crate::setup::{self, SourceSetup};
+use crate::sink::{Batch, ChangeSink, SourceInfo};
+use crate::stitch::Stitcher;
+use crate::Lsn;
+
+/// One connection's worth of streaming.
+pub(super) struct Session {
+    stream: ReplicationStream,
+    decoder: RowDecoder,
+    stitcher: Stitcher,
+    ledger: Ledger,
+}
+
+/// Refuses a sink whose stored position is past the end of the source's WAL: its changes came
+/// from another cluster (a restored copy, another server under the same slot name), and
+/// streaming from there would skip every change of this one up to that position.
+fn check_stored_position(stored: Option<Lsn>, wal_end: Lsn, slot: &str) -> Result<()> {
+    match stored {
+        Some(stored) if stored > wal_end => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the sink has stored changes up to {stored} for slot {slot:?}, but this server's \
+                 WAL ends at {wal_end}: the stored position belongs to another cluster (a \
+                 restored or migrated database, or another server tracked under the same slot \
+                 name), and resuming from it would skip every change up to it. Use another slot \
+                 name for this server, or remove the slot's row from the sink's progress table \
+                 (_bemi_progress) if its changes are to be tracked afresh"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Session {
+    pub(super) async fn start<S: ChangeSink>(
+        config: &Settings,
+        accept_gap: bool,
+        sink: &mut S,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<Session> {
+        let sql = config.source.connect().await?;
+        setup::check_server(&sql).await?;
+        let mut client = ReplicationClient::connect(&config.source)
+            .await?
+            .with_status_interval(config.status_interval)
+            .with_receive_timeout(config.receive_timeout);
+        let system = client.identify_system().await?;
+        let database = system
+            .dbname
+            .clone()
+            .unwrap_or_else(|| config.source.dbname().to_owned());
+        let source = SourceInfo {
+            system_id: system.system_id,
+            database: database.clone(),
+            slot: config.slot.clone(),
+        };
+        let setup = SourceSetup::new(&config.slot, &config.publication)
+            .tables(config.tables.clone())
+            .replica_identity(config.replica_identity);
+        // Refuses an unusable slot before the sink creates anything.
+        setup.check_slot(&sql).await?;
+        let start = sink.open(&source).await?;
+        check_stored_position(start.durable, system.xlog_pos, &config.slot)?;
+        if config.setup {
+            let mut setup = setup.unrecorded(start.ignore_tables.iter().cloned());
+            if let (Some(stored), false) = (start.durable, accept_gap) {
+                setup = setup.resuming_from(stored);
+            }
+            setup.prepare(&sql).await?;
+        }
+        let durable = match start.durable {
+            Some(stored) => {
+                Some(check_gap(config, accept_gap, &sql, sink, &database, stored).await?)
+            }
+            None => None,
+        };
+        let mut stitcher = Stitcher::new(database);
+        for (schema, table) in start.ignore_tables {
+            stitcher.ignore_table(schema, table);
+        }
+        let durable = durable.unwrap_or(Lsn::ZERO);
+        stitcher.resume_after(durable);
+        let stream = client
+            .start_replication(&config.slot, &[&config.publication], durable)
+            .await?;
+        progress.send_modify(|p| p.connected = true);
+        tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
+        Ok(Session {
+            stream,
+            decoder: RowDecoder::new(sql),
+            stitcher,
+            ledger: Ledger::new(
+                Limits {
+                    batch_size: config.batch_size,
+                    batch_bytes: config.batch_bytes,
+                    record_interval: config.record_interval,
+                },
+                Instant::now(),
+            ),
+        })
+    }
+
+    /// Streams until a stop is requested or an error ends the session; gives the sink back
+    /// unless it hung.
+    pub(super) async fn run<S: ChangeSink>(
+        mut self,
+        config: &Settings,
+        sink: S,
+        stop: &mut watch::Receiver<bool>,
+        progress: &watch::Sender<Progress>,
+    ) -> (Result<S>, Result<()>) {
+        let mut writer = Writer::spawn(sink, config.write_timeout);
+        let outcome = self
+            .stream_until_stopped(config, &mut writer, stop, progress)
+            .await;
+        // After a stop the writer is idle unless the destination hung, so only wait briefly;
+        // after an error its current write ends within the write timeout.
+        let limit = match *stop.borrow() {
+            true => Duration::from_secs(1),
+            false => config.write_timeout,
+        };
+        (writer.finish(limit).await, outcome)
+    }
+
+    async fn stream_until_stopped<S: ChangeSink>(
+        &mut self,
+        config: &Settings,
+        writer: &mut Writer<S>,
+        stop: &mut watch::Receiver<bool>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        let mut flush_timer = tokio::time::interval(config.flush_interval);
+        flush_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop_requested(stop) => return self.stop(config, writer, progress).await,
+                ack = writer.acks.recv() => self.acknowledged(ack, progress)?,
+                _ = flush_timer.tick() => self.flush(writer, false).await?,
+                event = self.stream.next_event() => {
+                    let event = event?.ok_or_else(|| {
+                        Error::new(ErrorKind::Connect, "the server ended the replication stream")
+                    })?;
+                    self.handle(event, progress).await?;
+                    if self.ledger.is_full() {
+                        self.flush(writer, false).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes, confirms and closes, within the shutdown timeout.
+    async fn stop<S: ChangeSink>(
+        &mut self,
+        config: &Settings,
+        writer: &mut Writer<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        let finish = async {
+            self.flush(writer, true).await?;
+            self.drain(writer, progress).await?;
+            self.catch_up(writer, progress).await
+        };
+        match tokio::time::timeout(config.shutdown_timeout, finish).await {
+            Ok(finished) => finished?,
+            Err(_) => tracing::warn!(
+                limit = ?config.shutdown_timeout,
+                "stopping before everything was stored; the rest is streamed again at the next start"
+            ),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.close()).await;
+        tracing::info!("tracker stopped");
+        Ok(())
+    }
+
+    /// Confirms what the writer made durable.
+    fn acknowledged(&mut self, ack: Option<Ack>, progress: &watch::Sender<Progress>) -> Result<()> {
+        let (durable, count) = ack.ok_or_else(|| {
+            Error::new(ErrorKind::Sink, "the sink's writer stopped unexpectedly")
+        })??;
+        if let Some(lsn) = self.ledger.acknowledged(durable) {
+            self.stream.confirm(lsn);
+        }
+        progress.send_modify(|p| {
+            p.changes += count;
+            p.stored_in_session |= count > 0;
+        });
+        self.report(progress);
+        Ok(())
+    }
+
+    /// Waits until every batch handed to the writer is acknowledged.
+    async fn drain<S: ChangeSink>(
+        &mut self,
+        writer: &mut Writer<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        while self.ledger.in_flight() {
+            let ack = writer.acks.recv().await;
+            self.acknowledged(ack, progress)?;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        event: ReplicationEvent,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        match event {
+            ReplicationEvent::Data {
+                wal_start, message, ..
+            } => {
+                let Some(event) = self.decoder.decode(message).await? else {
+                    return Ok(());
+                };
+                let from = self.ledger.changes().len();
+                let committed =
+                    self.stitcher
+                        .push(event, wal_start, Utc::now(), self.ledger.changes());
+                self.ledger
+                    .stitched(from, committed.map(|committed| committed.end_lsn));
+                if let Some(committed) = committed {
+                    progress.send_modify(|p| p.transactions += u64::from(!committed.replayed));
+                }
+            }
+            ReplicationEvent::Keepalive { wal_end, .. } => {
+                self.ledger
+                    .keepalive(wal_end, self.stitcher.in_transaction());
+                self.report(progress);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before stopping: reads on until the stream has passed the server's current end of WAL
+    /// (which includes the sink's own last write when it shares the database), so the slot is
+    /// left with no lag. Gives up quietly after a few seconds on a busy server.
+    async fn catch_up<S: ChangeSink>(
+        &mut self,
+        writer: &mut Writer<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        let row = self
+            .decoder
+            .catalog()
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
+        let target: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))?;
+        let catch_up = async {
+            while self.stream.feedback().confirmed() < target {
+                let event = self.stream.next_event().await?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        "the server ended the replication stream",
+                    )
+                })?;
+                self.handle(event, progress).await?;
+                self.flush(writer, true).await?;
+                self.drain(writer, progress).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), catch_up).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!(%target, "stopped before catching up with the end of WAL");
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands the writer what the ledger says is due: buffered changes with the position they
+    /// complete, or a position without changes to record (at once when `force`d).
+    async fn flush<S: ChangeSink>(&mut self, writer: &mut Writer<S>, force: bool) -> Result<()> {
+        let Some(batch) = self.ledger.take_batch(Instant::now(), force) else {
+            return Ok(());
+        };
+        if writer.jobs.send(batch).await.is_err() {
+            return Err(writer.failure());
+        }
+        Ok(())
+    }
+
+    fn report(&self, progress: &watch::Sender<Progress>) {
+        let feedback = self.stream.feedback();
+        let (confirmed, server) = (feedback.confirmed(), feedback.received());
+        progress.send_if_modified(|p| {
+            let changed = p.confirmed_lsn != confirmed || p.server_lsn != server;
+            p.confirmed_lsn = confirmed;
+            p.server_lsn = server;
+            p.lag_bytes = server.0.saturating_sub(confirmed.0);
+            changed
+        });
+    }
+}
+
+/// Compares the slot's position with the sink's at start. When the slot is ahead, the changes
+/// in between are gone from the WAL and not in the sink: refused, unless the operator accepted
+/// the gap, which is then stored as a record of its own. Returns the position to resume from.
+async fn check_gap<S: ChangeSink>(
+    config: &Settings,
+    accept_gap: bool,
+    sql: &tokio_postgres::Client,
+    sink: &mut S,
+    database: &str,
+    stored: Lsn,
+) -> Result<Lsn> {
+    let row = sql
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&config.slot],
+        )
+        .await?;
+    let Some(slot) = row.and_then(|row| row.get::<_, Option<String>>(0)) else {
+        return Ok(stored);
+    };
+    let slot: Lsn = slot
+        .parse()
+        .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))?;
+    if slot <= stored {
+        return Ok(stored);
+    }
+    if !accept_gap {
+        return Err(Error::new(
+            ErrorKind::Gap,
+            format!(
+                "slot {:?} is at {slot}, but the sink has stored changes only up to {stored}: the \
+                 changes committed in between were confirmed to the slot without being in the \
+                 sink (a destination restored from an older backup, a slot advanced or recreated \
+                 by hand) and can never be streamed again. Restore the destination from a newer \
+                 backup, or accept the gap once (`bemi run --accept-gap`, \
+                 TrackerBuilder::accept_gap), which records it in the trail",
+                config.slot
+            ),
+        ));
+    }
+    tracing::warn!(from = %stored, to = %slot, slot = %config.slot, "accepting a gap in the trail; recording it");
+    let gap = Change::gap(database, stored, slot, "accepted at start", Utc::now());
+    sink.write(Batch {
+        changes: vec![gap],
+        durable_through: Some(slot),
+    })
+    .await?;
+    Ok(slot)
+}
