@@ -178,7 +178,10 @@ async fn inject(
                     );
                 }
             }
-            let was_running = soak.worker().kill_and_restart().map_err(|e| e.to_string())?;
+            let was_running = soak
+                .worker()
+                .kill_and_restart()
+                .map_err(|e| e.to_string())?;
             if !was_running {
                 return Err("the worker was not running at the kill (restarted)".into());
             }
@@ -207,7 +210,11 @@ async fn inject(
                 } else {
                     "restarted (fast)"
                 },
-                if committed { "" } else { " (that did not commit)" }
+                if committed {
+                    ""
+                } else {
+                    " (that did not commit)"
+                }
             ))
         }
         Fault::RestartIdle => {

@@ -325,9 +325,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .await?;
     workload::create_schema(&source_url).await?;
     worker::setup(&bemi, &source_url)?;
-    println!(
-        "source {source_url}, destination {destination_url}; `bemi setup` done (slot {SLOT})"
-    );
+    println!("source {source_url}, destination {destination_url}; `bemi setup` done (slot {SLOT})");
 
     let logs = tempfile::Builder::new().prefix("bemi-soak-").tempdir()?;
     let worker = Worker::new(

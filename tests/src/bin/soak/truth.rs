@@ -67,6 +67,9 @@ pub(crate) struct Truth {
     expected: HashMap<Key, u32>,
     /// Changes recorded twice under one key: a mistake of the workload, not of the worker.
     pub(crate) collisions: u64,
+    /// Transactions `(client, seq)` whose `COMMIT` failed and that `txid_status` said
+    /// committed, with their transaction id.
+    pub(crate) resolved: HashMap<(u32, u64), i64>,
 }
 
 impl Truth {
@@ -131,9 +134,21 @@ impl Truth {
         &self.expected
     }
 
+    /// The key's table, primary key and context `(client, seq)`.
+    pub(crate) fn parts(&self, key: &Key) -> (&str, Op, i64, u32, u64) {
+        let table = self
+            .tables
+            .get(usize::from(key.table))
+            .map_or("?", String::as_str);
+        (table, Op::from_code(key.op), key.pk, key.client, key.seq)
+    }
+
     /// A key in words, for reports.
     pub(crate) fn describe(&self, key: &Key) -> Described<'_> {
-        Described { truth: self, key: *key }
+        Described {
+            truth: self,
+            key: *key,
+        }
     }
 }
 

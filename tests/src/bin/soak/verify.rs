@@ -1,11 +1,11 @@
 //! The end of a run: waiting for the worker to catch up, comparing `changes` with the ground
 //! truth, and the summary.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::faults::Targets;
-use crate::truth::Truth;
+use crate::truth::{Key, Truth};
 use crate::worker::Stopped;
 use crate::{connect, human, BoxError, Soak, Stats, SLOT};
 
@@ -145,9 +145,15 @@ async fn compare(soak: &Soak, truth: &Truth) -> Result<Outcome, BoxError> {
     tx.commit().await?;
 
     let (mut lost_samples, mut doubled_samples) = (0, 0);
+    let mut lost_transactions: BTreeMap<(u32, u64), Vec<Key>> = BTreeMap::new();
     for (key, want) in truth.expected() {
         let got = stored.get(key).copied().unwrap_or(0);
         if got < *want {
+            let (_, _, _, client, seq) = truth.parts(key);
+            lost_transactions
+                .entry((client, seq))
+                .or_default()
+                .push(*key);
             outcome.lost += u64::from(want - got);
             if lost_samples < SAMPLES {
                 lost_samples += 1;
@@ -164,6 +170,39 @@ async fn compare(soak: &Soak, truth: &Truth) -> Result<Outcome, BoxError> {
                     .push(format!("doubled ({got}×): {}", truth.describe(key)));
             }
         }
+    }
+    let source = connect(&soak.source_url).await?;
+    let destination = connect(&soak.destination_url).await?;
+    for ((client, seq), keys) in lost_transactions.iter().take(SAMPLES) {
+        let kept: i64 = destination
+            .query_one(
+                "SELECT count(*) FROM changes
+                 WHERE context->>'client' = $1 AND context->>'seq' = $2",
+                &[&client.to_string(), &seq.to_string()],
+            )
+            .await
+            .map_or(-1, |row| row.get(0));
+        let (table, op, pk, _, _) = truth.parts(&keys[0]);
+        let row_seq = source
+            .query_opt(&format!("SELECT seq FROM {table} WHERE id = $1"), &[&pk])
+            .await
+            .map(|row| row.map(|r| r.get::<_, i64>(0)));
+        let source_row = match row_seq {
+            Ok(Some(s)) => format!("the source row {pk} has seq {s}"),
+            Ok(None) => format!("the source has no row {pk}"),
+            Err(_) => format!("table {table} is gone from the source"),
+        };
+        let unknown = match truth.resolved.get(&(*client, *seq)) {
+            Some(xid) => format!("its COMMIT failed and txid_status({xid}) said committed"),
+            None => "its COMMIT returned OK".to_owned(),
+        };
+        outcome.samples.push(format!(
+            "lost transaction client {client} seq {seq}: {} of its changes lost (first: {} {}), \
+             {kept} of its changes stored; {unknown}; {source_row}",
+            keys.len(),
+            op.as_str(),
+            pk,
+        ));
     }
     Ok(outcome)
 }

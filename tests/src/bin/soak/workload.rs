@@ -155,6 +155,7 @@ impl Writer {
                 match self.resolve(xid).await {
                     Some(true) => {
                         Stats::add(&soak.stats.unknown_committed);
+                        soak.truth().resolved.insert((self.client, seq), xid);
                         true
                     }
                     Some(false) => {
@@ -201,10 +202,7 @@ impl Writer {
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
             if let Ok(client) = connect(&self.soak.source_url).await {
-                if let Ok(row) = client
-                    .query_one("SELECT txid_status($1)", &[&xid])
-                    .await
-                {
+                if let Ok(row) = client.query_one("SELECT txid_status($1)", &[&xid]).await {
                     match row.get::<_, Option<String>>(0).as_deref() {
                         Some("committed") => return Some(true),
                         Some("aborted") => return Some(false),
@@ -365,17 +363,23 @@ pub(crate) async fn writer(soak: Arc<Soak>, client: u32, mut random: Random, pac
         let mut used = HashSet::new();
         let shape = random.below(100);
         let statements = if shape < 45 {
-            vec![one_write(&mut w, &mut random, &mut owned, &mut used, "acct")]
-        } else if shape < 92 {
+            vec![one_write(
+                &mut w,
+                &mut random,
+                &mut owned,
+                &mut used,
+                "acct",
+            )]
+        } else if shape < 97 {
             (0..random.between(2, 8))
                 .map(|_| {
                     let table = if random.chance(50) { "acct" } else { "item" };
                     one_write(&mut w, &mut random, &mut owned, &mut used, table)
                 })
                 .collect()
-        } else if owned.item.len() > 4000 {
+        } else if owned.item.len() > 2000 {
             // Many deletes in one statement.
-            let n = random.between(300, 800) as usize;
+            let n = random.between(100, 500) as usize;
             let start = random.below((owned.item.len() - n) as u64) as usize;
             let pks: Vec<i64> = owned.item[start..start + n].to_vec();
             let list: Vec<String> = pks.iter().map(i64::to_string).collect();
@@ -383,10 +387,13 @@ pub(crate) async fn writer(soak: Arc<Soak>, client: u32, mut random: Random, pac
                 "item",
                 Op::Delete,
                 pks,
-                format!("DELETE FROM item WHERE id = ANY('{{{}}}'::bigint[])", list.join(",")),
+                format!(
+                    "DELETE FROM item WHERE id = ANY('{{{}}}'::bigint[])",
+                    list.join(",")
+                ),
             )]
         } else {
-            let (first, last) = w.new_pks(random.between(200, 1000) as i64);
+            let (first, last) = w.new_pks(random.between(100, 500) as i64);
             let seq = w.next_seq();
             vec![Statement::write(
                 "item",
@@ -520,7 +527,9 @@ pub(crate) async fn ddl(soak: Arc<Soak>, mut random: Random) {
                 continue;
             }
             Stats::add(&soak.stats.ddl_failed);
-            soak.say(format!("! ddl step {step} of cycle {cycle} failed 5 times; skipped"));
+            soak.say(format!(
+                "! ddl step {step} of cycle {cycle} failed 5 times; skipped"
+            ));
             if step < 3 {
                 // The temporary table may be missing: start the next cycle.
                 step = 7;
