@@ -22,6 +22,7 @@
 //! | `timestamp` | ISO 8601 string, `2024-01-02T03:04:05.123456` |
 //! | `date`, `time`, `timetz`, `interval`, `bytea` (`\x…`) | string of the text |
 //! | arrays of the types above | array, nested per dimension, `NULL` elements as `null` |
+//! | arrays with a lower bound other than 1 (`[0:1]={1,2}`, `[4:4]={NULL}`) | string of the text: a JSON array cannot carry bounds, and `jsonb_populate_record` (revert) reads the text back exactly |
 //! | arrays of `inet`, `cidr`, `macaddr`, `"char"`, `money`, bit strings, `xml`, `tsvector`, `point`, built-in ranges; user-defined array types (enum, domain, `citext`, …, recognised by the relation decoder) | array of strings, as above |
 //! | anything else (text, uuid, enum, domain, composite, range, …) | string of the text |
 //!
@@ -637,9 +638,9 @@ fn push_padded(mut value: u32, width: usize, out: &mut String) {
 /// PostgreSQL's `MAXDIM`: more dimensions than this is not an array PostgreSQL wrote.
 const MAX_DIMENSIONS: usize = 6;
 
-/// Converts an array literal (`array_out`'s form: optional `[lb:ub]…=` bounds, then nested
-/// `{…}` with `,`-separated elements, double-quoted with backslash escapes where needed, and
-/// unquoted `NULL` for SQL NULL), or, if it is malformed, appends the whole text as a string.
+/// Converts an array literal (`array_out`'s form: nested `{…}` with `,`-separated elements,
+/// double-quoted with backslash escapes where needed, and unquoted `NULL` for SQL NULL), or, if
+/// it is malformed or has bounds (`[0:1]={…}`), appends the whole text as a string.
 /// Appends a value of a user-defined array type: a JSON array of the elements' texts (as
 /// [`text_to_json`] does for `text[]`).
 pub(crate) fn user_array_to_json(text: &str, out: &mut String) {
@@ -682,9 +683,10 @@ enum Element {
 impl ArrayParser<'_> {
     fn parse(&mut self, out: &mut String) -> Option<()> {
         self.skip_whitespace();
+        // `array_out` writes bounds (`[0:1]={…}`) only when a lower bound is not 1. A JSON
+        // array cannot carry them, so such an array is kept as its text.
         if self.peek() == Some(b'[') {
-            self.skip_dimensions()?;
-            self.skip_whitespace();
+            return None;
         }
         self.parse_level(1, out)?;
         self.skip_whitespace();
@@ -704,33 +706,6 @@ impl ArrayParser<'_> {
         while let Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c') = self.peek() {
             self.pos += 1;
         }
-    }
-
-    /// Skips `[lb:ub]` (or `[ub]`) once per dimension and the `=` after them; the JSON array
-    /// does not carry bounds.
-    fn skip_dimensions(&mut self) -> Option<()> {
-        while self.peek() == Some(b'[') {
-            self.pos += 1;
-            self.skip_integer()?;
-            if self.peek() == Some(b':') {
-                self.pos += 1;
-                self.skip_integer()?;
-            }
-            self.skip_whitespace();
-            self.eat(b']')?;
-            self.skip_whitespace();
-        }
-        self.eat(b'=')
-    }
-
-    fn skip_integer(&mut self) -> Option<()> {
-        self.skip_whitespace();
-        if let Some(b'+' | b'-') = self.peek() {
-            self.pos += 1;
-        }
-        let start = self.pos;
-        self.pos = skip_digits(self.text.as_bytes(), self.pos);
-        (self.pos > start).then_some(())
     }
 
     /// One `{…}` level, with the parser on its `{`.
@@ -1331,11 +1306,13 @@ mod tests {
             (oid::INT4_ARRAY, "{1,2,3}", "[1,2,3]"),
             (oid::INT4_ARRAY, "{{1,2},{3,4}}", "[[1,2],[3,4]]"),
             (oid::INT4_ARRAY, "{{{{{{1}}}}}}", "[[[[[[1]]]]]]"),
-            (oid::INT4_ARRAY, "[0:1]={1,2}", "[1,2]"),
+            // Bounds other than 1, which a JSON array cannot carry: the text, losslessly.
+            (oid::INT4_ARRAY, "[0:1]={1,2}", r#""[0:1]={1,2}""#),
+            (oid::NUMERIC_ARRAY, "[4:4]={NULL}", r#""[4:4]={NULL}""#),
             (
                 oid::INT4_ARRAY,
                 "[2:3][-1:0]={{1,2},{3,4}}",
-                "[[1,2],[3,4]]",
+                r#""[2:3][-1:0]={{1,2},{3,4}}""#,
             ),
             (oid::INT4_ARRAY, " { 1 , 2 } ", "[1,2]"),
             (oid::INT4_ARRAY, "{ }", "[]"),
