@@ -171,3 +171,59 @@ async fn time_travel_refuses_a_key_with_a_column_that_is_never_sent() {
     assert!(error.contains("no value for the key columns"), "{error}");
     tracker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn without_full_identity_unknown_values_stay_unknown_in_diffs_and_time_travel() {
+    let (_db, sql, tracker) = start(
+        "CREATE TABLE notes (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL;
+         CREATE TABLE coded (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
+         CREATE UNIQUE INDEX coded_id_code ON coded (id, code);
+         ALTER TABLE coded REPLICA IDENTITY USING INDEX coded_id_code;
+         -- REPLICA IDENTITY DEFAULT, with a row from before tracking began.
+         INSERT INTO notes VALUES (1, 'old', repeat('x', 10000));
+         ALTER TABLE notes REPLICA IDENTITY DEFAULT;",
+    )
+    .await;
+    let moment = clock(&sql).await;
+    write(
+        &sql,
+        json!({}),
+        "UPDATE notes SET title = 'new' WHERE id = 1;
+         INSERT INTO coded VALUES (7, 'c7', 'v');
+         DELETE FROM coded WHERE id = 7;",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+
+    let history = ChangeQuery::history("notes", "1")
+        .fetch(&sql)
+        .await
+        .unwrap();
+    let diff = history[0].diff();
+    let title = diff.get("title").unwrap();
+    assert!(title.before_unknown, "{diff}");
+    assert_eq!(
+        serde_json::to_value(&diff).unwrap(),
+        json!({"id": [{"_bemi_unknown": true}, 1], "title": [{"_bemi_unknown": true}, "new"]})
+    );
+    // The unchanged TOASTed body was not sent: not a change, and not null.
+    assert_eq!(diff.to_string(), r#"id: ? → 1, title: ? → "new""#);
+    // At the moment, only the key is known: the rest is unknown, not null.
+    let row = TimeTravel::new("notes")
+        .row_at(&sql, &sql, "1", moment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value(&row.row), json!({"id": 1}));
+    assert_eq!(row.unknown_columns, ["title", "body"]);
+
+    // USING INDEX: the DELETE's key comes from the old key tuple.
+    let deleted = ChangeQuery::history("coded", "7")
+        .fetch(&sql)
+        .await
+        .unwrap();
+    let operations: Vec<String> = deleted.iter().map(|c| c.operation.to_string()).collect();
+    assert_eq!(operations, ["CREATE", "DELETE"]);
+    tracker.shutdown().await.unwrap();
+}
