@@ -58,11 +58,6 @@ impl Connections {
     pub(crate) fn changes(&self) -> &Client {
         self.changes.as_ref().unwrap_or(&self.source)
     }
-
-    /// Whether `changes` is in another database than the tracked tables.
-    pub(crate) fn separate(&self) -> bool {
-        self.changes.is_some()
-    }
 }
 
 impl DatabaseArgs {

@@ -57,36 +57,40 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<()> {
         return Ok(());
     };
 
-    let mut travel = TimeTravel::new(table.clone())
+    let travel = TimeTravel::new(table.clone())
         .changes_table(connections.table.clone())
         .database(connections.database.clone());
-    if connections.separate() {
-        // The schema and key columns come from the tracked database's catalog.
-        travel = travel.with_catalog_of(connections.source()).await?;
-    }
-    match &args.pk {
-        Some(pk) => {
-            let row = travel.row_at(connections.changes(), pk, at).await?;
-            if args.json {
-                print_json(&row)?;
-            } else {
-                match row {
-                    Some(row) => println!("{}", row.get()),
-                    None => println!("{table} {pk} did not exist at {at}"),
-                }
-            }
+    // The schema, key columns and untouched rows come from the tracked database.
+    let (changes, source) = (connections.changes(), connections.source());
+    let rows = match &args.pk {
+        Some(pk) => travel
+            .row_at(changes, source, pk, at)
+            .await?
+            .into_iter()
+            .collect(),
+        None => travel.table_at(changes, source, at).await?,
+    };
+    for row in &rows {
+        if !row.unknown_columns.is_empty() {
+            eprintln!(
+                "{table} {}: the audit trail does not hold {} at {at} (the table's replica \
+                 identity is not FULL)",
+                row.primary_key,
+                row.unknown_columns.join(", ")
+            );
         }
-        None => {
-            let rows = travel.table_at(connections.changes(), at).await?;
-            if args.json {
-                let rows: Vec<&RawValue> = rows.iter().map(|r| &*r.row).collect();
-                print_json(&rows)?;
-            } else if rows.is_empty() {
-                println!("{table} had no rows at {at}");
-            } else {
-                for row in &rows {
-                    println!("{}", row.row.get());
-                }
+    }
+    match (&args.pk, args.json) {
+        (Some(_), true) => print_json(&rows.first().map(|r| &*r.row))?,
+        (None, true) => {
+            let rows: Vec<&RawValue> = rows.iter().map(|r| &*r.row).collect();
+            print_json(&rows)?;
+        }
+        (Some(pk), false) if rows.is_empty() => println!("{table} {pk} did not exist at {at}"),
+        (None, false) if rows.is_empty() => println!("{table} had no rows at {at}"),
+        (_, false) => {
+            for row in &rows {
+                println!("{}", row.row.get());
             }
         }
     }

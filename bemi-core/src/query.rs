@@ -45,6 +45,7 @@
 
 mod diff;
 mod key;
+mod live;
 mod revert;
 mod time_travel;
 

@@ -17,6 +17,10 @@
 //! {"_bemi_invalid": {"error": "not a JSON object", "raw": "[1,2]"}}
 //! ```
 //!
+//! A payload nested deeper than 10,000 levels of arrays and objects is recorded this way too
+//! (PostgreSQL's `jsonb` accepts about 12,000 with its default `max_stack_depth`); checking a
+//! payload never recurses, so any depth is safe.
+//!
 //! `raw` holds the payload text (invalid UTF-8 replaced by U+FFFD); for a payload over the size
 //! limit it holds only the first 1,000 characters. A JSON object that `jsonb` cannot store
 //! (one containing `\u0000`, or a number beyond `numeric`'s range such as `1e-20000`) is also
@@ -26,7 +30,7 @@ use chrono::{DateTime, Utc};
 
 use crate::change::{Change, ContextJson, Operation};
 use crate::row::{RelationInfo, Row, RowEvent};
-use crate::value::numbers_fit_numeric;
+use crate::value::{contains_nul_escape, json_problem, numbers_fit_numeric};
 use crate::Lsn;
 
 /// The prefix of context messages.
@@ -319,19 +323,19 @@ pub fn parse_context(content: &[u8], lsn: Lsn) -> ContextJson {
             "the payload has {} characters, over the limit of {MAX_CONTEXT_CHARS}",
             text.chars().count()
         ))
+    } else if let Some(problem) = json_problem(&text) {
+        Some(format!("the payload is {problem}"))
+    } else if !text.trim_start().starts_with('{') {
+        Some("the payload is not a JSON object".to_owned())
+    } else if contains_nul_escape(&text) {
+        Some("the payload contains \\u0000, which jsonb cannot store".to_owned())
+    } else if !numbers_fit_numeric(&text) {
+        Some(
+            "the payload has a number beyond the range of numeric, which jsonb cannot store"
+                .to_owned(),
+        )
     } else {
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Err(e) => Some(format!("the payload is not valid JSON: {e}")),
-            Ok(serde_json::Value::Object(map)) if contains_nul(&map) => {
-                Some("the payload contains \\u0000, which jsonb cannot store".to_owned())
-            }
-            Ok(serde_json::Value::Object(_)) if !numbers_fit_numeric(&text) => Some(
-                "the payload has a number beyond the range of numeric, which jsonb cannot store"
-                    .to_owned(),
-            ),
-            Ok(serde_json::Value::Object(_)) => None,
-            Ok(_) => Some("the payload is not a JSON object".to_owned()),
-        }
+        None
     };
     let Some(error) = problem else {
         return ContextJson::from_validated(text.into_owned());
@@ -344,19 +348,6 @@ pub fn parse_context(content: &[u8], lsn: Lsn) -> ContextJson {
     };
     let record = serde_json::json!({ "_bemi_invalid": { "error": error, "raw": raw.replace('\0', "\u{FFFD}") } });
     ContextJson::from_validated(record.to_string())
-}
-
-fn contains_nul(map: &serde_json::Map<String, serde_json::Value>) -> bool {
-    fn value_has_nul(value: &serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(items) => items.iter().any(value_has_nul),
-            serde_json::Value::Object(map) => contains_nul(map),
-            _ => false,
-        }
-    }
-    map.iter()
-        .any(|(key, value)| key.contains('\0') || value_has_nul(value))
 }
 
 #[cfg(test)]
@@ -577,5 +568,23 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn deep_contexts_are_valid_up_to_the_depth_limit_and_recorded_beyond_it() {
+        let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        let deep = nested(200);
+        assert_eq!(parse_context(deep.as_bytes(), Lsn(1)).as_str(), deep);
+        // A hostile depth is refused without recursing, and kept as text.
+        let hostile = nested(100_000);
+        let context = parse_context(hostile.as_bytes(), Lsn(1));
+        let record: serde_json::Value = serde_json::from_str(context.as_str()).unwrap();
+        let error = record["_bemi_invalid"]["error"].as_str().unwrap();
+        assert!(error.contains("nested deeper than 10000 levels"), "{error}");
+        assert_eq!(record["_bemi_invalid"]["raw"], hostile.as_str());
+        let nul = parse_context(br#"{"a": "\u0000"}"#, Lsn(1));
+        assert!(nul.as_str().contains("cannot store"), "{nul:?}");
+        let escaped = r#"{"a": "\\u0000"}"#;
+        assert_eq!(parse_context(escaped.as_bytes(), Lsn(1)).as_str(), escaped);
     }
 }

@@ -22,20 +22,22 @@
 //! | `timestamp` | ISO 8601 string, `2024-01-02T03:04:05.123456` |
 //! | `date`, `time`, `timetz`, `interval`, `bytea` (`\x…`) | string of the text |
 //! | arrays of the types above | array, nested per dimension, `NULL` elements as `null` |
+//! | arrays with a lower bound other than 1 (`[0:1]={1,2}`, `[4:4]={NULL}`) | string of the text: a JSON array cannot carry bounds, and `jsonb_populate_record` (revert) reads the text back exactly |
 //! | arrays of `inet`, `cidr`, `macaddr`, `"char"`, `money`, bit strings, `xml`, `tsvector`, `point`, built-in ranges; user-defined array types (enum, domain, `citext`, …, recognised by the relation decoder) | array of strings, as above |
 //! | anything else (text, uuid, enum, domain, composite, range, …) | string of the text |
 //!
-//! The output is always one complete JSON value that `serde_json` (default features) parses:
-//! conversion never fails and never panics. When the typed rule does not apply, for example a
-//! number beyond `f64` range (which `serde_json` rejects), a timestamp before year 1 or after
-//! 9999, a malformed array literal, or a `json` document that `serde_json` rejects (nesting deeper
-//! than 128 levels) or that PostgreSQL's `jsonb` would (`\u0000`, a number beyond `numeric`'s
-//! range), the value is the JSON string of the PostgreSQL text, so nothing is lost.
+//! The output is always one complete JSON value, with numbers within `f64` range (so that
+//! `serde_json` reads them): conversion never fails and never panics. When the typed rule does
+//! not apply, for example a number beyond `f64` range, a timestamp before year 1 or after 9999, a
+//! malformed array literal, or a `json` document that is not valid JSON, is nested deeper than
+//! 10,000 levels of arrays and objects (a default PostgreSQL accepts about 12,000), or that
+//! PostgreSQL's `jsonb` would refuse (`\u0000`, a number beyond `numeric`'s range), the value is
+//! the JSON string of the PostgreSQL text, so nothing is lost. Documents nested deeper than `serde_json`'s default limit of 128
+//! levels are kept as documents: read them with `RawValue`, or a deserializer without the limit.
 
 use std::io;
 
 use chrono::{Datelike, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::pgoutput::Oid;
 
@@ -205,7 +207,7 @@ fn scalar_to_json(scalar: Scalar, text: &str, out: &mut String) {
             // `json` keeps its input text; a `\u0000` escape or a number beyond `numeric`'s
             // range in it would make PostgreSQL's `jsonb` (the `changes` columns) refuse the
             // whole row.
-            if !text.contains("\\u0000") && is_valid_json(text) && numbers_fit_numeric(text) {
+            if is_valid_json(text) && !contains_nul_escape(text) && numbers_fit_numeric(text) {
                 out.push_str(text);
             } else {
                 push_json_string(text, out);
@@ -297,7 +299,8 @@ fn is_json_number(text: &str, integer_only: bool) -> bool {
     // The magnitude is below 10^(integer digits + exponent). Anything that might come near
     // f64::MAX (about 1.8e308) is asked of serde_json itself, whose approximate parsing already
     // overflows on some values just below it. Tiny magnitudes just round to zero in serde_json.
-    number.int_digits + number.exponent.unwrap_or(0) <= 308 || is_valid_json(text)
+    number.int_digits + number.exponent.unwrap_or(0) <= 308
+        || serde_json::from_str::<f64>(text).is_ok()
 }
 
 /// The parts of a JSON number.
@@ -375,6 +378,93 @@ fn skip_digits(bytes: &[u8], mut i: usize) -> usize {
 // ---------------------------------------------------------------------------------------------
 // JSON documents
 
+/// The deepest nesting of arrays and objects kept as a JSON document; a deeper one is kept as
+/// its text, a JSON string.
+///
+/// PostgreSQL parses `json` and `jsonb` recursively, within `max_stack_depth`: with the default
+/// 2 MB, PostgreSQL 15 accepts about 12,000 levels and refuses 15,000 ("stack depth limit
+/// exceeded"). The `changes` table's `jsonb` columns must accept every row the tracker writes,
+/// or it would retry that row forever, so the limit stays below what a default server accepts
+/// (a context message, unlike a `jsonb` value, was never parsed by PostgreSQL). Checking never
+/// recurses, so a hostile document of any depth is safe.
+pub(crate) const MAX_JSON_DEPTH: usize = 10_000;
+
+/// What keeps `text` from being stored as a JSON document, or `None` when nothing does: it is
+/// not one JSON value, it is nested deeper than [`MAX_JSON_DEPTH`], or it has a number beyond
+/// `f64` range (which `serde_json::Value` refuses). Nothing here recurses.
+pub(crate) fn json_problem(text: &str) -> Option<String> {
+    // Parsing a `RawValue` only skips over the value, without recursion or a depth limit.
+    if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(text) {
+        return Some(format!("not valid JSON: {e}"));
+    }
+    if nesting_depth(text) > MAX_JSON_DEPTH {
+        return Some(format!(
+            "nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
+        ));
+    }
+    let fits_f64 = |number: &NumberParts, digits: &str| {
+        number.int_digits + number.exponent.unwrap_or(0) <= 308
+            || serde_json::from_str::<f64>(digits).is_ok()
+    };
+    if !every_number(text, fits_f64) {
+        return Some("a number is beyond the range of a double".to_owned());
+    }
+    None
+}
+
+fn is_valid_json(text: &str) -> bool {
+    json_problem(text).is_none()
+}
+
+/// The deepest nesting of arrays and objects in the valid JSON text `json`.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut bytes = json.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'"' => skip_string(&mut bytes),
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Moves `bytes` past the end of the JSON string whose opening quote was just read.
+fn skip_string(bytes: &mut impl Iterator<Item = u8>) {
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => {
+                bytes.next();
+            }
+            b'"' => return,
+            _ => {}
+        }
+    }
+}
+
+/// Whether a string of the valid JSON text `json` holds `\u0000`, which `jsonb` refuses (a raw
+/// NUL cannot be in valid JSON).
+pub(crate) fn contains_nul_escape(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'\\' {
+            if bytes.get(i + 1..i + 6) == Some(b"u0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
 /// The most digits `numeric`, which `jsonb` stores numbers as, holds before the decimal point,
 /// and after it.
 const NUMERIC_MAX_INT_DIGITS: i64 = 131_072;
@@ -384,6 +474,16 @@ const NUMERIC_MAX_SCALE: i64 = 16_383;
 /// exponent implies: `json` accepts any number text, and one like `1e-20000` makes `jsonb`
 /// refuse the whole document ("value overflows numeric format").
 pub(crate) fn numbers_fit_numeric(json: &str) -> bool {
+    every_number(json, |number, _| {
+        let exponent = number.exponent.unwrap_or(0);
+        number.int_digits + exponent <= NUMERIC_MAX_INT_DIGITS
+            && number.frac_digits.unwrap_or(0) - exponent <= NUMERIC_MAX_SCALE
+    })
+}
+
+/// Whether `fits` holds for every number (its parts and its text) outside the strings of the
+/// valid JSON text `json`.
+fn every_number(json: &str, fits: impl Fn(&NumberParts, &str) -> bool) -> bool {
     let bytes = json.as_bytes();
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -399,10 +499,7 @@ pub(crate) fn numbers_fit_numeric(json: &str) -> bool {
             }
             b'-' | b'0'..=b'9' => match read_number(bytes, i) {
                 Some(number) => {
-                    let exponent = number.exponent.unwrap_or(0);
-                    if number.int_digits + exponent > NUMERIC_MAX_INT_DIGITS
-                        || number.frac_digits.unwrap_or(0) - exponent > NUMERIC_MAX_SCALE
-                    {
+                    if !fits(&number, json.get(i..number.end).unwrap_or_default()) {
                         return false;
                     }
                     i = number.end;
@@ -413,64 +510,6 @@ pub(crate) fn numbers_fit_numeric(json: &str) -> bool {
         }
     }
     true
-}
-
-/// Whether `text` is one JSON value that `serde_json::Value` would accept, checked without
-/// building it: unlike `IgnoredAny`, numbers are parsed, so ones beyond `f64` range are refused.
-fn is_valid_json(text: &str) -> bool {
-    serde_json::from_str::<JsonCheck>(text).is_ok()
-}
-
-/// Deserializes any JSON value, keeping nothing; see [`is_valid_json`].
-struct JsonCheck;
-
-impl<'de> Deserialize<'de> for JsonCheck {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(JsonCheck)
-    }
-}
-
-impl<'de> Visitor<'de> for JsonCheck {
-    type Value = JsonCheck;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(JsonCheck)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(JsonCheck)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(JsonCheck)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(JsonCheck)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(JsonCheck)
-    }
-
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(JsonCheck)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<JsonCheck>()?.is_some() {}
-        Ok(JsonCheck)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        // Keys are strings, which skipping validates fully.
-        while map.next_entry::<IgnoredAny, JsonCheck>()?.is_some() {}
-        Ok(JsonCheck)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -599,9 +638,9 @@ fn push_padded(mut value: u32, width: usize, out: &mut String) {
 /// PostgreSQL's `MAXDIM`: more dimensions than this is not an array PostgreSQL wrote.
 const MAX_DIMENSIONS: usize = 6;
 
-/// Converts an array literal (`array_out`'s form: optional `[lb:ub]…=` bounds, then nested
-/// `{…}` with `,`-separated elements, double-quoted with backslash escapes where needed, and
-/// unquoted `NULL` for SQL NULL), or, if it is malformed, appends the whole text as a string.
+/// Converts an array literal (`array_out`'s form: nested `{…}` with `,`-separated elements,
+/// double-quoted with backslash escapes where needed, and unquoted `NULL` for SQL NULL), or, if
+/// it is malformed or has bounds (`[0:1]={…}`), appends the whole text as a string.
 /// Appends a value of a user-defined array type: a JSON array of the elements' texts (as
 /// [`text_to_json`] does for `text[]`).
 pub(crate) fn user_array_to_json(text: &str, out: &mut String) {
@@ -644,9 +683,10 @@ enum Element {
 impl ArrayParser<'_> {
     fn parse(&mut self, out: &mut String) -> Option<()> {
         self.skip_whitespace();
+        // `array_out` writes bounds (`[0:1]={…}`) only when a lower bound is not 1. A JSON
+        // array cannot carry them, so such an array is kept as its text.
         if self.peek() == Some(b'[') {
-            self.skip_dimensions()?;
-            self.skip_whitespace();
+            return None;
         }
         self.parse_level(1, out)?;
         self.skip_whitespace();
@@ -666,33 +706,6 @@ impl ArrayParser<'_> {
         while let Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c') = self.peek() {
             self.pos += 1;
         }
-    }
-
-    /// Skips `[lb:ub]` (or `[ub]`) once per dimension and the `=` after them; the JSON array
-    /// does not carry bounds.
-    fn skip_dimensions(&mut self) -> Option<()> {
-        while self.peek() == Some(b'[') {
-            self.pos += 1;
-            self.skip_integer()?;
-            if self.peek() == Some(b':') {
-                self.pos += 1;
-                self.skip_integer()?;
-            }
-            self.skip_whitespace();
-            self.eat(b']')?;
-            self.skip_whitespace();
-        }
-        self.eat(b'=')
-    }
-
-    fn skip_integer(&mut self) -> Option<()> {
-        self.skip_whitespace();
-        if let Some(b'+' | b'-') = self.peek() {
-            self.pos += 1;
-        }
-        let start = self.pos;
-        self.pos = skip_digits(self.text.as_bytes(), self.pos);
-        (self.pos > start).then_some(())
     }
 
     /// One `{…}` level, with the parser on its `{`.
@@ -840,15 +853,20 @@ mod tests {
     use proptest::prelude::*;
 
     /// Converts `text` after some existing output, checks that exactly one JSON value that
-    /// `serde_json::Value` accepts was appended, and returns it.
+    /// `serde_json::Value` accepts (without its depth limit) was appended, and returns it.
     fn convert(type_oid: u32, text: &str) -> String {
         let mut out = String::from("[0,");
         text_to_json(Oid(type_oid), text, &mut out);
         assert!(out.starts_with("[0,"), "existing output was changed: {out}");
         let appended = out["[0,".len()..].to_owned();
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(&appended) {
+        let checked = match nesting_depth(&appended) {
+            0..=128 => serde_json::from_str::<serde_json::Value>(&appended).map(drop),
+            _ => serde_json::from_str::<&serde_json::value::RawValue>(&appended).map(drop),
+        };
+        if let Err(e) = checked {
             panic!("oid {type_oid}, text {text:?}: {appended:?} is not JSON: {e}");
         }
+        assert!(is_valid_json(&appended), "{appended:?}");
         appended
     }
 
@@ -1025,8 +1043,35 @@ mod tests {
             (oid::JSON, r#"{"z": 0e-99999}"#, r#""{\"z\": 0e-99999}""#),
             (oid::JSON, "[1e-16383, 1e300]", "[1e-16383, 1e300]"),
         ]);
+        // Deeper than serde_json's default limit of 128, within PostgreSQL's: a document.
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(convert(oid::JSONB, &deep), format!("\"{deep}\""));
+        assert_eq!(convert(oid::JSONB, &deep), deep);
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert_eq!(convert(oid::JSON, &deep_object), deep_object);
+        let deepest = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
+        assert_eq!(convert(oid::JSONB, &deepest), deepest);
+        // Deeper than the limit (and a hostile depth): the text, without exhausting the stack.
+        for depth in [MAX_JSON_DEPTH + 1, 1_000_000] {
+            let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            assert_eq!(convert(oid::JSONB, &text), format!("\"{text}\""));
+        }
+        let bad_number = format!("{}1e999{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            convert(oid::JSONB, &bad_number),
+            format!("\"{bad_number}\"")
+        );
+    }
+
+    #[test]
+    fn nul_escapes_are_found_only_in_strings_and_not_after_an_escaped_backslash() {
+        assert!(contains_nul_escape(r#"{"a": "x\u0000"}"#));
+        assert!(contains_nul_escape(r#"{"\u0000": 1}"#));
+        assert!(!contains_nul_escape(r#"{"a": "\\u0000"}"#));
+        assert!(!contains_nul_escape(r#"{"a": "\u0001"}"#));
     }
 
     #[test]
@@ -1261,11 +1306,13 @@ mod tests {
             (oid::INT4_ARRAY, "{1,2,3}", "[1,2,3]"),
             (oid::INT4_ARRAY, "{{1,2},{3,4}}", "[[1,2],[3,4]]"),
             (oid::INT4_ARRAY, "{{{{{{1}}}}}}", "[[[[[[1]]]]]]"),
-            (oid::INT4_ARRAY, "[0:1]={1,2}", "[1,2]"),
+            // Bounds other than 1, which a JSON array cannot carry: the text, losslessly.
+            (oid::INT4_ARRAY, "[0:1]={1,2}", r#""[0:1]={1,2}""#),
+            (oid::NUMERIC_ARRAY, "[4:4]={NULL}", r#""[4:4]={NULL}""#),
             (
                 oid::INT4_ARRAY,
                 "[2:3][-1:0]={{1,2},{3,4}}",
-                "[[1,2],[3,4]]",
+                r#""[2:3][-1:0]={{1,2},{3,4}}""#,
             ),
             (oid::INT4_ARRAY, " { 1 , 2 } ", "[1,2]"),
             (oid::INT4_ARRAY, "{ }", "[]"),

@@ -276,17 +276,17 @@ async fn time_travel_rebuilds_rows_and_tables_at_every_moment() {
         for id in [1, 2, 3, 4, 9] {
             let expected = table.iter().find(|r| r["id"] == json!(id)).cloned();
             let got = travel
-                .row_at(&sql, &id.to_string(), *moment)
+                .row_at(&sql, &sql, &id.to_string(), *moment)
                 .await
                 .unwrap()
-                .map(|raw| value(&raw));
+                .map(|r| value(&r.row));
             assert_eq!(got, expected, "row {id} at {moment}");
             if expected.is_some() {
                 rows_checked += 1;
             }
         }
         let snapshot: Vec<Value> = travel
-            .table_at(&sql, *moment)
+            .table_at(&sql, &sql, *moment)
             .await
             .unwrap()
             .iter()
@@ -303,7 +303,7 @@ async fn time_travel_rebuilds_rows_and_tables_at_every_moment() {
     let (moment, table) = &moments[3];
     let explicit = TimeTravel::new("public.acct").key_columns(["id"]);
     let got: Vec<Value> = explicit
-        .table_at(&sql, *moment)
+        .table_at(&sql, &sql, *moment)
         .await
         .unwrap()
         .iter()
@@ -350,10 +350,10 @@ async fn time_travel_with_a_composite_key() {
         let sql = &sql;
         async move {
             travel
-                .row_at(sql, key, moment)
+                .row_at(sql, sql, key, moment)
                 .await
                 .unwrap()
-                .map(|r| value(&r))
+                .map(|r| value(&r.row))
         }
     };
     assert_eq!(
@@ -367,14 +367,14 @@ async fn time_travel_with_a_composite_key() {
         Some(json!({"day": "2024-01-03", "room": "a b", "who": "z"}))
     );
     let keys: Vec<String> = travel
-        .table_at(&sql, second)
+        .table_at(&sql, &sql, second)
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.primary_key)
         .collect();
     assert_eq!(keys, [r#"["a b","2024-01-02"]"#, r#"["a b","2024-01-03"]"#]);
-    assert!(travel.row_at(&sql, "7", second).await.is_err());
+    assert!(travel.row_at(&sql, &sql, "7", second).await.is_err());
     // a key typed with spaces finds the row created and deleted under its stored form
     let spaced = r#"["a b", "2024-01-02"]"#;
     assert_eq!(
@@ -653,11 +653,12 @@ async fn time_travel_resolves_an_unqualified_table_from_the_tracked_catalog() {
 
     // Key columns given without the schema: every schema's `todo` matches.
     let loose = TimeTravel::new("todo").key_columns(["id"]);
-    assert_eq!(loose.table_at(&sql, at).await.unwrap().len(), 2);
-    // Resolved from the tracked database's catalog (as `bemi history` does when `changes` is
-    // in another database): the table `search_path` finds, public.todo.
-    let resolved = TimeTravel::new("todo").with_catalog_of(&sql).await.unwrap();
-    let rows = resolved.table_at(&sql, at).await.unwrap();
+    assert_eq!(loose.table_at(&sql, &sql, at).await.unwrap().len(), 2);
+    // Resolved from the tracked database's catalog: the table `search_path` finds, public.todo.
+    let rows = TimeTravel::new("todo")
+        .table_at(&sql, &sql, at)
+        .await
+        .unwrap();
     let rows: Vec<Value> = rows.iter().map(|r| value(&r.row)).collect();
     assert_eq!(rows, [json!({"id": 1, "task": "public"})]);
     tracker.shutdown().await.unwrap();

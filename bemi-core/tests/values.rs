@@ -64,3 +64,66 @@ async fn values_convert_to_lossless_json() {
     assert_eq!(parsed["j"]["a"]["b"][3], "x");
     assert_eq!(parsed["ta"][0], serde_json::Value::Null);
 }
+
+/// Issue 13: documents nested deeper than serde_json's default limit of 128 are stored as JSON,
+/// in values and in contexts; a hostile depth is recorded as text without stopping the tracker.
+#[tokio::test]
+async fn deep_json_is_stored_as_json() {
+    use bemi_core::testing::trail::{start, sync, write};
+
+    let (_db, sql, tracker) = start(
+        "CREATE TABLE docs (id int PRIMARY KEY, j jsonb);
+         ALTER TABLE docs REPLICA IDENTITY FULL;",
+    )
+    .await;
+    let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+    let deep = nested(200);
+    write(
+        &sql,
+        serde_json::json!({}),
+        &format!("INSERT INTO docs VALUES (1, '{deep}');"),
+    )
+    .await;
+    // The context itself is 200 levels deep.
+    sql.batch_execute(&format!(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, '_bemi', '{deep}');
+         INSERT INTO docs VALUES (2, '[]');
+         COMMIT;
+         BEGIN;
+         SELECT pg_logical_emit_message(true, '_bemi', '{}');
+         INSERT INTO docs VALUES (3, '[]');
+         COMMIT;",
+        nested(100_000)
+    ))
+    .await
+    .unwrap();
+    sync(&sql, &tracker).await;
+
+    let row = |key: &'static str| {
+        let (sql, deep) = (&sql, &deep);
+        async move {
+            sql.query_one(
+                "SELECT jsonb_typeof(after->'j'), after->'j' = $2::text::jsonb, \
+                        context = $2::text::jsonb, context->'_bemi_invalid'->>'error' \
+                 FROM changes WHERE \"table\" = 'docs' AND primary_key = $1",
+                &[&key, deep],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let value = row("1").await;
+    assert_eq!(value.get::<_, &str>(0), "object", "stored as a document");
+    assert!(value.get::<_, bool>(1));
+    let context = row("2").await;
+    assert!(
+        context.get::<_, bool>(2),
+        "a 200-level context is kept as it is"
+    );
+    let hostile = row("3").await;
+    let error: &str = hostile.get(3);
+    assert!(error.contains("nested deeper than"), "{error}");
+    assert!(!tracker.is_finished());
+    tracker.shutdown().await.unwrap();
+}

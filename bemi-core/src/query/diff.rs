@@ -13,14 +13,16 @@ use crate::Operation;
 /// The columns a change changed, by column name (sorted), each with its value before and after.
 ///
 /// Serializes as `{"column": [before, after]}` with `null` for a missing side, Bemi's diff
-/// format. Values are the stored JSON text, unaltered.
+/// format, and `{"_bemi_unknown": true}` for a value before the change that the trail does not
+/// hold ([`ColumnChange::before_unknown`], shown as `?` by `Display`). Values are the stored
+/// JSON text, unaltered.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Diff {
     columns: BTreeMap<String, ColumnChange>,
 }
 
 /// The value of one column before and after a change; `None` where the row did not have the
-/// column (the empty side of a CREATE or DELETE).
+/// column (the empty side of a CREATE or DELETE), or where the value before is unknown.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ColumnChange {
@@ -28,6 +30,10 @@ pub struct ColumnChange {
     pub before: Option<Box<RawValue>>,
     /// The value after the change.
     pub after: Option<Box<RawValue>>,
+    /// Whether the value before the change is unknown: the server sent no old row for the
+    /// UPDATE (the table's replica identity is not FULL), so the column may not even have
+    /// changed. Serialized as `{"_bemi_unknown": true}` in place of the value, never as null.
+    pub before_unknown: bool,
 }
 
 impl PartialEq for ColumnChange {
@@ -35,9 +41,14 @@ impl PartialEq for ColumnChange {
         fn text(value: &Option<Box<RawValue>>) -> Option<&str> {
             value.as_deref().map(RawValue::get)
         }
-        text(&self.before) == text(&other.before) && text(&self.after) == text(&other.after)
+        text(&self.before) == text(&other.before)
+            && text(&self.after) == text(&other.after)
+            && self.before_unknown == other.before_unknown
     }
 }
+
+/// What a diff shows for a value the audit trail does not hold.
+const UNKNOWN: &str = r#"{"_bemi_unknown":true}"#;
 
 /// The JSON object text of a row as column → value text; anything but an object gives nothing.
 pub(super) fn columns(row: &RawValue) -> BTreeMap<String, &RawValue> {
@@ -58,6 +69,7 @@ impl Diff {
                         ColumnChange {
                             before: None,
                             after: owned(value),
+                            before_unknown: false,
                         },
                     );
                 }
@@ -69,11 +81,13 @@ impl Diff {
                         ColumnChange {
                             before: owned(value),
                             after: None,
+                            before_unknown: false,
                         },
                     );
                 }
             }
             Operation::Update => {
+                // A column of `after` missing from `before`: the old row was not sent.
                 for (name, value) in after {
                     let old = before.get(&name).copied();
                     if old.map(RawValue::get) != Some(value.get()) {
@@ -82,6 +96,7 @@ impl Diff {
                             ColumnChange {
                                 before: old.and_then(owned),
                                 after: owned(value),
+                                before_unknown: old.is_none(),
                             },
                         );
                     }
@@ -123,7 +138,10 @@ impl Diff {
 impl Serialize for ColumnChange {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut pair = serializer.serialize_tuple(2)?;
-        pair.serialize_element(&self.before)?;
+        match self.before_unknown {
+            true => pair.serialize_element(&serde_json::from_str::<&RawValue>(UNKNOWN).ok())?,
+            false => pair.serialize_element(&self.before)?,
+        }
         pair.serialize_element(&self.after)?;
         pair.end()
     }
@@ -150,12 +168,11 @@ impl fmt::Display for Diff {
                 Some(v) => v.get().to_owned(),
                 None => "∅".to_owned(),
             };
-            write!(
-                f,
-                "{name}: {} → {}",
-                side(&change.before),
-                side(&change.after)
-            )?;
+            let before = match change.before_unknown {
+                true => "?".to_owned(),
+                false => side(&change.before),
+            };
+            write!(f, "{name}: {before} → {}", side(&change.after))?;
         }
         Ok(())
     }

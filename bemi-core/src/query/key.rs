@@ -9,6 +9,7 @@ use tokio_postgres::GenericClient;
 
 use super::TableName;
 use crate::error::{Error, ErrorKind, Result};
+use crate::pgoutput::Oid;
 use crate::replication::quote_qualified;
 
 /// A live table as the catalog describes it.
@@ -20,38 +21,24 @@ pub(super) struct LiveTable {
     pub(super) name: String,
     /// The primary key columns, in key order.
     pub(super) key_columns: Vec<String>,
-    /// The columns an INSERT may set (not dropped, not generated), in table order.
+    /// The columns an INSERT may set (not dropped, not generated), in table order: the columns
+    /// logical replication sends (PostgreSQL 15's pgoutput never sends generated columns).
     pub(super) writable_columns: Vec<String>,
+    /// How the tracker converts each of `writable_columns`: its type, and whether that is a
+    /// user-defined array type (see [`ColumnInfo::user_array`](crate::ColumnInfo)).
+    pub(super) column_types: Vec<(Oid, bool)>,
     /// The `GENERATED ALWAYS AS IDENTITY` columns, which an UPDATE cannot set.
     pub(super) identity_always: Vec<String>,
 }
 
 impl LiveTable {
-    /// Reads the table from the catalog of the database `client` is connected to.
+    /// Reads the table from the catalog of the database `client` is connected to; fails when
+    /// it does not exist or has no primary key.
     pub(super) async fn load<C>(client: &C, table: &TableName) -> Result<LiveTable>
     where
         C: GenericClient + Sync,
     {
-        let name = quote_qualified(table.schema.as_deref(), &table.name);
-        let row = client
-            .query_opt(
-                "SELECT n.nspname::text, c.relname::text, \
-                   ARRAY(SELECT a.attname::text FROM pg_index i \
-                         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                         WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord), \
-                   ARRAY(SELECT a.attname::text FROM pg_attribute a \
-                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                           AND a.attgenerated = '' ORDER BY a.attnum), \
-                   ARRAY(SELECT a.attname::text FROM pg_attribute a \
-                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                           AND a.attidentity = 'a' ORDER BY a.attnum) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.oid = to_regclass($1)",
-                &[&name],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(live) = Self::find(client, table).await? else {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -60,13 +47,6 @@ impl LiveTable {
                      or lives in another database)"
                 ),
             ));
-        };
-        let live = LiveTable {
-            schema: row.try_get(0)?,
-            name: row.try_get(1)?,
-            key_columns: row.try_get(2)?,
-            writable_columns: row.try_get(3)?,
-            identity_always: row.try_get(4)?,
         };
         if live.key_columns.is_empty() {
             return Err(Error::new(
@@ -79,6 +59,54 @@ impl LiveTable {
             ));
         }
         Ok(live)
+    }
+
+    /// Reads the table from the catalog of the database `client` is connected to, if it exists.
+    pub(super) async fn find<C>(client: &C, table: &TableName) -> Result<Option<LiveTable>>
+    where
+        C: GenericClient + Sync,
+    {
+        let name = quote_qualified(table.schema.as_deref(), &table.name);
+        // User-defined array types are those the stream names `_…` in a Type message, which
+        // pgoutput sends for types from FirstGenbkiObjectId (10000) on.
+        let row = client
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text, \
+                   ARRAY(SELECT a.attname::text FROM pg_index i \
+                         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                         WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord), \
+                   ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                           AND a.attgenerated = '' ORDER BY a.attnum), \
+                   ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                           AND a.attidentity = 'a' ORDER BY a.attnum), \
+                   ARRAY(SELECT a.atttypid FROM pg_attribute a \
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                           AND a.attgenerated = '' ORDER BY a.attnum), \
+                   ARRAY(SELECT a.atttypid >= 10000 AND t.typname LIKE '\\_%' \
+                         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                           AND a.attgenerated = '' ORDER BY a.attnum) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = to_regclass($1)",
+                &[&name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let type_oids: Vec<u32> = row.try_get(5)?;
+        let user_arrays: Vec<bool> = row.try_get(6)?;
+        Ok(Some(LiveTable {
+            schema: row.try_get(0)?,
+            name: row.try_get(1)?,
+            key_columns: row.try_get(2)?,
+            writable_columns: row.try_get(3)?,
+            identity_always: row.try_get(4)?,
+            column_types: type_oids.into_iter().map(Oid).zip(user_arrays).collect(),
+        }))
     }
 
     /// `"schema"."table"`.

@@ -1,6 +1,7 @@
-//! Time travel: a row, or a whole table, as it was at a moment, rebuilt from the audit trail.
+//! Time travel: a row, or a whole table, as it was at a moment, rebuilt from the audit trail
+//! and the live table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt as _;
@@ -10,23 +11,31 @@ use tokio_postgres::GenericClient;
 
 use super::diff::columns;
 use super::key::{canonical_key, compare_keys, key_objects, key_of, LiveTable};
+use super::live::live_rows;
 use super::{ChangeFilter, ChangesTable, Order, SqlBuilder, StoredChange, TableName};
 use crate::error::{Error, ErrorKind, Result};
+use crate::value::push_json_string;
 use crate::Operation;
 
-/// Rebuilds rows of one table as they were at a moment, from the audit trail.
+/// Rebuilds rows of one table as they were at a moment, from the audit trail and the live
+/// table.
 ///
 /// The changes of the table are replayed in commit order up to the moment: a CREATE adds the
 /// row under its key, an UPDATE removes the row under its old key (read out of `before`, so a
 /// change of primary key ends the old key's life) and adds it under its new key, a DELETE
 /// removes it, a TRUNCATE removes every row. Keys are read with the table's primary key columns
-/// from the live catalog (`pg_index`), or the columns given with
+/// from the tracked database's catalog (`pg_index`), or the columns given with
 /// [`TimeTravel::key_columns`].
 ///
 /// Rows that existed before tracking began are known from their first tracked UPDATE or
-/// DELETE: its `before` is the row as it had been all along. Rows never changed since tracking
-/// began are not in the trail, so the answer is only as complete as the trail. Complete rows
-/// need `REPLICA IDENTITY FULL` on the tracked table (as the tracker's setup arranges).
+/// DELETE after the moment (its `before` is the row as it had been all along) or, when nothing
+/// changed them since the moment, from the live table, read with the tracker's own value
+/// conversion. Rows truncated after the moment that no change recorded are lost to the trail.
+///
+/// **Unknown values.** Without `REPLICA IDENTITY FULL` the server sends no old row for an
+/// UPDATE and only the key for a DELETE, and leaves unchanged TOASTed values out of an UPDATE's
+/// new row. A column whose value at the moment the trail cannot tell is left out of the row and
+/// named in [`SnapshotRow::unknown_columns`], never shown as null.
 ///
 /// ```no_run
 /// # async fn run(client: &tokio_postgres::Client) -> bemi_core::Result<()> {
@@ -34,8 +43,9 @@ use crate::Operation;
 ///
 /// let moment = "2024-05-01T12:00:00Z".parse().unwrap();
 /// let todo = TimeTravel::new("public.todo");
-/// let row = todo.row_at(client, "7", moment).await?; // None: row 7 did not exist then
-/// let rows = todo.table_at(client, moment).await?; // every row, by primary key
+/// // `changes` in the tracked database: the same client twice.
+/// let row = todo.row_at(client, client, "7", moment).await?; // None: row 7 did not exist then
+/// let rows = todo.table_at(client, client, moment).await?; // every row, by primary key
 /// # drop((row, rows)); Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +62,20 @@ pub struct TimeTravel {
 pub struct SnapshotRow {
     /// The row's primary key text (the form of the `primary_key` column).
     pub primary_key: String,
-    /// The row, as stored in the change that last wrote it.
+    /// The row, as stored in the change that last wrote it (or read from the live table),
+    /// without the columns in `unknown_columns`.
     pub row: Box<RawValue>,
+    /// The columns whose value at the moment the trail does not hold (see [`TimeTravel`]),
+    /// in table order; empty for a table with `REPLICA IDENTITY FULL`.
+    pub unknown_columns: Vec<String>,
+}
+
+/// What time travel knows of a table: the schema to filter on, the key columns, and the live
+/// table when the tracked database has it.
+struct Resolved {
+    schema: Option<String>,
+    key_columns: Vec<String>,
+    live: Option<LiveTable>,
 }
 
 impl TimeTravel {
@@ -80,8 +102,9 @@ impl TimeTravel {
     }
 
     /// The table's primary key columns, in key order, instead of reading them from the catalog
-    /// of the database the client is connected to (for a table that was dropped, or a
-    /// `changes` table in another database).
+    /// of the tracked database (for a table that was dropped). A table named without a schema
+    /// then means that table in every schema, and rows never changed since the moment are read
+    /// from the live table only when it is named with its schema.
     pub fn key_columns<I, S>(mut self, columns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -91,41 +114,55 @@ impl TimeTravel {
         self
     }
 
-    /// Reads the table's schema and primary key columns from the catalog of the database
-    /// `client` is connected to: the tracked database, when `changes` lives in another one
-    /// (then [`row_at`](Self::row_at) and [`table_at`](Self::table_at) are given a client of
-    /// that other database). A table named without a schema resolves as the tracked database's
-    /// `search_path` says, as when both are the same database.
-    ///
-    /// # Errors
-    ///
-    /// When the table does not exist there or has no primary key.
-    pub async fn with_catalog_of<C>(mut self, client: &C) -> Result<Self>
+    /// Reads the table from the catalog of `source`, the tracked database. A table named
+    /// without a schema resolves as its `search_path` says.
+    async fn resolve<S>(&self, source: &S) -> Result<Resolved>
     where
-        C: GenericClient + Sync,
+        S: GenericClient + Sync,
     {
-        let live = LiveTable::load(client, &self.table).await?;
-        self.table = TableName::qualified(live.schema, live.name);
-        self.key_columns = Some(live.key_columns);
-        Ok(self)
-    }
-
-    /// The schema to filter on (if known) and the key columns.
-    async fn resolve<C>(&self, client: &C) -> Result<(Option<String>, Vec<String>)>
-    where
-        C: GenericClient + Sync,
-    {
-        match &self.key_columns {
-            Some(columns) if columns.is_empty() => Err(Error::new(
-                ErrorKind::Config,
-                "time travel needs at least one primary key column",
-            )),
-            Some(columns) => Ok((self.table.schema.clone(), columns.clone())),
+        let resolved = match &self.key_columns {
+            Some(columns) if columns.is_empty() => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "time travel needs at least one primary key column",
+                ))
+            }
+            // Without a schema, the changes of every schema's table of that name.
+            Some(columns) => Resolved {
+                schema: self.table.schema.clone(),
+                key_columns: columns.clone(),
+                live: match self.table.schema {
+                    Some(_) => LiveTable::find(source, &self.table).await?,
+                    None => None,
+                },
+            },
             None => {
-                let live = LiveTable::load(client, &self.table).await?;
-                Ok((Some(live.schema), live.key_columns))
+                let live = LiveTable::load(source, &self.table).await?;
+                Resolved {
+                    schema: Some(live.schema.clone()),
+                    key_columns: live.key_columns.clone(),
+                    live: Some(live),
+                }
+            }
+        };
+        if let Some(live) = &resolved.live {
+            let unsent = resolved
+                .key_columns
+                .iter()
+                .find(|c| !live.writable_columns.contains(c));
+            if let Some(column) = unsent {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the primary key of {}.{} includes column {column:?}, which logical \
+                         replication does not send (a generated column: PostgreSQL 15's pgoutput \
+                         never sends them), so the audit trail cannot tell its rows apart",
+                        live.schema, live.name
+                    ),
+                ));
             }
         }
+        Ok(resolved)
     }
 
     fn filter(&self, schema: Option<String>) -> ChangeFilter {
@@ -137,20 +174,24 @@ impl TimeTravel {
 
     /// The row with primary key `primary_key` (as stored in `primary_key`: `7`, `alice`,
     /// `[7,"x"]`) as it was at `at` (after every change committed at or before it), or `None`
-    /// when no such row existed then.
-    pub async fn row_at<C>(
+    /// when no such row existed then. `changes` reads the `changes` table, `source` the tracked
+    /// database's catalog and live rows: pass the same client twice when they are one database.
+    pub async fn row_at<C, S>(
         &self,
-        client: &C,
+        changes: &C,
+        source: &S,
         primary_key: &str,
         at: DateTime<Utc>,
-    ) -> Result<Option<Box<RawValue>>>
+    ) -> Result<Option<SnapshotRow>>
     where
         C: GenericClient + Sync,
+        S: GenericClient + Sync,
     {
-        let (schema, key_columns) = self.resolve(client).await?;
+        let resolved = self.resolve(source).await?;
+        let key_columns = &resolved.key_columns;
         let key = canonical_key(primary_key, key_columns.len());
-        let objects = key_objects(&key, &key_columns);
-        if objects.is_empty() {
+        let objects = key_objects(&key, key_columns);
+        let Some(key_object) = objects.first().cloned() else {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -161,12 +202,12 @@ impl TimeTravel {
                     self.table
                 ),
             ));
-        }
+        };
         // Every change that can touch the key: those stored under it (CREATE, UPDATE to it,
         // DELETE), updates away from it (stored under their new key, found by `before`), and
         // truncations of the table.
         let query = self
-            .filter(schema)
+            .filter(resolved.schema.clone())
             .query()
             .changes_table(self.changes.clone());
         let sql = query.build_with(None, |sql| {
@@ -182,19 +223,45 @@ impl TimeTravel {
                 befores.join(" OR ")
             ));
         });
-        let mut replay = Replay::new(&key_columns, at, true);
-        replay.run(client, &sql).await?;
-        Ok(replay.rows.remove(&key))
+        let mut replay = Replay::new(&resolved, at, true);
+        replay.run(changes, &sql).await?;
+        if replay.seen.contains(&key) || !replay.live_rows_apply() {
+            return Ok(replay.rows.remove(&key).map(|state| state.snapshot(key)));
+        }
+        // Never changed since the moment: as it is now, if it exists.
+        let Some(live) = &resolved.live else {
+            return Ok(None);
+        };
+        let rows = live_rows(source, live, Some(&key_object), &HashSet::new(), |row| {
+            key_of(&columns(row), key_columns)
+        })
+        .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|(primary_key, row)| SnapshotRow {
+                primary_key,
+                row,
+                unknown_columns: Vec::new(),
+            }))
     }
 
     /// Every row of the table as it was at `at` (after every change committed at or before it),
-    /// ordered by primary key (integers by value).
-    pub async fn table_at<C>(&self, client: &C, at: DateTime<Utc>) -> Result<Vec<SnapshotRow>>
+    /// ordered by primary key (integers by value). `changes` reads the `changes` table, `source`
+    /// the tracked database's catalog and live rows: pass the same client twice when they are
+    /// one database.
+    pub async fn table_at<C, S>(
+        &self,
+        changes: &C,
+        source: &S,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SnapshotRow>>
     where
         C: GenericClient + Sync,
+        S: GenericClient + Sync,
     {
-        let (schema, key_columns) = self.resolve(client).await?;
-        let filter = self.filter(schema);
+        let resolved = self.resolve(source).await?;
+        let filter = self.filter(resolved.schema.clone());
         // Replay from the last TRUNCATE at or before the moment: nothing before it survives.
         let truncate = filter
             .clone()
@@ -204,7 +271,7 @@ impl TimeTravel {
             .changes_table(self.changes.clone())
             .order(Order::Desc)
             .limit(1)
-            .fetch(client)
+            .fetch(changes)
             .await?
             .pop();
         let mut query = filter.query().changes_table(self.changes.clone());
@@ -214,42 +281,93 @@ impl TimeTravel {
             query = query.after(truncate.cursor());
         }
         let sql = query.build(None);
-        let mut replay = Replay::new(&key_columns, at, truncate.is_none());
-        replay.run(client, &sql).await?;
+        let mut replay = Replay::new(&resolved, at, truncate.is_none());
+        replay.run(changes, &sql).await?;
         let mut rows: Vec<SnapshotRow> = replay
             .rows
-            .into_iter()
-            .map(|(primary_key, row)| SnapshotRow { primary_key, row })
+            .drain()
+            .map(|(primary_key, state)| state.snapshot(primary_key))
             .collect();
+        if let (true, Some(live)) = (replay.live_rows_apply(), &resolved.live) {
+            // Rows never changed since the moment: as they are now.
+            let key_columns = &resolved.key_columns;
+            let untouched = live_rows(source, live, None, &replay.seen, |row| {
+                key_of(&columns(row), key_columns)
+            })
+            .await?;
+            rows.extend(untouched.into_iter().map(|(primary_key, row)| SnapshotRow {
+                primary_key,
+                row,
+                unknown_columns: Vec::new(),
+            }));
+        }
         rows.sort_by(|a, b| compare_keys(&a.primary_key, &b.primary_key));
         Ok(rows)
+    }
+}
+
+/// A row's state in the replay.
+struct RowState {
+    row: Box<RawValue>,
+    /// Columns whose value the trail does not hold, in table order.
+    unknown: Vec<String>,
+}
+
+impl RowState {
+    fn snapshot(self, primary_key: String) -> SnapshotRow {
+        SnapshotRow {
+            primary_key,
+            row: self.row,
+            unknown_columns: self.unknown,
+        }
     }
 }
 
 /// The replay of a table's changes in commit order up to a moment.
 struct Replay<'a> {
     key_columns: &'a [String],
+    /// The live table's columns, in table order, when the tracked database has it.
+    live_columns: Option<&'a [String]>,
     at: DateTime<Utc>,
     /// The rows alive at the moment, by key.
-    rows: HashMap<String, Box<RawValue>>,
+    rows: HashMap<String, RowState>,
     /// Keys whose state at the moment is decided.
     seen: HashSet<String>,
     /// Whether rows older than the trail may be inferred from changes after the moment.
     infer: bool,
+    /// Whether a TRUNCATE after the moment ended the replay.
+    truncated_after: bool,
     /// Whether later changes can no longer matter.
     done: bool,
 }
 
 impl<'a> Replay<'a> {
-    fn new(key_columns: &'a [String], at: DateTime<Utc>, infer: bool) -> Self {
+    fn new(resolved: &'a Resolved, at: DateTime<Utc>, infer: bool) -> Self {
         Replay {
-            key_columns,
+            key_columns: &resolved.key_columns,
+            live_columns: resolved
+                .live
+                .as_ref()
+                .map(|live| live.writable_columns.as_slice()),
             at,
             rows: HashMap::new(),
             seen: HashSet::new(),
             infer,
+            truncated_after: false,
             done: false,
         }
+    }
+
+    /// Whether rows the replay did not decide are as the live table has them: rows may be
+    /// older than the trail, and no TRUNCATE after the moment removed them unrecorded.
+    fn live_rows_apply(&self) -> bool {
+        if self.truncated_after {
+            tracing::warn!(
+                "a TRUNCATE after the moment removed rows that no change recorded; time travel \
+                 cannot recover rows that were never changed before it"
+            );
+        }
+        self.infer && !self.truncated_after
     }
 
     /// Applies the changes `sql` selects as they arrive, until later ones cannot matter.
@@ -260,7 +378,7 @@ impl<'a> Replay<'a> {
         let rows = client.query_raw(sql.text.as_str(), sql.params()).await?;
         futures_util::pin_mut!(rows);
         while let Some(row) = rows.try_next().await? {
-            self.apply(&StoredChange::from_row(&row)?);
+            self.apply(&StoredChange::from_row(&row)?)?;
             if self.done {
                 break;
             }
@@ -268,35 +386,57 @@ impl<'a> Replay<'a> {
         Ok(())
     }
 
-    fn apply(&mut self, change: &StoredChange) {
+    fn apply(&mut self, change: &StoredChange) -> Result<()> {
         if self.done {
-            return;
+            return Ok(());
         }
         let before = columns(&change.before);
-        let after_key = key_of(&columns(&change.after), self.key_columns);
+        let after = columns(&change.after);
+        let after_key = key_of(&after, self.key_columns);
+        if after_key.is_none() && matches!(change.operation, Operation::Create | Operation::Update)
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the {} of {}.{} (change {}) has no value for the key columns ({}): a key \
+                     column the tracker never receives (a generated column), or key columns \
+                     that changed since; pass the key columns the changes were stored with",
+                    change.operation,
+                    change.schema,
+                    change.table,
+                    change.cursor(),
+                    self.key_columns.join(", ")
+                ),
+            ));
+        }
         let stored_before_key = key_of(&before, self.key_columns);
+        // Without the old row (no REPLICA IDENTITY FULL), the key did not change for an UPDATE,
+        // and a DELETE is stored under its key.
+        let before_key = stored_before_key.or_else(|| match change.operation {
+            Operation::Update => after_key.clone(),
+            Operation::Delete => change
+                .primary_key
+                .as_deref()
+                .map(|k| canonical_key(k, self.key_columns.len())),
+            _ => None,
+        });
         if change.committed_at <= self.at {
-            // Without the old row (no REPLICA IDENTITY FULL), the key did not change for an
-            // UPDATE, and a DELETE is stored under its key.
-            let before_key = stored_before_key.or_else(|| match change.operation {
-                Operation::Update => after_key.clone(),
-                Operation::Delete => change
-                    .primary_key
-                    .as_deref()
-                    .map(|k| canonical_key(k, self.key_columns.len())),
-                _ => None,
-            });
             match change.operation {
                 Operation::Create | Operation::Update | Operation::Delete => {
-                    if let Some(key) = before_key {
-                        self.rows.remove(&key);
-                        self.seen.insert(key);
-                    }
-                    if change.operation != Operation::Delete {
-                        if let Some(key) = after_key {
-                            self.seen.insert(key.clone());
-                            self.rows.insert(key, change.after.clone());
-                        }
+                    let previous = before_key.and_then(|key| {
+                        self.seen.insert(key.clone());
+                        self.rows.remove(&key)
+                    });
+                    if let Some(key) = after_key.filter(|_| change.operation != Operation::Delete) {
+                        let state = match change.operation {
+                            Operation::Update => self.updated(change, previous, &before, &after)?,
+                            _ => RowState {
+                                row: change.after.clone(),
+                                unknown: Vec::new(),
+                            },
+                        };
+                        self.seen.insert(key.clone());
+                        self.rows.insert(key, state);
                     }
                 }
                 Operation::Message => {}
@@ -306,16 +446,19 @@ impl<'a> Replay<'a> {
                     self.infer = false;
                 }
             }
-            return;
+            return Ok(());
         }
         // After the moment: the first UPDATE or DELETE of a key the trail never saw before
         // shows the row as it had been since before tracking began.
         if !self.infer {
             self.done = true;
-            return;
+            return Ok(());
         }
         match change.operation {
-            Operation::Truncate => self.done = true,
+            Operation::Truncate => {
+                self.truncated_after = true;
+                self.done = true;
+            }
             Operation::Message => {}
             Operation::Create => {
                 if let Some(key) = after_key {
@@ -323,9 +466,10 @@ impl<'a> Replay<'a> {
                 }
             }
             Operation::Update | Operation::Delete => {
-                if let Some(key) = stored_before_key {
+                if let Some(key) = before_key {
                     if self.seen.insert(key.clone()) {
-                        self.rows.insert(key, change.before.clone());
+                        let state = self.inferred(change, &before, &after)?;
+                        self.rows.insert(key, state);
                     }
                 }
                 if let Some(key) = after_key {
@@ -333,7 +477,123 @@ impl<'a> Replay<'a> {
                 }
             }
         }
+        Ok(())
     }
+
+    /// The columns a row of the table has, in table order: the live table's, or when there is
+    /// none those of `guesses`; followed by any other column of the change's `rows`.
+    fn expected<'c>(
+        &'c self,
+        rows: &[&'c BTreeMap<String, &RawValue>],
+        guesses: &[&'c BTreeMap<String, &RawValue>],
+    ) -> Vec<&'c str> {
+        let mut names: Vec<&str> = Vec::new();
+        let mut add = |name: &'c str| {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        };
+        match self.live_columns {
+            Some(live) => live.iter().for_each(|name| add(name)),
+            None => guesses
+                .iter()
+                .flat_map(|row| row.keys())
+                .for_each(|name| add(name)),
+        }
+        rows.iter()
+            .flat_map(|row| row.keys())
+            .for_each(|name| add(name));
+        names
+    }
+
+    /// The row as it was before a change after the moment: its `before`, of which only the key
+    /// is known when the table's identity is not FULL.
+    fn inferred(
+        &self,
+        change: &StoredChange,
+        before: &BTreeMap<String, &RawValue>,
+        after: &BTreeMap<String, &RawValue>,
+    ) -> Result<RowState> {
+        let key_only = before.keys().all(|c| self.key_columns.contains(c));
+        let expected = self.expected(&[before], &[after]);
+        if !key_only || expected.iter().all(|c| before.contains_key(*c)) {
+            return Ok(RowState {
+                row: change.before.clone(),
+                unknown: Vec::new(),
+            });
+        }
+        // Only the key is known; without the old row (an UPDATE), the key did not change.
+        let mut known: Vec<(&str, &RawValue)> = Vec::new();
+        let mut unknown = Vec::new();
+        for name in expected {
+            let is_key = self.key_columns.iter().any(|k| k == name);
+            let value = match before.get(name) {
+                None if before.is_empty() && is_key => after.get(name),
+                value => value,
+            };
+            match value {
+                Some(value) => known.push((name, value)),
+                None => unknown.push(name.to_owned()),
+            }
+        }
+        Ok(RowState {
+            row: object(&known)?,
+            unknown,
+        })
+    }
+
+    /// The row after an UPDATE at or before the moment: its `after`, with the columns the
+    /// server left out (unchanged TOASTed values) taken from the row as it was, when known.
+    fn updated(
+        &self,
+        change: &StoredChange,
+        previous: Option<RowState>,
+        before: &BTreeMap<String, &RawValue>,
+        after: &BTreeMap<String, &RawValue>,
+    ) -> Result<RowState> {
+        let previous_row = previous.as_ref().map(|state| columns(&state.row));
+        let empty = BTreeMap::new();
+        let previous_columns = previous_row.as_ref().unwrap_or(&empty);
+        let expected = self.expected(&[after], &[previous_columns, before]);
+        if expected.iter().all(|c| after.contains_key(*c)) {
+            return Ok(RowState {
+                row: change.after.clone(),
+                unknown: Vec::new(),
+            });
+        }
+        let mut known: Vec<(&str, &RawValue)> = Vec::new();
+        let mut unknown = Vec::new();
+        for name in expected {
+            match after
+                .get(name)
+                .or_else(|| previous_columns.get(name))
+                .or_else(|| before.get(name))
+            {
+                Some(value) => known.push((name, value)),
+                None => unknown.push(name.to_owned()),
+            }
+        }
+        Ok(RowState {
+            row: object(&known)?,
+            unknown,
+        })
+    }
+}
+
+/// A JSON object of `entries`, in their order.
+fn object(entries: &[(&str, &RawValue)]) -> Result<Box<RawValue>> {
+    let mut json = String::from("{");
+    for (i, (name, value)) in entries.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        push_json_string(name, &mut json);
+        json.push(':');
+        json.push_str(value.get());
+    }
+    json.push('}');
+    RawValue::from_string(json)
+        .map_err(|e| Error::new(ErrorKind::Db, "a rebuilt row is not JSON").with_source(e))
 }
 
 #[cfg(test)]
@@ -367,16 +627,26 @@ mod tests {
     }
 
     fn replay(changes: &[StoredChange], minute: u32) -> Vec<(String, String)> {
-        let key = vec!["id".to_owned()];
+        let resolved = Resolved {
+            schema: None,
+            key_columns: vec!["id".to_owned()],
+            live: None,
+        };
         let at = format!("2024-01-01T00:{minute:02}:00Z").parse().unwrap();
-        let mut replay = Replay::new(&key, at, true);
+        let mut replay = Replay::new(&resolved, at, true);
         for c in changes {
-            replay.apply(c);
+            replay.apply(c).unwrap();
         }
         let mut rows: Vec<(String, String)> = replay
             .rows
             .into_iter()
-            .map(|(k, v)| (k, v.get().to_owned()))
+            .map(|(k, v)| {
+                let unknown = match v.unknown.is_empty() {
+                    true => String::new(),
+                    false => format!(" unknown {}", v.unknown.join(",")),
+                };
+                (k, format!("{}{unknown}", v.row.get()))
+            })
             .collect();
         rows.sort();
         rows
@@ -453,6 +723,44 @@ mod tests {
                 row("8", r#"{"id": 8, "v": "x"}"#),
                 row("9", r#"{"id": 9, "v": "new"}"#)
             ]
+        );
+    }
+
+    #[test]
+    fn without_full_identity_unknown_values_stay_unknown() {
+        use Operation::*;
+        let changes = [
+            // REPLICA IDENTITY DEFAULT: no old row, and `big` (TOASTed, unchanged) not sent.
+            change(Create, 1, "{}", r#"{"id": 1, "v": "a", "big": "B"}"#),
+            change(Update, 2, "{}", r#"{"id": 1, "v": "b"}"#),
+            // A row older than the trail, updated then deleted (only the key in `before`).
+            change(Update, 3, "{}", r#"{"id": 2, "v": "x", "big": "C"}"#),
+            change(Delete, 4, r#"{"id": 3}"#, "{}"),
+        ];
+        let row = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            replay(&changes, 2),
+            vec![
+                // `big` carried over from the row as it was
+                row("1", r#"{"big":"B","id":1,"v":"b"}"#),
+                row("2", r#"{"id":2} unknown big,v"#),
+                // without the live table's columns, nothing tells what row 3 had
+                row("3", r#"{"id": 3}"#),
+            ]
+        );
+        assert!(
+            Replay::new(
+                &Resolved {
+                    schema: None,
+                    key_columns: vec!["k".to_owned()],
+                    live: None
+                },
+                Utc::now(),
+                true
+            )
+            .apply(&changes[0])
+            .is_err(),
+            "a CREATE without the key columns is an error"
         );
     }
 }

@@ -1,0 +1,229 @@
+//! Issue 13: the right data in every shape of table, on a real server through the tracker:
+//! arrays with bounds, rows never changed since tracking began, replica identities other than
+//! FULL, keys that are never sent, names with dots and quotes, partitioned tables.
+
+use bemi_core::query::{ChangeFilter, ChangeQuery, Revert, TimeTravel};
+use bemi_core::testing::trail::{clock, start, sync, write};
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+fn value(raw: &serde_json::value::RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap()
+}
+
+/// The text form of the arrays of row 1 of `arrtest`.
+async fn array_texts(sql: &Client) -> (String, String) {
+    let row = sql
+        .query_one("SELECT e::text, f::text FROM arrtest WHERE id = 1", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn arrays_with_bounds_round_trip_through_time_travel_and_revert() {
+    let (_db, mut sql, tracker) = start(
+        "CREATE TABLE arrtest (id int PRIMARY KEY, e numeric[], f int4[]);
+         ALTER TABLE arrtest REPLICA IDENTITY FULL;
+         INSERT INTO arrtest VALUES (1, '{2.2}', '{5}');",
+    )
+    .await;
+    write(
+        &sql,
+        json!({"step": "bounds"}),
+        "UPDATE arrtest SET e[0] = '1.1', f = '[4:4]={NULL}' WHERE id = 1;",
+    )
+    .await;
+    let bounded = array_texts(&sql).await;
+    assert_eq!(
+        bounded,
+        ("[0:1]={1.1,2.2}".to_owned(), "[4:4]={NULL}".to_owned())
+    );
+    let moment = clock(&sql).await;
+    write(
+        &sql,
+        json!({"step": "plain"}),
+        "UPDATE arrtest SET e = '{9}', f = '{1}' WHERE id = 1;",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+
+    // Stored as the text, which a JSON array could not hold.
+    let history = ChangeQuery::history("arrtest", "1")
+        .fetch(&sql)
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&history[0].after),
+        json!({"id": 1, "e": "[0:1]={1.1,2.2}", "f": "[4:4]={NULL}"})
+    );
+    assert_eq!(
+        value(&history[1].after),
+        json!({"id": 1, "e": [9], "f": [1]})
+    );
+    // Time travel gives the bounded arrays back.
+    let row = TimeTravel::new("arrtest")
+        .row_at(&sql, &sql, "1", moment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        value(&row.row),
+        json!({"id": 1, "e": "[0:1]={1.1,2.2}", "f": "[4:4]={NULL}"})
+    );
+    // Reverting the last update restores them exactly.
+    Revert::new(ChangeFilter::new().context_contains(json!({"step": "plain"})))
+        .run(&mut sql)
+        .await
+        .unwrap();
+    assert_eq!(array_texts(&sql).await, bounded);
+    tracker.shutdown().await.unwrap();
+}
+
+/// The table as `rows` of trail.rs gives it, as JSON values ordered by `id`.
+async fn snapshot(sql: &Client, table: &str) -> Vec<Value> {
+    bemi_core::testing::trail::rows(sql, table, "id").await
+}
+
+async fn travel(sql: &Client, table: &str, at: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+    let rows = TimeTravel::new(table).table_at(sql, sql, at).await.unwrap();
+    assert!(rows.iter().all(|r| r.unknown_columns.is_empty()));
+    rows.iter().map(|r| value(&r.row)).collect()
+}
+
+#[tokio::test]
+async fn time_travel_of_a_table_includes_rows_never_changed_since_tracking_began() {
+    let (_db, mut sql, tracker) = start(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, total numeric(10, 2));
+         ALTER TABLE orders REPLICA IDENTITY FULL;
+         INSERT INTO orders SELECT g, 'new', g * 1.5 FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let start_moment = clock(&sql).await;
+    let at_start = snapshot(&sql, "orders").await;
+    // 20 of the 50 rows change while tracked, in two requests.
+    write(
+        &sql,
+        json!({"request_id": "r1"}),
+        "UPDATE orders SET status = 'paid' WHERE id <= 10;
+         DELETE FROM orders WHERE id BETWEEN 11 AND 13;",
+    )
+    .await;
+    let moment = clock(&sql).await;
+    let at_moment = snapshot(&sql, "orders").await;
+    write(
+        &sql,
+        json!({"request_id": "r2"}),
+        "UPDATE orders SET total = 0 WHERE id BETWEEN 14 AND 20;
+         INSERT INTO orders VALUES (51, 'new', 1);",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+
+    assert_eq!(travel(&sql, "orders", start_moment).await, at_start);
+    assert_eq!(travel(&sql, "orders", moment).await, at_moment);
+    assert_eq!(at_moment.len(), 47);
+    // One record never changed, at both moments.
+    let untouched = TimeTravel::new("orders")
+        .row_at(&sql, &sql, "42", moment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value(&untouched.row), at_moment[38]);
+
+    // After reverting the second request, the past is unchanged and the present is the table.
+    Revert::new(ChangeFilter::new().context_contains(json!({"request_id": "r2"})))
+        .run(&mut sql)
+        .await
+        .unwrap();
+    sync(&sql, &tracker).await;
+    let now = clock(&sql).await;
+    assert_eq!(travel(&sql, "orders", moment).await, at_moment);
+    assert_eq!(travel(&sql, "orders", start_moment).await, at_start);
+    assert_eq!(travel(&sql, "orders", now).await, at_moment);
+    tracker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn time_travel_refuses_a_key_with_a_column_that_is_never_sent() {
+    let (_db, sql, tracker) = start(
+        "CREATE TABLE t (a int, b int GENERATED ALWAYS AS (a * 2) STORED, v text,
+                         PRIMARY KEY (a, b));
+         ALTER TABLE t REPLICA IDENTITY FULL;",
+    )
+    .await;
+    write(&sql, json!({}), "INSERT INTO t (a, v) VALUES (1, 'x');").await;
+    sync(&sql, &tracker).await;
+    let at = clock(&sql).await;
+    let error = TimeTravel::new("t")
+        .table_at(&sql, &sql, at)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("generated column"), "{error}");
+    // With the key columns given, the changes themselves show the key is missing.
+    let error = TimeTravel::new("t")
+        .key_columns(["a", "b"])
+        .table_at(&sql, &sql, at)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no value for the key columns"), "{error}");
+    tracker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_full_identity_unknown_values_stay_unknown_in_diffs_and_time_travel() {
+    let (_db, sql, tracker) = start(
+        "CREATE TABLE notes (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL;
+         CREATE TABLE coded (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
+         CREATE UNIQUE INDEX coded_id_code ON coded (id, code);
+         ALTER TABLE coded REPLICA IDENTITY USING INDEX coded_id_code;
+         -- REPLICA IDENTITY DEFAULT, with a row from before tracking began.
+         INSERT INTO notes VALUES (1, 'old', repeat('x', 10000));
+         ALTER TABLE notes REPLICA IDENTITY DEFAULT;",
+    )
+    .await;
+    let moment = clock(&sql).await;
+    write(
+        &sql,
+        json!({}),
+        "UPDATE notes SET title = 'new' WHERE id = 1;
+         INSERT INTO coded VALUES (7, 'c7', 'v');
+         DELETE FROM coded WHERE id = 7;",
+    )
+    .await;
+    sync(&sql, &tracker).await;
+
+    let history = ChangeQuery::history("notes", "1")
+        .fetch(&sql)
+        .await
+        .unwrap();
+    let diff = history[0].diff();
+    let title = diff.get("title").unwrap();
+    assert!(title.before_unknown, "{diff}");
+    assert_eq!(
+        serde_json::to_value(&diff).unwrap(),
+        json!({"id": [{"_bemi_unknown": true}, 1], "title": [{"_bemi_unknown": true}, "new"]})
+    );
+    // The unchanged TOASTed body was not sent: not a change, and not null.
+    assert_eq!(diff.to_string(), r#"id: ? → 1, title: ? → "new""#);
+    // At the moment, only the key is known: the rest is unknown, not null.
+    let row = TimeTravel::new("notes")
+        .row_at(&sql, &sql, "1", moment)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value(&row.row), json!({"id": 1}));
+    assert_eq!(row.unknown_columns, ["title", "body"]);
+
+    // USING INDEX: the DELETE's key comes from the old key tuple.
+    let deleted = ChangeQuery::history("coded", "7")
+        .fetch(&sql)
+        .await
+        .unwrap();
+    let operations: Vec<String> = deleted.iter().map(|c| c.operation.to_string()).collect();
+    assert_eq!(operations, ["CREATE", "DELETE"]);
+    tracker.shutdown().await.unwrap();
+}
