@@ -6,10 +6,13 @@
 //! applies exactly from the change where it happened.
 //!
 //! The one fact the stream cannot give is the primary key: with `REPLICA IDENTITY FULL` every
-//! column is flagged as a key column. So the key comes from the catalog (`pg_index`), looked up
-//! when a Relation message arrives. When the table has no primary key (or is gone), the
-//! replica identity index's columns are used if the identity is not FULL; otherwise there is
-//! no key.
+//! column is flagged as a key column. So the key is looked up when a Relation message arrives,
+//! as it was when the transaction being decoded committed: from the key history the setup's
+//! event trigger keeps ([`KEY_HISTORY`](crate::setup::KEY_HISTORY)), so a table dropped or
+//! re-keyed while the tracker lagged keeps the key of each change's time. Tables the history
+//! does not know yet (no setup trigger, or changes older than its first record) fall back to
+//! the live catalog (`pg_index`). When the table has no primary key (or is gone), the replica
+//! identity index's columns are used if the identity is not FULL; otherwise there is no key.
 //!
 //! Type messages, sent before a Relation message for the user-defined types of its columns,
 //! name array types (`_mood`, `_citext`): their values become JSON arrays. A text value that is
@@ -28,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::pgoutput::{self, ColumnValue, Message, Oid, OldTuple, PgTimestamp, TupleData};
 use crate::row::{ColumnInfo, RelationInfo, Row, RowEvent};
 use crate::value::{push_json_string, text_to_json, user_array_to_json};
+use crate::Lsn;
 
 /// Turns pgoutput messages into row events, keeping the relation cache.
 #[derive(Debug)]
@@ -36,6 +40,10 @@ pub struct RowDecoder {
     relations: HashMap<Oid, Arc<RelationInfo>>,
     /// User-defined types the stream's Type messages named as arrays (`_…`).
     user_arrays: HashSet<Oid>,
+    /// The commit LSN of the transaction being decoded (its Begin's final LSN).
+    commit_lsn: Lsn,
+    /// Whether the key history can be read: unknown until first asked.
+    key_history: Option<bool>,
 }
 
 impl RowDecoder {
@@ -46,6 +54,8 @@ impl RowDecoder {
             catalog,
             relations: HashMap::new(),
             user_arrays: HashSet::new(),
+            commit_lsn: Lsn::ZERO,
+            key_history: None,
         }
     }
 
@@ -63,7 +73,10 @@ impl RowDecoder {
     pub async fn decode(&mut self, message: Message) -> Result<Option<RowEvent>> {
         let event = match message {
             Message::Relation(relation) => {
-                let primary_key = self.primary_key(relation.oid).await?;
+                let primary_key = match self.recorded_key(relation.oid).await? {
+                    Some(key) => key,
+                    None => self.primary_key(relation.oid).await?,
+                };
                 let info = relation_info(&relation, &primary_key, &self.user_arrays);
                 self.relations.insert(relation.oid, Arc::new(info));
                 return Ok(None);
@@ -76,11 +89,14 @@ impl RowDecoder {
                 }
                 return Ok(None);
             }
-            Message::Begin(begin) => RowEvent::Begin {
-                xid: begin.xid,
-                final_lsn: begin.final_lsn,
-                commit_time: time(begin.commit_time)?,
-            },
+            Message::Begin(begin) => {
+                self.commit_lsn = begin.final_lsn;
+                RowEvent::Begin {
+                    xid: begin.xid,
+                    final_lsn: begin.final_lsn,
+                    commit_time: time(begin.commit_time)?,
+                }
+            }
             Message::Commit(commit) => RowEvent::Commit {
                 commit_lsn: commit.commit_lsn,
                 end_lsn: commit.end_lsn,
@@ -145,6 +161,42 @@ impl RowDecoder {
                 "a change refers to relation {oid}, which no Relation message described"
             ))
         })
+    }
+
+    /// The primary key's column names as the key history recorded them last before the
+    /// transaction being decoded committed; `None` when the history has no record of the table
+    /// from before then, or cannot be read (no setup trigger, no privilege: warned once).
+    async fn recorded_key(&mut self, oid: Oid) -> Result<Option<Vec<String>>> {
+        if self.key_history == Some(false) {
+            return Ok(None);
+        }
+        let (schema, table) = crate::setup::KEY_HISTORY;
+        let sql = format!(
+            "SELECT key_columns FROM {} WHERE relid = $1 AND lsn < $2::text::pg_lsn \
+             ORDER BY lsn DESC LIMIT 1",
+            crate::replication::quote_qualified(Some(schema), table)
+        );
+        match self
+            .catalog
+            .query_opt(&sql, &[&oid.0, &self.commit_lsn.to_string()])
+            .await
+        {
+            Ok(row) => {
+                self.key_history = Some(true);
+                Ok(row.map(|row| row.get(0)))
+            }
+            Err(e) if self.key_history.is_none() && e.as_db_error().is_some() => {
+                let error = Error::from(e);
+                if error.code() == Some("42P01") {
+                    tracing::info!("no key history (the setup installs it with an all-tables publication); primary keys come from the live catalog");
+                } else {
+                    tracing::warn!(error = %error.report(), "the key history cannot be read; primary keys come from the live catalog (a table dropped or re-keyed while the tracker lags gets the wrong key)");
+                }
+                self.key_history = Some(false);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The primary key's column names in key order, from the catalog.

@@ -42,6 +42,21 @@ pub const DESTINATION_ROLE: &str = "bemi_destination";
 /// The command tags that create a table, which the event trigger of the setup watches.
 const TABLE_CREATING_TAGS: [&str; 3] = ["CREATE TABLE", "CREATE TABLE AS", "SELECT INTO"];
 
+/// The command tags that can create or change a primary key.
+const KEY_CHANGING_TAGS: [&str; 4] = [
+    "CREATE TABLE",
+    "CREATE TABLE AS",
+    "SELECT INTO",
+    "ALTER TABLE",
+];
+
+/// The table (schema `public` of the source) where the setup's event trigger records each
+/// table's primary key columns whenever a command may change them, with the WAL position. The
+/// tracker reads a change's key columns as they were at the change's commit from it, so a key
+/// changed or a table dropped while the tracker lagged does not alter the stored keys. Never
+/// recorded in `changes`.
+pub const KEY_HISTORY: (&str, &str) = ("public", "_bemi_key_history");
+
 /// Which tables a publication created by the setup covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Tables {
@@ -208,8 +223,14 @@ impl SourceSetup {
     /// Published tables (other than the unrecorded ones) whose replica identity is not FULL.
     async fn tables_lacking_full_identity(&self, client: &Client) -> Result<Vec<String>> {
         let mut tables = tables_without_full_identity(client, &self.publication).await?;
-        tables.retain(|table| !self.unrecorded.contains(table));
+        tables.retain(|table| !self.is_unrecorded(table));
         Ok(tables)
+    }
+
+    /// Whether `schema.table` is never recorded: the tracker's own tables.
+    fn is_unrecorded(&self, table: &str) -> bool {
+        let (schema, name) = KEY_HISTORY;
+        self.unrecorded.iter().any(|t| t == table) || table == format!("{schema}.{name}")
     }
 
     /// Sets `REPLICA IDENTITY FULL` on the published tables lacking it, one table at a time,
@@ -228,7 +249,7 @@ impl SourceSetup {
             .await?;
         for row in rows {
             let (quoted, name): (String, String) = (row.get(0), row.get(1));
-            if self.unrecorded.contains(&name) {
+            if self.is_unrecorded(&name) {
                 continue;
             }
             let sql = format!(
@@ -254,8 +275,8 @@ impl SourceSetup {
         Ok(())
     }
 
-    /// Installs the event trigger that keeps `REPLICA IDENTITY FULL` for new tables, unless
-    /// the current one is there.
+    /// Installs the event triggers that keep `REPLICA IDENTITY FULL` for new tables and record
+    /// primary keys in [`KEY_HISTORY`], unless the current ones are there.
     async fn ensure_event_trigger(&self, client: &Client) -> Result<()> {
         let current: bool = client
             .query_one(
@@ -264,8 +285,12 @@ impl SourceSetup {
                    WHERE e.evtname = '_bemi_set_replica_identity_trigger' \
                      AND e.evtfoid = pg_catalog.to_regprocedure('public._bemi_set_replica_identity()') \
                      AND e.evttags = $1::text[] \
-                     AND p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'])",
-                &[&TABLE_CREATING_TAGS.as_slice()],
+                     AND p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp']) \
+                 AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger e \
+                   WHERE e.evtname = '_bemi_record_keys_trigger' \
+                     AND e.evtfoid = pg_catalog.to_regprocedure('public._bemi_record_keys()') \
+                     AND e.evttags = $2::text[])",
+                &[&TABLE_CREATING_TAGS.as_slice(), &KEY_CHANGING_TAGS.as_slice()],
             )
             .await?
             .get(0);
@@ -371,7 +396,7 @@ END $bemi$;
         }
         statements.push(format!(
             "
--- 4. The replication slot (never dropped by the tracker).
+-- 5. The replication slot (never dropped by the tracker).
 SELECT pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput')
 WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot});
 ",
@@ -628,7 +653,65 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
 fn event_trigger_sql() -> String {
     format!(
         "
--- 3. Keep REPLICA IDENTITY FULL for tables created later, by any command that creates one
+-- 3. Record primary keys as they change, so that changes decoded later keep the key of their
+--    time (a table dropped or re-keyed meanwhile). Runs as the setup's role (security
+--    definer, fixed search path): table owners need no rights on the history.
+CREATE TABLE IF NOT EXISTS public._bemi_key_history (
+  relid pg_catalog.oid NOT NULL,
+  lsn pg_catalog.pg_lsn NOT NULL,
+  table_schema text NOT NULL,
+  table_name text NOT NULL,
+  key_columns text[] NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX IF NOT EXISTS _bemi_key_history_relid_lsn ON public._bemi_key_history (relid, lsn);
+REVOKE ALL ON public._bemi_key_history FROM PUBLIC;
+CREATE OR REPLACE FUNCTION public._bemi_record_keys() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE t record; cols text[];
+BEGIN
+  FOR t IN SELECT DISTINCT c.oid, n.nspname, c.relname
+           FROM pg_catalog.pg_event_trigger_ddl_commands() d
+           JOIN pg_catalog.pg_class c ON c.oid = d.objid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE d.object_type = 'table' AND c.relkind IN ('r', 'p')
+  LOOP
+    SELECT COALESCE(pg_catalog.array_agg(a.attname::text ORDER BY k.ord), '{{}}') INTO cols
+    FROM pg_catalog.pg_index i
+    CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = t.oid AND i.indisprimary;
+    IF cols IS DISTINCT FROM (SELECT h.key_columns FROM public._bemi_key_history h
+                              WHERE h.relid = t.oid ORDER BY h.lsn DESC LIMIT 1) THEN
+      INSERT INTO public._bemi_key_history (relid, lsn, table_schema, table_name, key_columns)
+      VALUES (t.oid, pg_catalog.pg_current_wal_insert_lsn(), t.nspname, t.relname, cols);
+    END IF;
+  END LOOP;
+END $bemi$;
+DO $bemi$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger
+                 WHERE evtname = '_bemi_record_keys_trigger'
+                   AND evtfoid = 'public._bemi_record_keys()'::pg_catalog.regprocedure
+                   AND evttags = ARRAY[{key_tags}]::pg_catalog.text[]) THEN
+    DROP EVENT TRIGGER IF EXISTS _bemi_record_keys_trigger;
+    CREATE EVENT TRIGGER _bemi_record_keys_trigger ON ddl_command_end
+      WHEN TAG IN ({key_tags}) EXECUTE FUNCTION public._bemi_record_keys();
+  END IF;
+END $bemi$;
+-- The keys of the tables that exist now.
+INSERT INTO public._bemi_key_history (relid, lsn, table_schema, table_name, key_columns)
+SELECT c.oid, pg_catalog.pg_current_wal_insert_lsn(), n.nspname, c.relname,
+       COALESCE((SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord)
+                 FROM pg_catalog.pg_index i
+                 CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                 WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT FROM public._bemi_key_history h WHERE h.relid = c.oid);
+
+-- 4. Keep REPLICA IDENTITY FULL for tables created later, by any command that creates one
 --    (partitions included). The function runs as the role creating the table, with the same
 --    fixed search path.
 CREATE OR REPLACE FUNCTION public._bemi_set_replica_identity() RETURNS event_trigger
@@ -656,12 +739,17 @@ DO $bemi$ BEGIN
   END IF;
 END $bemi$;
 ",
-        tags = TABLE_CREATING_TAGS
-            .iter()
-            .map(|tag| quote_literal(tag))
-            .collect::<Vec<_>>()
-            .join(", ")
+        tags = literals(&TABLE_CREATING_TAGS),
+        key_tags = literals(&KEY_CHANGING_TAGS),
     )
+}
+
+fn literals(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|word| quote_literal(word))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The error for a slot whose WAL was removed.

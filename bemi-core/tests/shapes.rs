@@ -227,3 +227,49 @@ async fn without_full_identity_unknown_values_stay_unknown_in_diffs_and_time_tra
     assert_eq!(operations, ["CREATE", "DELETE"]);
     tracker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn keys_are_those_of_the_change_s_time_after_a_drop_or_a_new_primary_key() {
+    let db = bemi_core::testing::TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE gone (id int PRIMARY KEY, code text);
+         CREATE TABLE rekeyed (x int PRIMARY KEY, y int NOT NULL);",
+    )
+    .await
+    .unwrap();
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    tracker.shutdown().await.unwrap();
+
+    // while the tracker is stopped: a table is dropped, another gets a new primary key
+    for statement in [
+        "INSERT INTO gone VALUES (7, 'a')",
+        "DROP TABLE gone",
+        "INSERT INTO rekeyed VALUES (1, 10)",
+        "ALTER TABLE rekeyed DROP CONSTRAINT rekeyed_pkey, ADD PRIMARY KEY (y)",
+        "INSERT INTO rekeyed VALUES (2, 20)",
+    ] {
+        sql.batch_execute(statement).await.unwrap();
+    }
+    let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    db.wait_for_changes(3, &tracker, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    tracker.shutdown().await.unwrap();
+    let keys: Vec<(String, Option<String>)> = sql
+        .query(
+            "SELECT \"table\"::text, primary_key FROM changes ORDER BY commit_lsn, ordinal",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected = [("gone", "7"), ("rekeyed", "1"), ("rekeyed", "20")];
+    let expected: Vec<(String, Option<String>)> = expected
+        .iter()
+        .map(|(t, k)| (t.to_string(), Some(k.to_string())))
+        .collect();
+    assert_eq!(keys, expected);
+}

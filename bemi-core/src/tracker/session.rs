@@ -94,6 +94,8 @@ impl Session {
         for (schema, table) in start.ignore_tables {
             stitcher.ignore_table(schema, table);
         }
+        let (schema, table) = setup::KEY_HISTORY;
+        stitcher.ignore_table(schema, table);
         let durable = durable.unwrap_or(Lsn::ZERO);
         stitcher.resume_after(durable);
         let stream = client
