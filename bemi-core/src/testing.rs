@@ -217,6 +217,7 @@ impl EventTap {
     pub async fn start(db: &TestDatabase) -> Result<EventTap> {
         let client = db.connect().await?;
         crate::setup::SourceSetup::new(db.slot(), db.publication())
+            .replica_identity(false)
             .prepare(&client)
             .await?;
         let stream = crate::ReplicationClient::connect(&db.options())
