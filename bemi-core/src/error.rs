@@ -2,11 +2,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// `Result` with bemi-core's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong, broadly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,12 +58,16 @@ pub enum ErrorKind {
 /// retry loop) asks: what kind of problem it is ([`Error::kind`]), whether trying again can help
 /// ([`Error::is_transient`]), and the server's SQLSTATE when the server reported it
 /// ([`Error::code`]). The message says what to do; the cause stays reachable through
-/// [`std::error::Error::source`].
+/// [`std::error::Error::source`]. Cloning is cheap and keeps the whole chain, so the error
+/// that ended a tracker session can be handed on as it is (see
+/// [`Progress::last_error`](crate::Progress::last_error)).
+#[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     code: Option<String>,
-    source: Option<BoxError>,
+    transient: Option<bool>,
+    source: Option<SharedError>,
 }
 
 impl Error {
@@ -71,18 +77,41 @@ impl Error {
             kind,
             message: message.into(),
             code: None,
+            transient: None,
             source: None,
         }
     }
 
     /// Attaches the underlying cause.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// Says whether trying again later may succeed, overriding the classification by kind and
+    /// SQLSTATE of [`is_transient`](Self::is_transient). For a custom
+    /// [`ChangeSink`](crate::sink::ChangeSink): a transient error makes the tracker reconnect
+    /// with backoff and write the batch again; any other stops it.
+    ///
+    /// ```
+    /// use bemi_core::{Error, ErrorKind};
+    ///
+    /// let busy = Error::new(ErrorKind::Sink, "the search index is rebalancing").with_transient(true);
+    /// assert!(busy.is_transient());
+    /// ```
+    pub fn with_transient(mut self, transient: bool) -> Self {
+        self.transient = Some(transient);
         self
     }
 
     pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
+        self
+    }
+
+    /// Takes the SQLSTATE of `cause`, if it has one.
+    pub(crate) fn with_code_of(mut self, cause: &Error) -> Self {
+        self.code = cause.code.clone();
         self
     }
 
@@ -128,6 +157,9 @@ impl Error {
     /// connection that is going away. Configuration, privilege and data problems are not
     /// transient.
     pub fn is_transient(&self) -> bool {
+        if let Some(transient) = self.transient {
+            return transient;
+        }
         match self.kind {
             ErrorKind::Connect | ErrorKind::SlotInUse => true,
             ErrorKind::Db | ErrorKind::Sink => {
@@ -316,6 +348,21 @@ mod tests {
             sqlstate_kind("42P01", "relation does not exist"),
             ErrorKind::Db
         );
+    }
+
+    #[test]
+    fn a_clone_keeps_the_chain_and_an_explicit_transience_wins() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = Error::connection_lost(io).with_transient(false);
+        let copy = e.clone();
+        assert_eq!(
+            copy.report(),
+            "the connection to the server was lost: reset"
+        );
+        assert!(!copy.is_transient(), "overridden");
+        assert!(Error::new(ErrorKind::Sink, "busy")
+            .with_transient(true)
+            .is_transient());
     }
 
     #[test]

@@ -249,7 +249,8 @@ async fn start_returns_why_the_tracker_did_not_start() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect, "{}", err.report());
     assert!(
-        err.to_string().starts_with("the tracker did not start: "),
+        err.report()
+            .starts_with("the tracker did not start: the database connection failed"),
         "{}",
         err.report()
     );

@@ -113,7 +113,10 @@ impl Batch {
 ///   server while a call is slow.
 /// * **Errors.** An error whose [`Error::is_transient`](crate::Error::is_transient) is true
 ///   makes the tracker reconnect with backoff and replay from the durable position; any other
-///   error stops the tracker.
+///   error stops the tracker. A sink says which of its own errors are worth retrying with
+///   [`Error::with_transient`](crate::Error::with_transient). A write that takes longer than
+///   the tracker's [`write_timeout`](crate::TrackerBuilder::write_timeout) is abandoned (its
+///   future dropped) and retried on a new session.
 #[async_trait]
 pub trait ChangeSink: Send + 'static {
     /// Prepares the sink (creates tables, connects) and returns its durable position.

@@ -232,15 +232,15 @@ impl<S: ChangeSink> TrackerBuilder<S> {
             return Ok(tracker);
         }
         // An error the tracker gives up on ends its task with that error; it keeps retrying
-        // after any other, whose report and kind are in the progress.
+        // after any other, which is in the progress.
         tracker.shutdown().await?;
-        Err(Error::new(
-            progress.last_error_kind.unwrap_or(ErrorKind::Connect),
-            format!(
-                "the tracker did not start: {}",
-                progress.last_error.as_deref().unwrap_or("it stopped")
-            ),
-        ))
+        Err(match progress.last_error {
+            Some(cause) => Error::new(cause.kind(), "the tracker did not start")
+                .with_code_of(&cause)
+                .with_transient(cause.is_transient())
+                .with_source(cause),
+            None => Error::new(ErrorKind::Connect, "the tracker did not start"),
+        })
     }
 
     /// Spawns the tracker on the current tokio runtime.
@@ -344,7 +344,7 @@ struct Settings {
 }
 
 /// What a running tracker has done.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Progress {
     /// The last position confirmed to the slot (stored by the sink, or idle).
@@ -361,18 +361,15 @@ pub struct Progress {
     pub reconnects: u64,
     /// Whether a replication session is streaming now.
     pub connected: bool,
-    /// The error that ended the last session, if any.
-    pub last_error: Option<String>,
-    /// The [`kind`](Error::kind) of [`last_error`](Self::last_error).
-    pub last_error_kind: Option<ErrorKind>,
+    /// The error that ended the last session, if any, whole (kind, SQLSTATE, causes).
+    pub last_error: Option<Error>,
     /// Whether the current session stored something (for the backoff).
     stored_in_session: bool,
 }
 
 impl Progress {
     fn record_error(&mut self, error: &Error) {
-        self.last_error = Some(error.report());
-        self.last_error_kind = Some(error.kind());
+        self.last_error = Some(error.clone());
     }
 }
 
