@@ -85,7 +85,7 @@ async fn killing_the_worker_ten_times_loses_and_doubles_nothing() {
 
     let writer = db.connect().await.unwrap();
     let written = Arc::new(AtomicI64::new(0));
-    let progress = written.clone();
+    let progress = Arc::clone(&written);
     let workload = tokio::spawn(async move {
         // Each transaction: its context, 5 inserts, 3 updates, 2 deletes.
         for txn in 0..TRANSACTIONS {

@@ -28,7 +28,7 @@ pub(crate) fn client_config(options: &ConnectOptions) -> Result<Option<Arc<Clien
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match effective_mode(options) {
         SslMode::Disable => return Ok(None),
-        SslMode::Prefer | SslMode::Require => Arc::new(NoVerification(provider.clone())),
+        SslMode::Prefer | SslMode::Require => Arc::new(NoVerification(Arc::clone(&provider))),
         SslMode::VerifyCa => Arc::new(ChainOnly(webpki_verifier(options, &provider)?)),
         SslMode::VerifyFull => webpki_verifier(options, &provider)?,
     };
@@ -95,7 +95,7 @@ fn webpki_verifier(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<WebPkiServerVerifier>> {
     let roots = root_store(options.ssl_root_cert())?;
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
         .build()
         .map_err(|e| {
             Error::new(ErrorKind::Tls, "could not set up certificate verification").with_source(e)

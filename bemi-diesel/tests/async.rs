@@ -211,7 +211,7 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
     let connections = Arc::new(connections);
     let tasks: Vec<_> = (0..100)
         .map(|task: i32| {
-            let connections = connections.clone();
+            let connections = Arc::clone(&connections);
             let context = task_context(task);
             tokio::spawn(scope(context, async move {
                 for step in 0..2 {

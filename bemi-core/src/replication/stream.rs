@@ -142,7 +142,7 @@ impl ReplicationStream {
             reply_wanted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
-        let task = tokio::spawn(send_feedback(write, shared.clone(), status_interval));
+        let task = tokio::spawn(send_feedback(write, Arc::clone(&shared), status_interval));
         ReplicationStream {
             reader: Reader::with_buffer(read, buffered),
             feedback: Feedback { shared },

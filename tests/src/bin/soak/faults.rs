@@ -132,7 +132,7 @@ impl Plan {
 
 /// Injects the plan's faults in order, each no earlier than its time.
 pub(crate) async fn run(soak: Arc<Soak>, plan: Plan, mut random: Random) {
-    let mut writer = Writer::new(soak.clone(), FAULT_CLIENT);
+    let mut writer = Writer::new(Arc::<Soak>::clone(&soak), FAULT_CLIENT);
     let total = plan.faults.len();
     for (i, (at, fault)) in plan.faults.into_iter().enumerate() {
         let wait = at.saturating_sub(soak.started.elapsed());
@@ -192,7 +192,7 @@ async fn inject(
             let rows = random.between(10_000, 20_000) as i64;
             let committed = bulk(writer, rows).await;
             tokio::time::sleep(Duration::from_millis(random.between(100, 800))).await;
-            let pg = soak.source.clone();
+            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.source);
             blocking(move || {
                 if crash {
                     pg.crash()?;
@@ -221,7 +221,7 @@ async fn inject(
             let pause = soak.gate.write().await;
             let caught_up = slot_caught_up(soak, Duration::from_secs(30)).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let pg = soak.source.clone();
+            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.source);
             let restarted = blocking(move || pg.restart()).await;
             // Stay idle a while after the restart: the worker reconnects to a quiet server.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -265,13 +265,13 @@ async fn inject(
         }
         Fault::DestinationDown => {
             let hold = Duration::from_millis(random.between(3000, 8000));
-            let pg = soak.destination.clone();
+            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.destination);
             blocking(move || pg.stop()).await?;
             tokio::time::sleep(hold).await;
-            let pg = soak.destination.clone();
+            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.destination);
             let mut started = Err(String::new());
             for _ in 0..5 {
-                let pg = pg.clone();
+                let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&pg);
                 started = blocking(move || pg.start_again()).await;
                 if started.is_ok() {
                     break;

@@ -352,26 +352,26 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     soak.worker().start()?;
     soak.say(plan.describe());
 
-    let monitor = tokio::spawn(worker::monitor(soak.clone()));
+    let monitor = tokio::spawn(worker::monitor(Arc::<Soak>::clone(&soak)));
     let mut writers = Vec::new();
     for client in 1..=args.clients {
         writers.push(tokio::spawn(workload::writer(
-            soak.clone(),
+            Arc::<Soak>::clone(&soak),
             client,
             Random::new(seed ^ u64::from(client) << 32),
             Duration::from_millis(args.pace_ms),
         )));
     }
     writers.push(tokio::spawn(workload::ddl(
-        soak.clone(),
+        Arc::<Soak>::clone(&soak),
         Random::new(seed ^ 0xDD1),
     )));
-    let status = tokio::spawn(workload::status(soak.clone()));
+    let status = tokio::spawn(workload::status(Arc::<Soak>::clone(&soak)));
 
     // Faults on their schedule; the workload runs at least for the duration and until the
     // schedule is done, bounded in case faults take much longer than planned.
     let hard_stop = args.duration + args.duration / 4 + Duration::from_secs(60);
-    let schedule = faults::run(soak.clone(), plan, Random::new(seed ^ 0xFA17));
+    let schedule = faults::run(Arc::<Soak>::clone(&soak), plan, Random::new(seed ^ 0xFA17));
     if tokio::time::timeout(hard_stop, schedule).await.is_err() {
         soak.say("the fault schedule did not finish in time; stopping it");
     }

@@ -140,7 +140,7 @@ impl Writer {
         self.seq += 1;
         let seq = self.seq;
         let context = format!("{{\"client\": {}, \"seq\": {seq}}}", self.client);
-        let soak = self.soak.clone();
+        let soak = Arc::<Soak>::clone(&self.soak);
         let gate = soak.gate.read().await;
         let outcome = match self.session().await {
             Some(client) => attempt(client, &context, statements).await,
@@ -357,7 +357,7 @@ fn one_write(
 /// A writing client: transactions of one to eight rows, sometimes hundreds, until the
 /// workload stops.
 pub(crate) async fn writer(soak: Arc<Soak>, client: u32, mut random: Random, pace: Duration) {
-    let mut w = Writer::new(soak.clone(), client);
+    let mut w = Writer::new(Arc::<Soak>::clone(&soak), client);
     let mut owned = Owned::default();
     while !soak.stopping() {
         let mut used = HashSet::new();
@@ -432,7 +432,7 @@ pub(crate) async fn bulk(w: &mut Writer, rows: i64) -> bool {
 /// drops a column of `acct`, retypes a column of `item`, and creates a table with rows in the
 /// same transaction, changes them around a DDL statement and drops the table.
 pub(crate) async fn ddl(soak: Arc<Soak>, mut random: Random) {
-    let mut w = Writer::new(soak.clone(), DDL_CLIENT);
+    let mut w = Writer::new(Arc::<Soak>::clone(&soak), DDL_CLIENT);
     let (mut cycle, mut step, mut failures) = (0u64, 0u64, 0u32);
     let mut tmp_rows: Vec<i64> = Vec::new();
     loop {
