@@ -332,9 +332,9 @@ impl SourceSetup {
                 (
                     format!("TABLE {}", names.join(", ")),
                     format!(
-                        "\n             AND c.oid IN (SELECT tree.relid FROM pg_catalog.unnest(\
-                         ARRAY[{}]::pg_catalog.regclass[]) AS l(oid), \
-                         pg_catalog.pg_partition_tree(l.oid) tree)",
+                        "\n             AND c.oid IN (SELECT COALESCE(tree.relid, l.oid) \
+                         FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.regclass[]) AS l(oid) \
+                         LEFT JOIN LATERAL pg_catalog.pg_partition_tree(l.oid) tree ON true)",
                         literals.join(", ")
                     ),
                 )
@@ -786,14 +786,15 @@ pub fn check_version(server_version_num: i32) -> Result<()> {
 }
 
 /// The tables whose rows a publication sends (`c`, in schema `n`), for `WHERE t.pubname = …`:
-/// those `pg_publication_tables` lists and their partitions, which it leaves out when the
+/// those `pg_publication_tables` lists and their partitions (`pg_partition_tree` has no row for
+/// a table that is not partitioned), which it leaves out when the
 /// publication publishes them via their root. Each partition's own replica identity decides
 /// what old row its UPDATEs and DELETEs send.
 const PUBLISHED_TABLES: &str = "pg_catalog.pg_publication_tables t \
     JOIN pg_catalog.pg_namespace tn ON tn.nspname = t.schemaname \
     JOIN pg_catalog.pg_class tc ON tc.relnamespace = tn.oid AND tc.relname = t.tablename \
-    CROSS JOIN LATERAL pg_catalog.pg_partition_tree(tc.oid) tree \
-    JOIN pg_catalog.pg_class c ON c.oid = tree.relid \
+    LEFT JOIN LATERAL pg_catalog.pg_partition_tree(tc.oid) tree ON true \
+    JOIN pg_catalog.pg_class c ON c.oid = COALESCE(tree.relid::pg_catalog.oid, tc.oid) \
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
 /// Published tables (partitions included) whose replica identity is not FULL, as
