@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bemi_core::query::TableName;
 use bemi_core::setup::Tables;
 use bemi_core::{ConnectOptions, Result, SslMode};
 use clap::{Args, Parser, Subcommand};
@@ -108,9 +109,10 @@ pub(crate) struct SourceArgs {
     /// Publication name
     #[arg(long, env = "BEMI_PUBLICATION", default_value = "bemi")]
     pub(crate) publication: String,
-    /// Tables to track, comma-separated (default: all tables)
+    /// Tables to track, comma-separated (default: all tables): `table` or `schema.table`, a
+    /// part holding a dot or a double quote in double quotes, e.g. '"my.table"'
     #[arg(long, env = "BEMI_TABLES", value_delimiter = ',')]
-    pub(crate) tables: Vec<String>,
+    pub(crate) tables: Vec<TableName>,
 }
 
 /// Where `changes` goes; each setting falls back to the tracked database's.

@@ -82,9 +82,10 @@ impl DatabaseArgs {
 /// Which changes: the flags shared by `changes` and `revert`.
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct FilterArgs {
-    /// Only changes of this table (`table` or `schema.table`)
+    /// Only changes of this table: `table` or `schema.table`, a part holding a dot or a double
+    /// quote in double quotes, e.g. '"my.table"'
     #[arg(long)]
-    table: Option<String>,
+    table: Option<TableName>,
     /// Only changes of the row with this primary key (composite keys as a JSON array: '[7,"x"]')
     #[arg(long)]
     pk: Option<String>,
@@ -126,8 +127,7 @@ impl FilterArgs {
     pub(crate) async fn filter_for(&self, connections: &Connections) -> ChangeFilter {
         let mut filter = self.filter().database(connections.database.clone());
         if let (Some(table), Some(pk)) = (&self.table, &self.pk) {
-            let table = TableName::parse(table);
-            filter = filter.primary_key(connections.stored_key(&table, pk).await);
+            filter = filter.primary_key(connections.stored_key(table, pk).await);
         }
         filter
     }
@@ -136,7 +136,7 @@ impl FilterArgs {
     pub(crate) fn filter(&self) -> ChangeFilter {
         let mut filter = ChangeFilter::new().operations(self.operation.iter().copied());
         if let Some(table) = &self.table {
-            filter = filter.table_name(TableName::parse(table));
+            filter = filter.table_name(table.clone());
         }
         if let Some(pk) = &self.pk {
             filter = filter.primary_key(pk);

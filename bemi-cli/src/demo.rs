@@ -39,7 +39,9 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
     let tracker = Tracker::builder(options.clone(), sink)
         .slot(SLOT)
         .publication(SLOT)
-        .tables(bemi_core::setup::Tables::Only(vec![TABLE.to_owned()]))
+        .tables(bemi_core::setup::Tables::Only(vec![
+            bemi_core::query::TableName::new(TABLE),
+        ]))
         .start()
         .await?;
     println!("Tracking {TABLE}; making changes as two users...\n");

@@ -12,8 +12,9 @@ use crate::changes::{parse_time, print_changes, print_json, ChangeJson, Database
 /// `bemi history`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct HistoryArgs {
-    /// The table (`table` or `schema.table`)
-    table: String,
+    /// The table: `table` or `schema.table`, a part holding a dot or a double quote in double
+    /// quotes, e.g. '"Billing Dept"."In""voice.2024"'
+    table: TableName,
     /// The record's primary key (composite keys as a JSON array, e.g. '[7,"x"]'); may be left
     /// out with --at to show the whole table
     pk: Option<String>,
@@ -30,7 +31,7 @@ pub(crate) struct HistoryArgs {
 
 pub(crate) async fn history(args: HistoryArgs) -> Result<()> {
     let connections = args.database.connect().await?;
-    let table = TableName::parse(&args.table);
+    let table = args.table;
     let Some(at) = args.at else {
         let Some(pk) = &args.pk else {
             return Err(Error::new(

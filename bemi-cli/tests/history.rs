@@ -411,3 +411,96 @@ async fn a_composite_key_typed_with_spaces_finds_its_record() {
         "{changes}"
     );
 }
+
+#[tokio::test]
+async fn table_names_with_dots_and_quotes_are_written_as_postgresql_writes_them() {
+    let (db, sql, tracker) = start(
+        r#"CREATE SCHEMA "Billing Dept";
+           CREATE TABLE "Billing Dept"."In""voice.2024" (id int PRIMARY KEY, v text);"#,
+    )
+    .await;
+    write(
+        &sql,
+        json!({"user": "alice"}),
+        r#"INSERT INTO "Billing Dept"."In""voice.2024" VALUES (1, 'a');"#,
+    )
+    .await;
+    sync(&sql, &tracker).await;
+
+    let quoted = r#""Billing Dept"."In""voice.2024""#;
+    let history = json_out(&bemi(&db, &["history", quoted, "1", "--json"]).await);
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history[0]["schema"], json!("Billing Dept"));
+    assert_eq!(history[0]["table"], json!("In\"voice.2024"));
+    let changes = json_out(&bemi(&db, &["changes", "--table", quoted, "--json"]).await);
+    assert_eq!(changes["changes"].as_array().unwrap().len(), 1, "{changes}");
+
+    // Malformed names are refused, with the accepted forms.
+    for args in [
+        ["history", r#"Billing Dept..In"voice.2024"#, "1"],
+        ["changes", "--table", r#""my.table"#],
+    ] {
+        let out = bemi(&db, &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains("invalid table name"), "{stderr}");
+        assert!(stderr.contains("schema.table"), "{stderr}");
+    }
+    tracker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn setup_publishes_a_table_whose_name_holds_a_dot() {
+    let db = bemi_core::testing::TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        r#"CREATE TABLE "my.table" (id int PRIMARY KEY); CREATE TABLE other (id int);"#,
+    )
+    .await
+    .unwrap();
+    let slot = db.slot();
+    let publication = db.publication();
+    stdout(
+        &bemi(
+            &db,
+            &[
+                "setup",
+                "--slot",
+                &slot,
+                "--publication",
+                &publication,
+                "--tables",
+                r#""my.table""#,
+            ],
+        )
+        .await,
+    );
+    let published: Vec<String> = sql
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, ["public.my.table"]);
+
+    let tracker = db.spawn_tracker().unwrap();
+    sql.batch_execute(r#"INSERT INTO other VALUES (1); INSERT INTO "my.table" VALUES (7);"#)
+        .await
+        .unwrap();
+    db.wait_for_changes(1, &tracker, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    let stored: Vec<(String, String)> = sql
+        .query("SELECT \"table\", primary_key FROM changes", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored, [("my.table".to_owned(), "7".to_owned())]);
+    tracker.shutdown().await.unwrap();
+}

@@ -39,7 +39,7 @@
 //!     println!("{} {:?} {}", change.operation, change.primary_key, change.diff());
 //! }
 //! // A record's history, oldest first.
-//! let history = ChangeQuery::history("todo", "7").fetch(client).await?;
+//! let history = ChangeQuery::history("todo".parse()?, "7").fetch(client).await?;
 //! # drop(history); Ok(()) }
 //! ```
 
@@ -107,9 +107,18 @@ impl Default for ChangesTable {
 
 /// A tracked table, optionally schema-qualified.
 ///
-/// Converting from text splits at the first `.`: `"audit.todo"` is table `todo` in schema
-/// `audit`, `"todo"` is `todo` in whichever schema (for queries) or the first schema of the
-/// search path that has it (for time travel).
+/// Its text form is the one PostgreSQL writes: `table` or `schema.table`, each part either
+/// written plainly or double-quoted, with a double quote inside a quoted part doubled. A part
+/// that holds a dot or a double quote must be quoted: `"Billing Dept"."In""voice.2024"` is
+/// table `In"voice.2024` in schema `Billing Dept`, `"my.table"` is table `my.table`, and
+/// `public."my.table"` is that table in `public`. Unlike SQL, a plain part is taken as written,
+/// not folded to lower case (`Todo` and `"Todo"` are the same table), because `changes` stores
+/// names as the catalog spells them; whitespace around a plain part is ignored. Anything else
+/// (an unbalanced quote, a quote inside a plain part, an empty part, more than two parts) is
+/// refused by [`TableName::parse`].
+///
+/// Without a schema, a table means `todo` in whichever schema (for queries), the first schema
+/// of the search path that has it (for time travel), or `public` (for a publication).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableName {
     /// The schema, if given.
@@ -119,7 +128,7 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// A table without a schema.
+    /// A table without a schema, named exactly `name` (no parsing).
     pub fn new(name: impl Into<String>) -> Self {
         TableName {
             schema: None,
@@ -127,7 +136,7 @@ impl TableName {
         }
     }
 
-    /// A table in `schema`.
+    /// Table `name` in `schema`, both exactly as given (no parsing).
     pub fn qualified(schema: impl Into<String>, name: impl Into<String>) -> Self {
         TableName {
             schema: Some(schema.into()),
@@ -135,24 +144,82 @@ impl TableName {
         }
     }
 
-    /// Reads `schema.table` or `table`.
-    pub fn parse(text: &str) -> Self {
-        match text.split_once('.') {
-            Some((schema, name)) => TableName::qualified(schema, name),
-            None => TableName::new(text),
+    /// Reads `table` or `schema.table`, each part plain or double-quoted (see [`TableName`]).
+    /// Fails with [`ErrorKind::Config`] on anything else, naming the accepted forms.
+    pub fn parse(text: &str) -> Result<Self> {
+        let invalid = |problem: &str| {
+            Error::config(format!(
+                "invalid table name {text:?}: {problem}; write table or schema.table, \
+                 double-quoting a part that holds a dot or a double quote and doubling a double \
+                 quote inside it, e.g. \"my.table\", public.\"my.table\" or \
+                 \"Billing Dept\".\"In\"\"voice.2024\""
+            ))
+        };
+        let mut parts = Vec::new();
+        let mut rest = text;
+        loop {
+            let trimmed = rest.trim_start();
+            let (part, after) = match trimmed.strip_prefix('"') {
+                Some(quoted) => {
+                    let (part, after) = split_quoted(quoted)
+                        .ok_or_else(|| invalid("a double quote is not closed"))?;
+                    if part.is_empty() {
+                        return Err(invalid("a quoted part is empty"));
+                    }
+                    (part, after.trim_start())
+                }
+                None => {
+                    let end = trimmed.find(['.', '"']).unwrap_or(trimmed.len());
+                    let (part, after) = trimmed.split_at(end);
+                    if after.starts_with('"') {
+                        return Err(invalid("a double quote inside a part that is not quoted"));
+                    }
+                    let part = part.trim_end();
+                    if part.is_empty() {
+                        return Err(invalid("a part is empty"));
+                    }
+                    (part.to_owned(), after)
+                }
+            };
+            parts.push(part);
+            match after.strip_prefix('.') {
+                Some(next) => rest = next,
+                None if after.is_empty() => break,
+                None => return Err(invalid("text follows a closing double quote")),
+            }
+        }
+        let mut parts = parts.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None) => Ok(TableName::new(name)),
+            (Some(schema), Some(name), None) => Ok(TableName::qualified(schema, name)),
+            _ => Err(invalid("more than two parts")),
         }
     }
 }
 
-impl From<&str> for TableName {
-    fn from(text: &str) -> Self {
-        TableName::parse(text)
+/// Splits the text after an opening double quote at its closing quote: the part, with doubled
+/// quotes made single, and the rest. `None` when no closing quote follows.
+fn split_quoted(text: &str) -> Option<(String, &str)> {
+    let mut part = String::new();
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c != '"' {
+            part.push(c);
+        } else if text[i + 1..].starts_with('"') {
+            part.push('"');
+            chars.next();
+        } else {
+            return Some((part, &text[i + 1..]));
+        }
     }
+    None
 }
 
-impl From<String> for TableName {
-    fn from(text: String) -> Self {
-        TableName::parse(&text)
+impl FromStr for TableName {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        TableName::parse(text)
     }
 }
 
@@ -163,12 +230,22 @@ impl Serialize for TableName {
     }
 }
 
+/// The text form [`TableName::parse`] reads back: each part plain, or double-quoted when it
+/// holds a dot or a double quote, starts or ends with whitespace, or is empty.
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.schema {
-            Some(schema) => write!(f, "{schema}.{}", self.name),
-            None => f.write_str(&self.name),
+        fn part(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+            let plain = !text.is_empty() && text.trim() == text && !text.contains(['.', '"']);
+            match plain {
+                true => f.write_str(text),
+                false => write!(f, "\"{}\"", text.replace('"', "\"\"")),
+            }
         }
+        if let Some(schema) = &self.schema {
+            part(f, schema)?;
+            f.write_str(".")?;
+        }
+        part(f, &self.name)
     }
 }
 
@@ -239,9 +316,9 @@ impl ChangeFilter {
         self
     }
 
-    /// Changes of a table given as a [`TableName`] (sets the schema too when it has one).
-    pub fn table_name(mut self, table: impl Into<TableName>) -> Self {
-        let table = table.into();
+    /// Changes of a table given as a [`TableName`] (sets the schema too when it has one), e.g.
+    /// `"billing.\"my.table\"".parse()?`.
+    pub fn table_name(mut self, table: TableName) -> Self {
         if let Some(schema) = table.schema {
             self.schema = Some(schema);
         }
@@ -536,7 +613,7 @@ impl ChangeQuery {
 
     /// The history of one record: every change of `table` stored under `primary_key`, oldest
     /// first. It runs on the `(table, primary_key, committed_at)` index.
-    pub fn history(table: impl Into<TableName>, primary_key: impl Into<String>) -> Self {
+    pub fn history(table: TableName, primary_key: impl Into<String>) -> Self {
         ChangeFilter::new()
             .table_name(table)
             .primary_key(primary_key)
@@ -894,11 +971,49 @@ mod tests {
 
     #[test]
     fn table_names() {
+        let parse = |text: &str| TableName::parse(text).unwrap();
+        assert_eq!(parse("audit.todo"), TableName::qualified("audit", "todo"));
+        assert_eq!(parse("todo"), TableName::new("todo"));
+        assert_eq!(parse(" Todo "), TableName::new("Todo"));
+        assert_eq!(parse("\"Todo\""), TableName::new("Todo"));
+        assert_eq!(parse("\"my.table\""), TableName::new("my.table"));
         assert_eq!(
-            TableName::parse("audit.todo"),
-            TableName::qualified("audit", "todo")
+            parse("public.\"my.table\""),
+            TableName::qualified("public", "my.table")
         );
-        assert_eq!(TableName::parse("todo"), TableName::new("todo"));
-        assert_eq!(TableName::parse("audit.todo").to_string(), "audit.todo");
+        let invoice = TableName::qualified("Billing Dept", "In\"voice.2024");
+        assert_eq!(parse(r#""Billing Dept"."In""voice.2024""#), invoice);
+        assert_eq!(parse(r#""Billing Dept" . "In""voice.2024""#), invoice);
+        // The text form reads back as the same name.
+        assert_eq!(invoice.to_string(), r#"Billing Dept."In""voice.2024""#);
+        assert_eq!(parse("audit.todo").to_string(), "audit.todo");
+        for name in [
+            invoice,
+            TableName::new(" x"),
+            TableName::qualified("a\"\"b", ".."),
+        ] {
+            assert_eq!(parse(&name.to_string()), name);
+        }
+    }
+
+    #[test]
+    fn malformed_table_names_are_refused_with_the_accepted_forms() {
+        for (text, problem) in [
+            (r#"Billing Dept..In"voice.2024"#, "a part is empty"),
+            ("", "a part is empty"),
+            ("todo.", "a part is empty"),
+            (".todo", "a part is empty"),
+            (r#""""#, "a quoted part is empty"),
+            (r#""my.table"#, "not closed"),
+            (r#"In"voice"#, "inside a part that is not quoted"),
+            (r#""a"b"#, "text follows a closing double quote"),
+            ("db.public.todo", "more than two parts"),
+        ] {
+            let error = TableName::parse(text).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Config, "{text}");
+            let message = error.to_string();
+            assert!(message.contains(problem), "{text}: {message}");
+            assert!(message.contains("schema.table"), "{message}");
+        }
     }
 }

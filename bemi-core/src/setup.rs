@@ -27,6 +27,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::query::TableName;
 use crate::replication::{quote_identifier, quote_literal};
 use crate::Lsn;
 
@@ -38,6 +39,11 @@ pub const SOURCE_ROLE: &str = "bemi_source";
 
 /// The role [`SourceSetup::roles_script`] creates for writing `changes`.
 pub const DESTINATION_ROLE: &str = "bemi_destination";
+
+/// The options of a publication the setup creates: changes of a partition are published as
+/// changes of its partitioned (root) table, under the root's name and key, and a row moving
+/// between partitions is one UPDATE (PostgreSQL 13+).
+const PUBLICATION_OPTIONS: &str = "publish_via_partition_root = true";
 
 /// The command tags that create a table, which the event trigger of the setup watches.
 const TABLE_CREATING_TAGS: [&str; 3] = ["CREATE TABLE", "CREATE TABLE AS", "SELECT INTO"];
@@ -63,9 +69,10 @@ pub enum Tables {
     /// `FOR ALL TABLES` (needs a superuser), including tables created later.
     #[default]
     All,
-    /// `FOR TABLE …`: names, optionally schema-qualified (`"billing.invoices"`); a name without
-    /// a schema is in `public`, whatever the session's `search_path`.
-    Only(Vec<String>),
+    /// `FOR TABLE …`: the tables, read with [`TableName::parse`] from text (`billing.invoices`,
+    /// `"my.table"`); a name without a schema is in `public`, whatever the session's
+    /// `search_path`.
+    Only(Vec<TableName>),
 }
 
 /// What to prepare on the source database.
@@ -238,12 +245,11 @@ impl SourceSetup {
     async fn ensure_full_identity(&self, client: &Client) -> Result<()> {
         let rows = client
             .query(
-                "SELECT pg_catalog.format('%I.%I', t.schemaname, t.tablename), \
-                        pg_catalog.format('%s.%s', t.schemaname, t.tablename) \
-                 FROM pg_catalog.pg_publication_tables t \
-                 JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
-                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
-                 WHERE t.pubname = $1 AND c.relreplident <> 'f'",
+                &format!(
+                    "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname), \
+                            pg_catalog.format('%s.%s', n.nspname, c.relname) \
+                     FROM {PUBLISHED_TABLES} WHERE t.pubname = $1 AND c.relreplident <> 'f'"
+                ),
                 &[&self.publication],
             )
             .await?;
@@ -345,14 +351,17 @@ impl SourceSetup {
         let (target, table_filter) = match &self.tables {
             Tables::All => ("ALL TABLES".to_owned(), String::new()),
             Tables::Only(names) => {
-                let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
-                let literals: Vec<String> = names
-                    .iter()
-                    .map(|n| format!("{}::pg_catalog.regclass", quote_literal(n)))
-                    .collect();
+                let names: Vec<String> = names.iter().map(qualified_name).collect();
+                let literals: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+                // The tables and their partitions.
                 (
                     format!("TABLE {}", names.join(", ")),
-                    format!(" AND c.oid IN ({})", literals.join(", ")),
+                    format!(
+                        "\n             AND c.oid IN (SELECT COALESCE(tree.relid, l.oid) \
+                         FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.regclass[]) AS l(oid) \
+                         LEFT JOIN LATERAL pg_catalog.pg_partition_tree(l.oid) tree ON true)",
+                        literals.join(", ")
+                    ),
                 )
             }
         };
@@ -367,10 +376,11 @@ SET search_path = pg_catalog, pg_temp;
 -- behind it); run the script again if it times out.
 SET lock_timeout = '10s';
 
--- 1. The publication of the tracked tables.
+-- 1. The publication of the tracked tables; changes of a partition are published as changes
+--    of its partitioned (root) table.
 DO $bemi$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {pub_literal}) THEN
-    CREATE PUBLICATION {publication} FOR {target};
+    CREATE PUBLICATION {publication} FOR {target} WITH ({PUBLICATION_OPTIONS});
   END IF;
 END $bemi$;
 "
@@ -446,7 +456,7 @@ END $bemi$;",
                 schema_literal = quote_literal(destination_schema)
             ),
             Tables::Only(names) => {
-                let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
+                let names: Vec<String> = names.iter().map(qualified_name).collect();
                 format!(
                     "GRANT SELECT ON TABLE {} TO {SOURCE_ROLE};",
                     names.join(", ")
@@ -527,6 +537,37 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
             .is_some())
     }
 
+    /// Warns when an existing publication (used as it is, never altered) publishes partitions
+    /// under their own names: without `publish_via_partition_root` their changes are stored
+    /// under each partition's name and a row moving between partitions as a DELETE and a CREATE.
+    async fn warn_if_partitions_published_apart(&self, client: &Client) -> Result<()> {
+        let partitions: Vec<String> = client
+            .query(
+                "SELECT pg_catalog.format('%s.%s', t.schemaname, t.tablename) \
+                 FROM pg_catalog.pg_publication p \
+                 JOIN pg_catalog.pg_publication_tables t ON t.pubname = p.pubname \
+                 JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname \
+                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+                 WHERE p.pubname = $1 AND NOT p.pubviaroot AND c.relispartition ORDER BY 1",
+                &[&self.publication],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !partitions.is_empty() {
+            tracing::warn!(
+                publication = %self.publication,
+                ?partitions,
+                "the publication publishes partitions under their own names, so their changes \
+                 are stored per partition and a row moving between partitions as a DELETE and a \
+                 CREATE; to store them under the partitioned table, run ALTER PUBLICATION … SET \
+                 (publish_via_partition_root = true)"
+            );
+        }
+        Ok(())
+    }
+
     async fn slot_row(&self, client: &Client) -> Result<Option<tokio_postgres::Row>> {
         Ok(client
             .query_opt(
@@ -539,17 +580,18 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
 
     async fn ensure_publication(&self, client: &Client) -> Result<bool> {
         if self.publication_exists(client).await? {
+            self.warn_if_partitions_published_apart(client).await?;
             return Ok(false);
         }
         let target = match &self.tables {
             Tables::All => "ALL TABLES".to_owned(),
             Tables::Only(names) => {
-                let names: Vec<String> = names.iter().map(|n| qualified_name(n)).collect();
+                let names: Vec<String> = names.iter().map(qualified_name).collect();
                 format!("TABLE {}", names.join(", "))
             }
         };
         let sql = format!(
-            "CREATE PUBLICATION {} FOR {target}",
+            "CREATE PUBLICATION {} FOR {target} WITH ({PUBLICATION_OPTIONS})",
             quote_identifier(&self.publication)
         );
         client.batch_execute(&sql).await.map_err(|e| {
@@ -831,28 +873,44 @@ pub fn check_version(server_version_num: i32) -> Result<()> {
     Ok(())
 }
 
-/// Published tables whose replica identity is not FULL, as `schema.table`.
+/// The tables whose rows a publication sends (`c`, in schema `n`), for `WHERE t.pubname = …`:
+/// those `pg_publication_tables` lists and their partitions (`pg_partition_tree` has no row for
+/// a table that is not partitioned), which it leaves out when the
+/// publication publishes them via their root. Each partition's own replica identity decides
+/// what old row its UPDATEs and DELETEs send.
+const PUBLISHED_TABLES: &str = "pg_catalog.pg_publication_tables t \
+    JOIN pg_catalog.pg_namespace tn ON tn.nspname = t.schemaname \
+    JOIN pg_catalog.pg_class tc ON tc.relnamespace = tn.oid AND tc.relname = t.tablename \
+    LEFT JOIN LATERAL pg_catalog.pg_partition_tree(tc.oid) tree ON true \
+    JOIN pg_catalog.pg_class c ON c.oid = COALESCE(tree.relid::pg_catalog.oid, tc.oid) \
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+/// Published tables (partitions included) whose replica identity is not FULL, as
+/// `schema.table`.
 pub async fn tables_without_full_identity(
     client: &Client,
     publication: &str,
 ) -> Result<Vec<String>> {
     let rows = client
         .query(
-            "SELECT pg_catalog.format('%s.%s', t.schemaname, t.tablename) \
-             FROM pg_publication_tables t \
-             JOIN pg_namespace n ON n.nspname = t.schemaname \
-             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
-             WHERE t.pubname = $1 AND c.relreplident <> 'f' ORDER BY 1",
+            &format!(
+                "SELECT DISTINCT pg_catalog.format('%s.%s', n.nspname, c.relname) \
+                 FROM {PUBLISHED_TABLES} WHERE t.pubname = $1 AND c.relreplident <> 'f' ORDER BY 1"
+            ),
             &[&publication],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// `schema.table` or `table` (in `public`) → quoted, schema-qualified SQL name.
-fn qualified_name(name: &str) -> String {
-    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
-    format!("{}.{}", quote_identifier(schema), quote_identifier(table))
+/// The quoted, schema-qualified SQL name of a table (in `public` when it has no schema).
+fn qualified_name(table: &TableName) -> String {
+    let schema = table.schema.as_deref().unwrap_or("public");
+    format!(
+        "{}.{}",
+        quote_identifier(schema),
+        quote_identifier(&table.name)
+    )
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn> {
@@ -876,10 +934,9 @@ mod tests {
 
     #[test]
     fn qualified_names_are_quoted() {
-        assert_eq!(
-            qualified_name("billing.invoices"),
-            "\"billing\".\"invoices\""
-        );
-        assert_eq!(qualified_name("Todo"), "\"public\".\"Todo\"");
+        let quoted = |text: &str| qualified_name(&TableName::parse(text).unwrap());
+        assert_eq!(quoted("billing.invoices"), "\"billing\".\"invoices\"");
+        assert_eq!(quoted("Todo"), "\"public\".\"Todo\"");
+        assert_eq!(quoted("\"my.table\""), "\"public\".\"my.table\"");
     }
 }

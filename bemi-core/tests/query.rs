@@ -70,7 +70,10 @@ async fn history_filters_diff_and_pagination() {
     sync(&sql, &tracker).await;
 
     // History of row 1: created, 5 updates, deleted, re-inserted; oldest first.
-    let history = ChangeQuery::history("todo", "1").fetch(&sql).await.unwrap();
+    let history = ChangeQuery::history("todo".parse().unwrap(), "1")
+        .fetch(&sql)
+        .await
+        .unwrap();
     let operations: Vec<Operation> = history.iter().map(|c| c.operation).collect();
     use Operation::*;
     assert_eq!(
@@ -99,7 +102,7 @@ async fn history_filters_diff_and_pagination() {
     assert_eq!(value(&history[6].before)["task"], json!("a5"));
     assert_eq!(value(&history[6].after), json!({}));
     // The schema-qualified name gives the same history; newest first reverses it.
-    let qualified = ChangeQuery::history("public.todo", "1")
+    let qualified = ChangeQuery::history("public.todo".parse().unwrap(), "1")
         .order(Order::Desc)
         .fetch(&sql)
         .await
@@ -114,7 +117,9 @@ async fn history_filters_diff_and_pagination() {
     // Keyset pagination, both directions, gives the same changes.
     for order in [Order::Asc, Order::Desc] {
         let mut seen = Vec::new();
-        let mut query = ChangeQuery::history("todo", "1").order(order).limit(3);
+        let mut query = ChangeQuery::history("todo".parse().unwrap(), "1")
+            .order(order)
+            .limit(3);
         let mut pages = 0;
         loop {
             let page = query.clone().fetch_page(&sql).await.unwrap();
@@ -215,7 +220,7 @@ async fn history_filters_diff_and_pagination() {
     sql.batch_execute("ANALYZE changes; SET enable_seqscan = off")
         .await
         .unwrap();
-    let plan = ChangeQuery::history("bulk", "2500")
+    let plan = ChangeQuery::history("bulk".parse().unwrap(), "2500")
         .explain(&sql)
         .await
         .unwrap();
@@ -224,7 +229,7 @@ async fn history_filters_diff_and_pagination() {
         plan.contains("table_primary_key_committed_at_index"),
         "{plan}"
     );
-    let history = ChangeQuery::history("bulk", "2500")
+    let history = ChangeQuery::history("bulk".parse().unwrap(), "2500")
         .fetch(&sql)
         .await
         .unwrap();
@@ -270,7 +275,7 @@ async fn time_travel_rebuilds_rows_and_tables_at_every_moment() {
     }
     sync(&sql, &tracker).await;
 
-    let travel = TimeTravel::new("acct");
+    let travel = TimeTravel::new("acct".parse().unwrap());
     let mut rows_checked = 0;
     for (moment, table) in &moments {
         for id in [1, 2, 3, 4, 9] {
@@ -301,7 +306,7 @@ async fn time_travel_rebuilds_rows_and_tables_at_every_moment() {
     );
     // Explicit key columns (no catalog) give the same answer.
     let (moment, table) = &moments[3];
-    let explicit = TimeTravel::new("public.acct").key_columns(["id"]);
+    let explicit = TimeTravel::new("public.acct".parse().unwrap()).key_columns(["id"]);
     let got: Vec<Value> = explicit
         .table_at(&sql, &sql, *moment)
         .await
@@ -342,7 +347,7 @@ async fn time_travel_with_a_composite_key() {
     .await;
     let third = clock(&sql).await;
     sync(&sql, &tracker).await;
-    let travel = TimeTravel::new("slot");
+    let travel = TimeTravel::new("slot".parse().unwrap());
     let old_key = r#"["a b", "2024-01-01"]"#;
     let new_key = r#"["a b","2024-01-03"]"#;
     let at = |key, moment| {
@@ -652,10 +657,10 @@ async fn time_travel_resolves_an_unqualified_table_from_the_tracked_catalog() {
     let at = clock(&sql).await;
 
     // Key columns given without the schema: every schema's `todo` matches.
-    let loose = TimeTravel::new("todo").key_columns(["id"]);
+    let loose = TimeTravel::new("todo".parse().unwrap()).key_columns(["id"]);
     assert_eq!(loose.table_at(&sql, &sql, at).await.unwrap().len(), 2);
     // Resolved from the tracked database's catalog: the table `search_path` finds, public.todo.
-    let rows = TimeTravel::new("todo")
+    let rows = TimeTravel::new("todo".parse().unwrap())
         .table_at(&sql, &sql, at)
         .await
         .unwrap();

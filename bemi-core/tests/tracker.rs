@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use bemi_core::query::TableName;
 use bemi_core::setup::Tables;
 use bemi_core::sink::{ChannelSink, PostgresSink};
 use bemi_core::testing::TestDatabase;
@@ -346,7 +347,7 @@ async fn a_database_busy_only_in_untracked_tables_does_not_pin_wal() {
     let tracker = Tracker::builder(db.options(), sink)
         .slot(db.slot())
         .publication(db.publication())
-        .tables(Tables::Only(vec!["tracked".into()]))
+        .tables(Tables::Only(vec![TableName::new("tracked")]))
         .spawn();
     tracker.wait_for(|p| p.connected).await;
     let start = restart_lsn(&sql, &db.slot()).await;

@@ -42,7 +42,7 @@ use crate::Operation;
 /// use bemi_core::query::TimeTravel;
 ///
 /// let moment = "2024-05-01T12:00:00Z".parse().unwrap();
-/// let todo = TimeTravel::new("public.todo");
+/// let todo = TimeTravel::new("public.todo".parse()?);
 /// // `changes` in the tracked database: the same client twice.
 /// let row = todo.row_at(client, client, "7", moment).await?; // None: row 7 did not exist then
 /// let rows = todo.table_at(client, client, moment).await?; // every row, by primary key
@@ -79,11 +79,11 @@ struct Resolved {
 }
 
 impl TimeTravel {
-    /// Time travel over `table` (`"todo"` or `"schema.todo"`), reading `public.changes`.
-    pub fn new(table: impl Into<TableName>) -> Self {
+    /// Time travel over `table`, reading `public.changes`.
+    pub fn new(table: TableName) -> Self {
         TimeTravel {
             changes: ChangesTable::default(),
-            table: table.into(),
+            table,
             database: None,
             key_columns: None,
         }
