@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bemi_core::query::TableName;
 use bemi_core::setup::Tables;
 use bemi_core::{ConnectOptions, Result, SslMode};
+use bemi_query::TableName;
 use clap::{Args, Parser, Subcommand};
 
 /// Track every change in a PostgreSQL database, with its application context, into Bemi's
@@ -244,8 +244,8 @@ impl ConnectionArgs {
 
 impl DestinationArgs {
     /// The `changes` table these arguments name.
-    pub(crate) fn changes_table(&self) -> bemi_core::query::ChangesTable {
-        bemi_core::query::ChangesTable::new(&self.destination_schema, "changes")
+    pub(crate) fn changes_table(&self) -> bemi_query::ChangesTable {
+        bemi_query::ChangesTable::new(&self.destination_schema, "changes")
     }
 
     /// Destination settings: the URL, or the source's settings with DESTINATION_DB_* over them.

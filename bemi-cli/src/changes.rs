@@ -1,11 +1,11 @@
 //! `bemi changes`: the changes that match filters, a page at a time; and what `history` and
 //! `revert` share with it: the connection flags, the filter flags and the table output.
 
-use bemi_core::query::{
+use bemi_core::{Error, ErrorKind, Lsn, Operation, Result};
+use bemi_query::{
     canonical_key, primary_key_columns, ChangeFilter, ChangesTable, Cursor, Diff, Order,
     StoredChange, TableName,
 };
-use bemi_core::{Error, ErrorKind, Lsn, Operation, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;

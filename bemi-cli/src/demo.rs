@@ -40,7 +40,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
         .slot(SLOT)
         .publication(SLOT)
         .tables(bemi_core::setup::Tables::Only(vec![
-            bemi_core::query::TableName::new(TABLE),
+            bemi_query::TableName::new(TABLE),
         ]))
         .start()
         .await?;

@@ -1,8 +1,8 @@
 //! `bemi history TABLE PK`: a record's changes, oldest first; with `--at`, the record (or the
 //! whole table) as it was at a moment.
 
-use bemi_core::query::{ChangeFilter, TableName, TimeTravel};
 use bemi_core::{Error, ErrorKind, Result};
+use bemi_query::{ChangeFilter, TableName, TimeTravel};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::value::RawValue;

@@ -1,7 +1,7 @@
 //! `bemi revert`: undo the changes that match filters, in one transaction with its own context.
 
-use bemi_core::query::Revert;
 use bemi_core::{Error, ErrorKind, Result};
+use bemi_query::Revert;
 use clap::Args;
 use serde::Serialize;
 
@@ -63,7 +63,7 @@ pub(crate) async fn revert(args: RevertArgs) -> Result<()> {
                 dry_run: bool,
                 changes: usize,
                 context: &'a str,
-                conflicts: &'a [bemi_core::query::Conflict],
+                conflicts: &'a [bemi_query::Conflict],
                 sql: String,
             }
             print_json(&DryRun {

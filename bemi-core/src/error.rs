@@ -169,7 +169,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+    /// A configuration error ([`ErrorKind::Config`]): settings or input that no retry fixes.
+    pub fn config(message: impl Into<Cow<'static, str>>) -> Self {
         Error::new(ErrorKind::Config, message)
     }
 

@@ -3,18 +3,19 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 mod change;
+pub mod changes_table;
 mod config;
 pub mod context;
 pub mod embedded;
 mod error;
 mod lsn;
 pub mod pgoutput;
-pub mod query;
 mod relation;
 pub mod replication;
 mod row;
 pub mod setup;
 pub mod sink;
+pub mod sql;
 pub mod stitch;
 #[cfg(feature = "testing")]
 pub mod testing;

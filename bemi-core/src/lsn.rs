@@ -15,9 +15,20 @@ impl Lsn {
     /// The invalid LSN `0/0`, which the server reads as "no position".
     pub const ZERO: Lsn = Lsn(0);
 
-    /// The LSN as an integer, as stored in the `position` column of `changes`.
+    /// The LSN as an integer.
     pub fn as_u64(self) -> u64 {
         self.0
+    }
+
+    /// The LSN as stored in the `int8` columns of `changes` (`position`, `commit_lsn`) and of
+    /// the progress table: the same 64 bits, read as signed (no LSN reaches 2^63).
+    pub fn to_int8(self) -> i64 {
+        self.0 as i64
+    }
+
+    /// The LSN stored as `int8` by [`to_int8`](Self::to_int8).
+    pub fn from_int8(value: i64) -> Self {
+        Lsn(value as u64)
     }
 }
 

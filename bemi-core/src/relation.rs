@@ -174,7 +174,7 @@ impl RowDecoder {
         let sql = format!(
             "SELECT key_columns FROM {} WHERE relid = $1 AND lsn < $2::text::pg_lsn \
              ORDER BY lsn DESC LIMIT 1",
-            crate::replication::quote_qualified(Some(schema), table)
+            crate::sql::quote_qualified(Some(schema), table)
         );
         match self
             .catalog
@@ -411,40 +411,12 @@ fn fit_row(json: &str, values: &[Option<Range<usize>>], limit: usize, table: &st
 /// The primary key as text: the value itself for a single column (strings unquoted), or a JSON
 /// array of the values for a composite key (`[1,"a"]`). `None` without a key or a key value.
 fn key_text(relation: &RelationInfo, row: &Row) -> Option<String> {
-    format_key(
+    crate::changes_table::format_key(
         relation
             .primary_key
             .iter()
             .map(|&i| row.value(i).map(Cow::Borrowed)),
     )
-}
-
-/// The primary key text from the JSON texts of the key's columns, in key order: the value
-/// itself for one column (a string unquoted, anything else as JSON), a JSON array of the values
-/// for several (`[1,"a"]`). `None` without columns, when a value is missing, or when a
-/// single-column key is null. The one definition of the form stored in `primary_key`, which
-/// the queries of the audit trail look keys up by.
-pub(crate) fn format_key<'a, I>(values: I) -> Option<String>
-where
-    I: IntoIterator<Item = Option<Cow<'a, str>>>,
-    I::IntoIter: ExactSizeIterator,
-{
-    let mut values = values.into_iter();
-    match values.len() {
-        0 => None,
-        1 => {
-            let json = values.next()??;
-            match serde_json::from_str::<String>(&json) {
-                Ok(text) => Some(text),
-                Err(_) if json == "null" => None,
-                Err(_) => Some(json.into_owned()),
-            }
-        }
-        _ => {
-            let parts: Option<Vec<Cow<'a, str>>> = values.collect();
-            Some(format!("[{}]", parts?.join(",")))
-        }
-    }
 }
 
 fn time(timestamp: PgTimestamp) -> Result<chrono::DateTime<chrono::Utc>> {

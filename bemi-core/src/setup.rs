@@ -27,8 +27,8 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::query::TableName;
-use crate::replication::{quote_identifier, quote_literal};
+use crate::sql::TableName;
+use crate::sql::{quote_identifier, quote_literal};
 use crate::Lsn;
 
 /// The oldest supported server (`pg_logical_emit_message` in pgoutput needs 14).

@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 use crate::embedded::TempPostgres;
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::quote_identifier;
+use crate::sql::quote_identifier;
 use crate::ConnectOptions;
 
 /// The variable that points tests at an existing server.

@@ -236,7 +236,7 @@ fn scalar_to_json(scalar: Scalar, text: &str, out: &mut String) {
 // Strings
 
 /// Appends `text` as a JSON string literal, escaped by serde_json when it needs escaping.
-pub(crate) fn push_json_string(text: &str, out: &mut String) {
+pub fn push_json_string(text: &str, out: &mut String) {
     // Most values need no escaping (JSON escapes only `"`, `\` and control characters).
     if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
         out.reserve(text.len() + 2);
@@ -643,7 +643,7 @@ const MAX_DIMENSIONS: usize = 6;
 /// it is malformed or has bounds (`[0:1]={…}`), appends the whole text as a string.
 /// Appends a value of a user-defined array type: a JSON array of the elements' texts (as
 /// [`text_to_json`] does for `text[]`).
-pub(crate) fn user_array_to_json(text: &str, out: &mut String) {
+pub fn user_array_to_json(text: &str, out: &mut String) {
     array_to_json(Scalar::Text, text, out);
 }
 

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use bemi_core::query::TableName;
 use bemi_core::setup::Tables;
 use bemi_core::sink::{ChannelSink, PostgresSink};
+use bemi_core::sql::TableName;
 use bemi_core::testing::TestDatabase;
 use bemi_core::{Operation, Tracker};
 use futures_util::StreamExt as _;

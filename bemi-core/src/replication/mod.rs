@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use crate::config::ConnectOptions;
 use crate::error::{Error, Result};
+use crate::sql::{quote_identifier, quote_literal};
 use crate::Lsn;
 use connection::Connection;
 pub use connection::Rows;
@@ -140,40 +141,5 @@ impl ReplicationClient {
             self.status_interval,
             self.receive_timeout,
         ))
-    }
-}
-
-/// Quotes an SQL identifier: `a"b` → `"a""b"`.
-pub(crate) fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a table name for SQL, schema-qualified when a schema is given: `"public"."todo"`.
-pub(crate) fn quote_qualified(schema: Option<&str>, name: &str) -> String {
-    match schema {
-        Some(schema) => format!("{}.{}", quote_identifier(schema), quote_identifier(name)),
-        None => quote_identifier(name),
-    }
-}
-
-pub(crate) use bemi_context::quote_literal;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_identifier("bemi"), "\"bemi\"");
-        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(
-            quote_literal(&format!(
-                "{},{}",
-                quote_identifier("a"),
-                quote_identifier("b")
-            )),
-            "'\"a\",\"b\"'"
-        );
     }
 }

@@ -11,7 +11,7 @@ use super::{Batch, ChangeSink, SinkStart, SourceInfo};
 use crate::change::Change;
 use crate::config::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::{quote_identifier, quote_qualified};
+use crate::sql::{quote_identifier, quote_qualified};
 
 const PRIMARY_KEY_CHARS: usize = 255;
 

@@ -2,8 +2,8 @@
 //! arrays with bounds, rows never changed since tracking began, replica identities other than
 //! FULL, keys that are never sent, names with dots and quotes, partitioned tables.
 
-use bemi_core::query::{ChangeFilter, ChangeQuery, Revert, TableName, TimeTravel};
 use bemi_core::testing::trail::{clock, start, sync, write};
+use bemi_query::{ChangeFilter, ChangeQuery, Revert, TableName, TimeTravel};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 

@@ -11,10 +11,10 @@ use futures_util::TryStreamExt as _;
 use serde_json::value::RawValue;
 use tokio_postgres::GenericClient;
 
-use super::key::LiveTable;
-use crate::error::{Error, ErrorKind, Result};
-use crate::replication::quote_identifier;
-use crate::value::{push_json_string, text_to_json, user_array_to_json};
+use crate::key::LiveTable;
+use bemi_core::sql::quote_identifier;
+use bemi_core::value::{push_json_string, text_to_json, user_array_to_json};
+use bemi_core::{Error, ErrorKind, Result};
 
 /// The session settings the tracker's replication connection pins (`PINNED_OPTIONS` in
 /// `replication/connection.rs`: keep both the same), which decide how values print.

@@ -8,13 +8,13 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
-use super::diff::columns;
-use super::key::{key_of, LiveTable};
-use super::{ChangeFilter, ChangeQuery, ChangesTable, Cursor, StoredChange, TableName};
-use crate::context::ContextTransaction as _;
-use crate::error::{Error, ErrorKind, Result};
-use crate::replication::{quote_identifier, quote_literal};
-use crate::Operation;
+use crate::diff::columns;
+use crate::key::{key_of, LiveTable};
+use crate::{ChangeFilter, ChangeQuery, ChangesTable, Cursor, StoredChange, TableName};
+use bemi_core::context::ContextTransaction as _;
+use bemi_core::sql::{quote_identifier, quote_literal};
+use bemi_core::Operation;
+use bemi_core::{Error, ErrorKind, Result};
 
 /// Undoes a set of changes in one transaction that carries its own context.
 ///
@@ -50,7 +50,7 @@ use crate::Operation;
 ///
 /// ```no_run
 /// # async fn run(client: &mut tokio_postgres::Client) -> bemi_core::Result<()> {
-/// use bemi_core::query::{ChangeFilter, Revert};
+/// use bemi_query::{ChangeFilter, Revert};
 ///
 /// let revert = Revert::new(
 ///     ChangeFilter::new().context_contains(serde_json::json!({"request_id": "r1"})),
@@ -918,7 +918,7 @@ fn refused(conflicts: &[Conflict]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Lsn;
+    use bemi_core::Lsn;
 
     fn step(sql: &str, params: &[&str], primary_key: &str) -> RevertStep {
         RevertStep {

@@ -9,13 +9,13 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::GenericClient;
 
-use super::diff::columns;
-use super::key::{canonical_key, compare_keys, key_objects, key_of, LiveTable};
-use super::live::live_rows;
-use super::{ChangeFilter, ChangesTable, Order, SqlBuilder, StoredChange, TableName};
-use crate::error::{Error, ErrorKind, Result};
-use crate::value::push_json_string;
-use crate::Operation;
+use crate::diff::columns;
+use crate::key::{canonical_key, compare_keys, key_objects, key_of, LiveTable};
+use crate::live::live_rows;
+use crate::{ChangeFilter, ChangesTable, Order, SqlBuilder, StoredChange, TableName};
+use bemi_core::value::push_json_string;
+use bemi_core::Operation;
+use bemi_core::{Error, ErrorKind, Result};
 
 /// Rebuilds rows of one table as they were at a moment, from the audit trail and the live
 /// table.
@@ -39,7 +39,7 @@ use crate::Operation;
 ///
 /// ```no_run
 /// # async fn run(client: &tokio_postgres::Client) -> bemi_core::Result<()> {
-/// use bemi_core::query::TimeTravel;
+/// use bemi_query::TimeTravel;
 ///
 /// let moment = "2024-05-01T12:00:00Z".parse().unwrap();
 /// let todo = TimeTravel::new("public.todo".parse()?);
@@ -620,8 +620,8 @@ mod tests {
             queued_at: time(minute),
             created_at: time(minute),
             transaction_id: 1,
-            position: crate::Lsn(u64::from(minute)),
-            commit_lsn: crate::Lsn(u64::from(minute)),
+            position: bemi_core::Lsn(u64::from(minute)),
+            commit_lsn: bemi_core::Lsn(u64::from(minute)),
             ordinal: 0,
         }
     }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 use tokio_postgres::GenericClient;
 
-use super::TableName;
-use crate::error::{Error, ErrorKind, Result};
-use crate::pgoutput::Oid;
-use crate::replication::quote_qualified;
+use crate::TableName;
+use bemi_core::sql::quote_qualified;
+use bemi_core::Oid;
+use bemi_core::{Error, ErrorKind, Result};
 
 /// A live table as the catalog describes it.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub(super) struct LiveTable {
     /// logical replication sends (PostgreSQL 15's pgoutput never sends generated columns).
     pub(super) writable_columns: Vec<String>,
     /// How the tracker converts each of `writable_columns`: its type, and whether that is a
-    /// user-defined array type (see [`ColumnInfo::user_array`](crate::ColumnInfo)).
+    /// user-defined array type (see [`ColumnInfo::user_array`](bemi_core::ColumnInfo)).
     pub(super) column_types: Vec<(Oid, bool)>,
     /// The `GENERATED ALWAYS AS IDENTITY` columns, which an UPDATE cannot set.
     pub(super) identity_always: Vec<String>,
@@ -130,7 +130,7 @@ where
 /// the value itself for one column (a string unquoted, anything else as JSON), a compact JSON
 /// array for several (`[7,"x"]`). `None` when a key column is missing or the key is null.
 pub(super) fn key_of(row: &BTreeMap<String, &RawValue>, key_columns: &[String]) -> Option<String> {
-    crate::relation::format_key(
+    bemi_core::changes_table::format_key(
         key_columns
             .iter()
             .map(|c| row.get(c).map(|v| Cow::Owned(minify(v.get())))),
@@ -143,8 +143,8 @@ pub(super) fn key_of(row: &BTreeMap<String, &RawValue>, key_columns: &[String]) 
 /// as given.
 ///
 /// ```
-/// assert_eq!(bemi_core::query::canonical_key(r#"["a b", 7]"#, 2), r#"["a b",7]"#);
-/// assert_eq!(bemi_core::query::canonical_key("[a, b]", 1), "[a, b]");
+/// assert_eq!(bemi_query::canonical_key(r#"["a b", 7]"#, 2), r#"["a b",7]"#);
+/// assert_eq!(bemi_query::canonical_key("[a, b]", 1), "[a, b]");
 /// ```
 pub fn canonical_key(key: &str, key_columns: usize) -> String {
     match key_columns {

@@ -7,8 +7,8 @@ use serde::ser::{SerializeMap as _, SerializeTuple as _};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::StoredChange;
-use crate::Operation;
+use crate::StoredChange;
+use bemi_core::Operation;
 
 /// The columns a change changed, by column name (sorted), each with its value before and after.
 ///
