@@ -698,6 +698,23 @@ fn event_trigger_sql() -> String {
 -- 3. Record primary keys as they change, so that changes decoded later keep the key of their
 --    time (a table dropped or re-keyed meanwhile). Runs as the setup's role (security
 --    definer, fixed search path): table owners need no rights on the history.
+-- The setup's own objects must be its own: a role that could create objects in `public` might
+-- otherwise have made one of them first and own it (and so its body or its triggers).
+DO $bemi$ DECLARE foreign_object text; BEGIN
+  SELECT pg_catalog.string_agg(o.name, ', ') INTO foreign_object
+  FROM (SELECT 'table public._bemi_key_history' AS name, c.relowner AS owner
+          FROM pg_catalog.pg_class c
+         WHERE c.oid = pg_catalog.to_regclass('public._bemi_key_history')
+        UNION ALL
+        SELECT 'function public.' || p.proname || '()', p.proowner
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'public'::pg_catalog.regnamespace
+           AND p.proname IN ('_bemi_record_keys', '_bemi_set_replica_identity')) o
+  WHERE o.owner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER);
+  IF foreign_object IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi setup: % already exist(s) and belong(s) to another role; drop them, or run the setup as their owner', foreign_object;
+  END IF;
+END $bemi$;
 CREATE TABLE IF NOT EXISTS public._bemi_key_history (
   relid pg_catalog.oid NOT NULL,
   lsn pg_catalog.pg_lsn NOT NULL,
@@ -707,6 +724,7 @@ CREATE TABLE IF NOT EXISTS public._bemi_key_history (
   recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 CREATE INDEX IF NOT EXISTS _bemi_key_history_relid_lsn ON public._bemi_key_history (relid, lsn);
+ALTER TABLE public._bemi_key_history REPLICA IDENTITY FULL;
 REVOKE ALL ON public._bemi_key_history FROM PUBLIC;
 CREATE OR REPLACE FUNCTION public._bemi_record_keys() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$

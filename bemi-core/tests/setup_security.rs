@@ -146,3 +146,48 @@ async fn a_server_error_is_reported_once() {
     }
     assert!(found, "the tokio_postgres error is in the source chain");
 }
+
+#[tokio::test]
+async fn the_setup_refuses_objects_of_its_own_that_another_role_made_first() {
+    let db = TestDatabase::create().await.expect("test database");
+    let admin = db.connect().await.unwrap();
+    let attacker = format!("{}_squatter", db.name());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {attacker} LOGIN; GRANT CREATE ON SCHEMA public TO {attacker};"
+        ))
+        .await
+        .unwrap();
+    // A table the superuser's key-recording trigger would insert into, with a trigger of the
+    // attacker's that would then run as the superuser.
+    let attacker_sql = db.options().with_user(&attacker).connect().await.unwrap();
+    attacker_sql
+        .batch_execute(
+            "CREATE TABLE public._bemi_key_history (relid oid, lsn pg_lsn, table_schema text,
+                                                     table_name text, key_columns text[],
+                                                     recorded_at timestamptz DEFAULT now());",
+        )
+        .await
+        .unwrap();
+    let err = SourceSetup::new(db.slot(), db.publication())
+        .apply(&admin)
+        .await
+        .unwrap_err();
+    assert!(
+        err.report().contains("belong(s) to another role"),
+        "{}",
+        err.report()
+    );
+    let triggers: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname = '_bemi_record_keys_trigger'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        triggers, 0,
+        "nothing of the attacker's is wired to the superuser's DDL"
+    );
+}
