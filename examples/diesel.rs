@@ -7,8 +7,8 @@
 //!
 //! The tracker runs in this process and stores changes in the `changes` table. The writes are
 //! Diesel's, synchronous, on tokio's blocking pool: `bemi_context::spawn_blocking` carries the
-//! "request's" context there, and `bemi_diesel::transaction_with_context` emits it as the first
-//! statement of each transaction.
+//! "request's" context there, and `bemi_diesel::transaction` emits it as the first statement of
+//! each transaction (`bemi_diesel::transaction_with` an explicit one).
 //!
 //! With your own database (PostgreSQL 14+, `wal_level = logical`, a role with REPLICATION) it
 //! creates the table `bemi_example_orders`, and leaves it, the `changes` table and its slot
@@ -21,7 +21,6 @@
 use std::time::{Duration, Instant};
 
 use bemi_context::{scope, Context};
-use bemi_diesel::transaction_with_context;
 use bemi_examples::{spawn_tracker, BoxError as Error, Database};
 use diesel::prelude::*;
 
@@ -69,7 +68,7 @@ async fn main() -> Result<(), Error> {
         bemi_context::spawn_blocking(move || -> Result<(), Error> {
             let mut conn = PgConnection::establish(&url)?;
             // The current context: the request's, carried by spawn_blocking.
-            transaction_with_context(&mut conn, None, |conn| {
+            bemi_diesel::transaction(&mut conn, |conn| {
                 let id: i32 = diesel::insert_into(orders::table)
                     .values((orders::item.eq("book"), orders::quantity.eq(1)))
                     .returning(orders::id)
@@ -85,7 +84,7 @@ async fn main() -> Result<(), Error> {
             let job = Context::new()
                 .with("job", "cleanup")
                 .with("reason", "it's */ done");
-            transaction_with_context(&mut conn, Some(&job), |conn| {
+            bemi_diesel::transaction_with(&mut conn, &job, |conn| {
                 diesel::delete(orders::table.filter(orders::item.eq("pen"))).execute(conn)
             })?;
             Ok(())

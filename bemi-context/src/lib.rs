@@ -130,8 +130,7 @@ pub use error::{Error, Result};
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use layer::{ContextLayer, ContextService, MakeContext};
 pub use payload::{
-    current_payload, emit_statement, payload, payload_or_current, quote_literal, EMIT_SQL,
-    MAX_PAYLOAD_CHARS, PREFIX,
+    current_payload, emit_statement, payload, quote_literal, EMIT_SQL, MAX_PAYLOAD_CHARS, PREFIX,
 };
 pub use scope::{
     current, merge_current, scope, scope_sync, spawn, spawn_blocking, Scoped, WithContext,

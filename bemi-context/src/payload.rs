@@ -88,30 +88,6 @@ pub fn current_payload() -> Option<String> {
     with_current(payload).flatten()
 }
 
-/// The payload of `ctx`, or when `ctx` is `None` of the [`current`](crate::current) context:
-/// what the adapters' functions that take an optional context emit.
-///
-/// ```
-/// use bemi_context::{payload_or_current, scope, Context};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let ctx = Context::new().with("job", "import");
-/// assert_eq!(payload_or_current(Some(&ctx)).as_deref(), Some(r#"{"job":"import"}"#));
-/// assert_eq!(payload_or_current(None), None);
-/// scope(ctx, async {
-///     assert_eq!(payload_or_current(None).as_deref(), Some(r#"{"job":"import"}"#));
-/// })
-/// .await;
-/// # }
-/// ```
-pub fn payload_or_current(ctx: Option<&Context>) -> Option<String> {
-    match ctx {
-        Some(ctx) => payload(ctx),
-        None => current_payload(),
-    }
-}
-
 /// A complete statement that emits `payload`, with the payload quoted as a SQL string literal:
 /// `SELECT pg_logical_emit_message(true, '_bemi', '…')`.
 ///

@@ -11,20 +11,18 @@
 //! | way | what | baseline |
 //! | --- | --- | --- |
 //! | `plain` | `client.transaction()`, inserts, commit | |
-//! | `begin_with_context` | [`begin_with_context`]: waits for `BEGIN`, then for the emit | `plain` |
-//! | `emit_with` | `client.transaction()`, then [`emit_with`] the first insert (unnamed emit) | `plain` |
+//! | `begin_with` | [`begin_with`] on the client: waits for `BEGIN`, then for the emit | `plain` |
+//! | `emit_before_with` | `client.transaction()`, then [`emit_before_with`] the first insert (unnamed emit) | `plain` |
 //! | `pool_plain` | deadpool's `object.transaction()`, inserts, commit | |
-//! | `pool_begin_cached` | [`begin_cached`]: `BEGIN`, then the cached prepared emit | `pool_plain` |
-//! | `pool_emit_with` | `object.transaction()`, then [`emit_with`] the first insert (cached prepared emit) | `pool_plain` |
-//! | `pool_select_1` | reference: `pool_emit_with` with a prepared `SELECT 1` in place of the emit | `pool_plain` |
+//! | `pool_begin_with` | [`begin_with`] on the deadpool object: `BEGIN`, then the cached prepared emit | `pool_plain` |
+//! | `pool_emit_before_with` | `object.transaction()`, then [`emit_before_with`] the first insert (cached prepared emit) | `pool_plain` |
+//! | `pool_select_1` | reference: `pool_emit_before_with` with a prepared `SELECT 1` in place of the emit | `pool_plain` |
 //!
 //! Inserts are prepared statements in every way (cached by deadpool in the `pool_` ways).
 //! `pool_select_1` is the cheapest statement a client can add to a transaction, sent the
 //! cheapest way: what any context, however carried, would cost at least.
 
-use bemi_core::context::{
-    begin_cached, begin_with_context, emit_with, Context, ContextTransaction,
-};
+use bemi_core::context::{begin_with, emit_before_with, Context, ContextTransaction};
 use bemi_core::testing::overhead::{client_context, compare, reset, Settings, INSERT};
 use bemi_core::ConnectOptions;
 use tokio_postgres::types::ToSql;
@@ -33,21 +31,21 @@ use tokio_postgres::{Client, Statement, Transaction};
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Way {
     Plain,
-    BeginWithContext,
-    EmitWith,
+    BeginWith,
+    EmitBeforeWith,
     PoolPlain,
-    PoolBeginCached,
-    PoolEmitWith,
+    PoolBeginWith,
+    PoolEmitBeforeWith,
     PoolSelect1,
 }
 
 const WAYS: [Way; 7] = [
     Way::Plain,
-    Way::BeginWithContext,
-    Way::EmitWith,
+    Way::BeginWith,
+    Way::EmitBeforeWith,
     Way::PoolPlain,
-    Way::PoolBeginCached,
-    Way::PoolEmitWith,
+    Way::PoolBeginWith,
+    Way::PoolEmitBeforeWith,
     Way::PoolSelect1,
 ];
 
@@ -55,19 +53,19 @@ impl bemi_core::testing::overhead::Way for Way {
     fn name(self) -> &'static str {
         match self {
             Way::Plain => "plain",
-            Way::BeginWithContext => "begin_with_context",
-            Way::EmitWith => "emit_with",
+            Way::BeginWith => "begin_with",
+            Way::EmitBeforeWith => "emit_before_with",
             Way::PoolPlain => "pool_plain",
-            Way::PoolBeginCached => "pool_begin_cached",
-            Way::PoolEmitWith => "pool_emit_with",
+            Way::PoolBeginWith => "pool_begin_with",
+            Way::PoolEmitBeforeWith => "pool_emit_before_with",
             Way::PoolSelect1 => "pool_select_1",
         }
     }
 
     fn baseline(self) -> Way {
         match self {
-            Way::Plain | Way::BeginWithContext | Way::EmitWith => Way::Plain,
-            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith | Way::PoolSelect1 => {
+            Way::Plain | Way::BeginWith | Way::EmitBeforeWith => Way::Plain,
+            Way::PoolPlain | Way::PoolBeginWith | Way::PoolEmitBeforeWith | Way::PoolSelect1 => {
                 Way::PoolPlain
             }
         }
@@ -100,10 +98,9 @@ impl bemi_core::testing::overhead::Writer for Writer {
 
     async fn write(&mut self, way: Way, statements: usize, n: i32) {
         let params: &[&(dyn ToSql + Sync)] = &[&"alice", &"book", &n];
-        let ctx = Some(&self.ctx);
         let select_1;
         let with_first = match way {
-            Way::EmitWith | Way::PoolEmitWith => WithFirst::Context(&self.ctx),
+            Way::EmitBeforeWith | Way::PoolEmitBeforeWith => WithFirst::Context(&self.ctx),
             Way::PoolSelect1 => {
                 select_1 = self
                     .object
@@ -115,19 +112,19 @@ impl bemi_core::testing::overhead::Writer for Writer {
             _ => WithFirst::Nothing,
         };
         match way {
-            Way::Plain | Way::BeginWithContext | Way::EmitWith => {
+            Way::Plain | Way::BeginWith | Way::EmitBeforeWith => {
                 let tx = match way {
-                    Way::BeginWithContext => begin_with_context(&mut self.client, ctx).await,
+                    Way::BeginWith => begin_with(&mut self.client, &self.ctx).await,
                     _ => self.client.transaction().await,
                 }
                 .expect("begin");
                 inserts(&tx, &tx, with_first, &self.insert, statements, params).await;
                 tx.commit().await.expect("commit");
             }
-            Way::PoolPlain | Way::PoolBeginCached | Way::PoolEmitWith | Way::PoolSelect1 => {
+            Way::PoolPlain | Way::PoolBeginWith | Way::PoolEmitBeforeWith | Way::PoolSelect1 => {
                 let insert = self.object.prepare_cached(INSERT).await.expect("prepare");
                 let tx = match way {
-                    Way::PoolBeginCached => begin_cached(&mut self.object, ctx).await,
+                    Way::PoolBeginWith => begin_with(&mut self.object, &self.ctx).await,
                     _ => self.object.transaction().await,
                 }
                 .expect("begin");
@@ -141,9 +138,9 @@ impl bemi_core::testing::overhead::Writer for Writer {
 /// What a way sends in the first insert's round trip.
 enum WithFirst<'a> {
     Nothing,
-    /// The context, with [`emit_with`].
+    /// The context, with [`emit_before_with`].
     Context(&'a Context),
-    /// A prepared `SELECT 1`, queued ahead of the insert as `emit_with` queues the emit.
+    /// A prepared `SELECT 1`, queued ahead of the insert as `emit_before_with` queues the emit.
     Select1(&'a Statement),
 }
 
@@ -160,7 +157,7 @@ async fn inserts(
     let first = tx.execute(insert, params);
     match with_first {
         WithFirst::Nothing => first.await,
-        WithFirst::Context(ctx) => emit_with(target, Some(ctx), first).await,
+        WithFirst::Context(ctx) => emit_before_with(target, ctx, first).await,
         WithFirst::Select1(select_1) => {
             let (selected, inserted) =
                 futures_util::future::join(tx.execute(select_1, &[]), first).await;

@@ -519,7 +519,7 @@ impl ConnectOptions {
     /// let options: bemi_core::ConnectOptions = "postgres://app@localhost/shop".parse()?;
     /// let pool = options.pool(16)?;
     /// let mut client = pool.get().await?;
-    /// let tx = bemi_core::context::begin_cached(&mut client, None).await?;
+    /// let tx = bemi_core::context::begin(&mut client).await?;
     /// # drop(tx); Ok(()) }
     /// ```
     ///

@@ -5,23 +5,35 @@
 //! statement:
 //!
 //! ```no_run
-//! use bemi_core::context::{begin_with_context, Context};
+//! use bemi_core::context::{begin, begin_with, Context};
 //!
 //! # async fn run(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
 //! let ctx = Context::new().with("user_id", 42).with("endpoint", "POST /orders");
-//! let tx = begin_with_context(client, Some(&ctx)).await?;
+//! let tx = begin_with(client, &ctx).await?;
 //! tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&"book"]).await?;
 //! tx.commit().await?;
 //!
 //! // Or with the current task-local context (bemi_context::scope, the tower layer, …).
 //! bemi_context::scope(ctx, async {
-//!     let tx = begin_with_context(client, None).await?;
+//!     let tx = begin(client).await?;
 //!     tx.execute("UPDATE orders SET paid = true", &[]).await?;
 //!     tx.commit().await
 //! })
 //! .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # The API
+//!
+//! Each function comes in two forms, as in every Bemi adapter: the plain one uses the
+//! [current context](bemi_context::current) of the task, the `_with` one an explicit
+//! [`Context`].
+//!
+//! | | current context | explicit context |
+//! | --- | --- | --- |
+//! | begin a transaction on a [`Client`], a deadpool [`Object`](deadpool_postgres::Object) or [`ClientWrapper`](deadpool_postgres::ClientWrapper) ([`Begin`]) | [`begin`] | [`begin_with`] |
+//! | emit into a transaction you already hold ([`ContextTransaction`]) | [`emit`] | [`emit_with`] |
+//! | emit in the same round trip as the transaction's first statement | [`emit_before`] | [`emit_before_with`] |
 //!
 //! The payload is [`bemi_context::payload`] of the context, bound as the text parameter of
 //! [`bemi_context::EMIT_SQL`], never spliced into SQL. With no context, an empty one,
@@ -34,17 +46,17 @@
 //! waits depends on how the statement is sent. tokio-postgres hands out a [`Transaction`] only
 //! after its `BEGIN` has completed, so:
 //!
-//! * [`begin_with_context`] waits for `BEGIN`, then for the emit: **one extra round trip**.
-//! * [`emit_with`] sends the emit **in the same round trip** as the transaction's first
+//! * [`begin`] waits for `BEGIN`, then for the emit: **one extra round trip**.
+//! * [`emit_before`] sends the emit **in the same round trip** as the transaction's first
 //!   statement, just ahead of it (tokio-postgres sends requests in the order they are first
 //!   polled, and the server runs them in that order):
 //!
 //! ```no_run
-//! use bemi_core::context::emit_with;
+//! use bemi_core::context::emit_before;
 //!
 //! # async fn run(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
 //! let tx = client.transaction().await?;
-//! emit_with(&tx, None, tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&"book"])).await?;
+//! emit_before(&tx, tx.execute("INSERT INTO orders (item) VALUES ($1)", &[&"book"])).await?;
 //! tx.execute("UPDATE stock SET count = count - 1 WHERE item = $1", &[&"book"]).await?;
 //! tx.commit().await?;
 //! # Ok(()) }
@@ -54,21 +66,21 @@
 //!   and executed afterwards. tokio-postgres keeps no statement cache, so on a plain
 //!   [`Transaction`] the emit is an unnamed statement the server parses and plans each time (it
 //!   needs nothing to be cached or closed, and works behind PgBouncer). deadpool-postgres keeps
-//!   one: every function here given a [`deadpool_postgres::Transaction`] uses it, and
-//!   [`begin_cached`] opens one from a pooled connection:
+//!   one: every function here given a [`deadpool_postgres::Transaction`] uses it, and [`begin`]
+//!   on a pooled [`Object`](deadpool_postgres::Object) opens such a transaction:
 //!
 //! ```no_run
-//! use bemi_core::context::{begin_cached, emit_with};
+//! use bemi_core::context::{begin, emit_before};
 //!
 //! # async fn run(pool: &deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut client = pool.get().await?;
 //! // the emit prepared on first use, then cached
 //! let tx = client.transaction().await?;
-//! emit_with(&tx, None, tx.execute("INSERT INTO orders (item) VALUES ('book')", &[])).await?;
+//! emit_before(&tx, tx.execute("INSERT INTO orders (item) VALUES ('book')", &[])).await?;
 //! tx.commit().await?;
 //!
 //! // or, paying the round trip, without choosing a first statement
-//! let tx = begin_cached(&mut client, None).await?;
+//! let tx = begin(&mut client).await?;
 //! tx.execute("DELETE FROM orders WHERE item = 'book'", &[]).await?;
 //! tx.commit().await?;
 //! # Ok(()) }
@@ -78,21 +90,47 @@
 //! (`cargo bench -p bemi-core --bench context_overhead`; figures in `BENCHMARKS.md`). With a
 //! local durable server on a 2-core machine, a one-row write transaction takes about 200 µs of
 //! CPU (client and server together); a context added about 20–35 µs of CPU per transaction with
-//! [`emit_with`] on a deadpool transaction (prepared and sent with the first statement, the
+//! [`emit_before`] on a deadpool transaction (prepared and sent with the first statement, the
 //! cheapest way: about what a prepared `SELECT 1` sent the same way costs), 40–56 µs with
-//! [`begin_cached`], 55–80 µs with [`emit_with`] on a plain transaction and 75–105 µs with
-//! [`begin_with_context`], which also waits for one more round trip.
+//! [`begin`] on a deadpool object, 55–80 µs with [`emit_before`] on a plain transaction and
+//! 75–105 µs with [`begin`] on a plain [`Client`], which also waits for one more round trip.
 //!
 //! Errors are tokio-postgres's own: this module adds no failure of its own, so `?` works in code
 //! that already returns [`tokio_postgres::Error`] (and [`crate::Error`] converts from it).
 
 use std::future::Future;
 
-use bemi_context::{payload_or_current, EMIT_SQL};
+use bemi_context::{current_payload, payload, EMIT_SQL};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Error, Transaction};
 
 pub use bemi_context::Context;
+
+/// A connection a transaction with context can begin on.
+///
+/// | type | the transaction [`begin`] opens | the emit |
+/// | --- | --- | --- |
+/// | [`Client`] | [`Transaction`] | an unnamed statement, parsed by the server each time |
+/// | [`deadpool_postgres::Object`] | [`deadpool_postgres::Transaction`] | prepared once per connection through the pool's statement cache |
+/// | [`deadpool_postgres::ClientWrapper`] | [`deadpool_postgres::Transaction`] | as for an `Object` |
+///
+/// Pass it as `&mut client` (`&mut object` for a pooled connection). To get a plain
+/// [`Transaction`] from a pooled connection, without the statement cache, pass the client it
+/// dereferences to: `&mut **object`.
+///
+/// Sealed: other types cannot implement it.
+pub trait Begin: Send + sealed::Sealed {
+    /// The transaction [`begin`] opens on this connection.
+    type Transaction<'a>: ContextTransaction
+    where
+        Self: 'a;
+
+    /// Opens a transaction, as the type's own `transaction()` does.
+    #[doc(hidden)]
+    fn open_transaction(
+        &mut self,
+    ) -> impl Future<Output = Result<Self::Transaction<'_>, Error>> + Send;
+}
 
 /// A transaction a context can be emitted into.
 ///
@@ -112,8 +150,36 @@ pub trait ContextTransaction: Sync + sealed::Sealed {
 
 mod sealed {
     pub trait Sealed {}
+    impl Sealed for tokio_postgres::Client {}
+    impl Sealed for deadpool_postgres::Object {}
+    impl Sealed for deadpool_postgres::ClientWrapper {}
     impl Sealed for tokio_postgres::Transaction<'_> {}
     impl Sealed for deadpool_postgres::Transaction<'_> {}
+}
+
+impl Begin for Client {
+    type Transaction<'a> = Transaction<'a>;
+
+    async fn open_transaction(&mut self) -> Result<Transaction<'_>, Error> {
+        self.transaction().await
+    }
+}
+
+impl Begin for deadpool_postgres::ClientWrapper {
+    type Transaction<'a> = deadpool_postgres::Transaction<'a>;
+
+    async fn open_transaction(&mut self) -> Result<deadpool_postgres::Transaction<'_>, Error> {
+        self.transaction().await
+    }
+}
+
+impl Begin for deadpool_postgres::Object {
+    type Transaction<'a> = deadpool_postgres::Transaction<'a>;
+
+    async fn open_transaction(&mut self) -> Result<deadpool_postgres::Transaction<'_>, Error> {
+        let client: &mut deadpool_postgres::ClientWrapper = self;
+        client.transaction().await
+    }
 }
 
 impl ContextTransaction for Transaction<'_> {
@@ -141,76 +207,111 @@ impl ContextTransaction for deadpool_postgres::Transaction<'_> {
     }
 }
 
-/// Opens a transaction on `client` and emits a context as its first statement.
+/// Opens a transaction on `client` and emits the [current](bemi_context::current) task-local
+/// context as its first statement.
 ///
-/// The context is `ctx`, or when `ctx` is `None` the [current](bemi_context::current)
-/// task-local one. Nothing is emitted when there is no context, when it is empty, or when its
-/// payload is over the size limit; the transaction is opened all the same.
-///
-/// A deadpool-postgres [`Object`](deadpool_postgres::Object) dereferences to a [`Client`], so
-/// `begin_with_context(&mut object, None)` works as is; [`begin_cached`] uses the pool's
-/// statement cache as well.
+/// The drop-in replacement for `client.transaction()`: commit, roll back and run statements on
+/// the returned transaction as usual. Nothing is emitted when there is no current context, when
+/// it is empty, or when its payload is over the size limit; the transaction is opened all the
+/// same. The context is read when the returned future is first polled. See [`Begin`] for what
+/// `client` can be: a deadpool-postgres [`Object`](deadpool_postgres::Object) gives a
+/// [`deadpool_postgres::Transaction`], whose emit is prepared once per connection.
 ///
 /// If the emit fails, the transaction is rolled back (as dropping a [`Transaction`] does) and
 /// the error returned. This waits for `BEGIN` and then for the emit: one round trip more than
-/// `client.transaction()`; [`emit_with`] saves it (see the [module docs](self)).
+/// `client.transaction()`; [`emit_before`] saves it (see the [module docs](self)).
+///
+/// ```no_run
+/// use bemi_core::context::{begin, Context};
+///
+/// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// bemi_context::scope(Context::new().with("user_id", 42), async {
+///     let mut object = pool.get().await?;
+///     let tx = begin(&mut object).await?;
+///     tx.execute("UPDATE accounts SET plan = 'pro' WHERE id = 7", &[]).await?;
+///     tx.commit().await?;
+///     Ok(())
+/// })
+/// .await
+/// # }
+/// ```
 ///
 /// # Errors
 ///
 /// Any error of `BEGIN` or of the emit, such as a lost connection or, where the hardening of
-/// [`bemi_context`] was applied, a role without `EXECUTE` on `pg_logical_emit_message`.
-pub async fn begin_with_context<'a>(
-    client: &'a mut Client,
-    ctx: Option<&Context>,
-) -> Result<Transaction<'a>, Error> {
-    let tx = client.transaction().await?;
-    emit_context(&tx, ctx).await?;
-    Ok(tx)
+/// [`bemi_context`] was applied, a role without `EXECUTE` on `pg_logical_emit_message`; on a
+/// deadpool connection, any error preparing the emit the first time.
+pub async fn begin<C: Begin>(client: &mut C) -> Result<C::Transaction<'_>, Error> {
+    begin_payload(client, current_payload()).await
 }
 
-/// [`begin_with_context`] for a deadpool-postgres connection, with the emit prepared once per
-/// connection through the pool's statement cache.
+/// Opens a transaction on `client` and emits `ctx` as its first statement; like [`begin`], with
+/// an explicit context instead of the current one.
 ///
-/// Pass `&mut object` for a pooled [`Object`](deadpool_postgres::Object).
+/// An empty or oversized `ctx` emits nothing.
+///
+/// ```no_run
+/// use bemi_core::context::{begin_with, Context};
+///
+/// # async fn run(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+/// let ctx = Context::new().with("job", "nightly-cleanup");
+/// let tx = begin_with(client, &ctx).await?;
+/// tx.execute("DELETE FROM sessions WHERE expires_at < now()", &[]).await?;
+/// tx.commit().await
+/// # }
+/// ```
 ///
 /// # Errors
 ///
-/// As [`begin_with_context`], and any error preparing the emit the first time.
-pub async fn begin_cached<'a>(
-    client: &'a mut deadpool_postgres::ClientWrapper,
-    ctx: Option<&Context>,
-) -> Result<deadpool_postgres::Transaction<'a>, Error> {
-    let tx = client.transaction().await?;
-    emit_context(&tx, ctx).await?;
+/// As [`begin`].
+pub async fn begin_with<'a, C: Begin>(
+    client: &'a mut C,
+    ctx: &Context,
+) -> Result<C::Transaction<'a>, Error> {
+    begin_payload(client, payload(ctx)).await
+}
+
+async fn begin_payload<C: Begin>(
+    client: &mut C,
+    payload: Option<String>,
+) -> Result<C::Transaction<'_>, Error> {
+    let tx = client.open_transaction().await?;
+    emit_optional(&tx, payload).await?;
     Ok(tx)
 }
 
-/// Emits a context into `tx` together with `first`, the transaction's first statement: both
-/// requests go out in the same round trip, the emit ahead, so the context costs no extra wait
-/// (on a deadpool-postgres transaction, the first time on a connection waits once for the emit
-/// to be prepared).
+/// Emits the [current](bemi_context::current) task-local context into `tx` together with
+/// `first`, the transaction's first statement: both requests go out in the same round trip, the
+/// emit ahead, so the context costs no extra wait (on a deadpool-postgres transaction, the first
+/// time on a connection waits once for the emit to be prepared).
 ///
 /// `first` is a future of a statement on `tx` that has not been polled yet, such as
-/// `tx.execute(…)` or `tx.query(…)`; its output is returned. The context is `ctx`, or when
-/// `ctx` is `None` the [current](bemi_context::current) task-local one; when there is nothing to
-/// emit, this is just `first.await`.
+/// `tx.execute(…)` or `tx.query(…)`; its output is returned. When there is nothing to emit, this
+/// is just `first.await`.
 ///
 /// # Errors
 ///
 /// The emit's error if it fails (the server then aborts the transaction, and `first` fails
 /// too, with "current transaction is aborted"), otherwise `first`'s.
-///
-/// # Example
+pub async fn emit_before<T, F>(tx: &impl ContextTransaction, first: F) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    emit_payload_before(tx, current_payload(), first).await
+}
+
+/// Emits `ctx` into `tx` together with `first`, in the same round trip; like [`emit_before`],
+/// with an explicit context.
 ///
 /// ```no_run
-/// use bemi_core::context::{emit_with, Context};
+/// use bemi_core::context::{emit_before_with, Context};
 ///
 /// # async fn run(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
 /// let ctx = Context::new().with("user_id", 42);
 /// let tx = client.transaction().await?;
-/// let row = emit_with(
+/// let row = emit_before_with(
 ///     &tx,
-///     Some(&ctx),
+///     &ctx,
 ///     tx.query_one("INSERT INTO orders (item) VALUES ('book') RETURNING id", &[]),
 /// )
 /// .await?;
@@ -218,15 +319,30 @@ pub async fn begin_cached<'a>(
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
-pub async fn emit_with<T, F>(
+///
+/// # Errors
+///
+/// As [`emit_before`].
+pub async fn emit_before_with<T, F>(
     tx: &impl ContextTransaction,
-    ctx: Option<&Context>,
+    ctx: &Context,
     first: F,
 ) -> Result<T, Error>
 where
     F: Future<Output = Result<T, Error>>,
 {
-    match payload_or_current(ctx) {
+    emit_payload_before(tx, payload(ctx), first).await
+}
+
+async fn emit_payload_before<T, F>(
+    tx: &impl ContextTransaction,
+    payload: Option<String>,
+    first: F,
+) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    match payload {
         Some(payload) => {
             // Prepared first (a round trip only the first time on a connection), so that the
             // emit goes out without waiting. `join` polls its futures in order, every time: the
@@ -242,32 +358,36 @@ where
     }
 }
 
-/// Emits `ctx` into the open transaction `tx`; returns whether a message was emitted (`false`
-/// for an empty or oversized context).
+/// Emits the [current](bemi_context::current) task-local context into the open transaction
+/// `tx`; returns whether a message was emitted (`false` when there is no context, or it is
+/// empty or oversized).
 ///
+/// For transactions [`begin`] does not open, for example one with a custom isolation level.
 /// Changes the transaction made before the message take the transaction's first message, so
 /// emitting later in a transaction still gives all of its changes a context; changes after a
-/// second emit take the second one. [`emit_with`] saves the round trip this waits for.
+/// second emit take the second one. [`emit_before`] saves the round trip this waits for.
 ///
 /// # Errors
 ///
 /// Any error of the statement. On error PostgreSQL aborts the transaction.
-pub async fn emit(tx: &impl ContextTransaction, ctx: &Context) -> Result<bool, Error> {
-    emit_context(tx, Some(ctx)).await
+pub async fn emit(tx: &impl ContextTransaction) -> Result<bool, Error> {
+    emit_optional(tx, current_payload()).await
 }
 
-/// [`emit`] of the [current](bemi_context::current) task-local context; `Ok(false)` when there
-/// is none.
+/// Emits `ctx` into the open transaction `tx`; like [`emit`], with an explicit context.
 ///
 /// # Errors
 ///
 /// As [`emit`].
-pub async fn emit_current(tx: &impl ContextTransaction) -> Result<bool, Error> {
-    emit_context(tx, None).await
+pub async fn emit_with(tx: &impl ContextTransaction, ctx: &Context) -> Result<bool, Error> {
+    emit_optional(tx, payload(ctx)).await
 }
 
-async fn emit_context(tx: &impl ContextTransaction, ctx: Option<&Context>) -> Result<bool, Error> {
-    match payload_or_current(ctx) {
+async fn emit_optional(
+    tx: &impl ContextTransaction,
+    payload: Option<String>,
+) -> Result<bool, Error> {
+    match payload {
         Some(payload) => tx.emit_payload(&payload).await.map(|()| true),
         None => Ok(false),
     }

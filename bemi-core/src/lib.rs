@@ -65,7 +65,6 @@ pub mod context;
 pub mod embedded;
 mod error;
 mod lsn;
-#[doc(hidden)]
 pub mod pgoutput;
 mod relation;
 pub mod replication;

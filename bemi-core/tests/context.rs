@@ -2,7 +2,7 @@
 //! end: written through a real server, read by the tracker, stored in `changes`.
 
 use bemi_context::{scope, scope_sync, Context};
-use bemi_core::context::{begin_cached, begin_with_context, emit, emit_current, emit_with};
+use bemi_core::context::{begin, begin_with, emit, emit_before, emit_before_with, emit_with};
 use bemi_core::testing::{
     assert_task_contexts, ctx, oversized_context, task_context, tricky_context, TestDatabase,
     Tracked,
@@ -29,7 +29,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     let mut client = connect(&h).await;
     let context = json!({"user_id": 42, "endpoint": "POST /items", "roles": ["admin"]});
 
-    let tx = begin_with_context(&mut client, Some(&ctx(context.clone())))
+    let tx = begin_with(&mut client, &ctx(context.clone()))
         .await
         .unwrap();
     insert(&tx, 1, 1).await;
@@ -43,12 +43,10 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     tx.commit().await.unwrap();
 
     // Without a context, explicit or current: nothing emitted, the changes have `{}`.
-    let tx = begin_with_context(&mut client, None).await.unwrap();
+    let tx = begin(&mut client).await.unwrap();
     insert(&tx, 3, 2).await;
     tx.commit().await.unwrap();
-    let tx = begin_with_context(&mut client, Some(&Context::new()))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut client, &Context::new()).await.unwrap();
     insert(&tx, 4, 3).await;
     tx.commit().await.unwrap();
 
@@ -81,9 +79,9 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
     // Sent with the first write, in the same round trip, the emit first.
     let first = ctx(json!({"way": "pipelined"}));
     let tx = client.transaction().await.unwrap();
-    let inserted = emit_with(
+    let inserted = emit_before_with(
         &tx,
-        Some(&first),
+        &first,
         tx.execute("INSERT INTO items (id, task) VALUES (1, 1)", &[]),
     )
     .await
@@ -96,7 +94,7 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
     scope(current.clone(), async {
         let tx = client.transaction().await.unwrap();
         insert(&tx, 2, 2).await;
-        assert!(emit_current(&tx).await.unwrap());
+        assert!(emit(&tx).await.unwrap());
         insert(&tx, 3, 2).await;
         tx.commit().await.unwrap();
     })
@@ -104,11 +102,10 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
 
     // Nothing to emit.
     let tx = client.transaction().await.unwrap();
-    assert!(!emit(&tx, &Context::new()).await.unwrap());
-    assert!(!emit_current(&tx).await.unwrap());
-    let rows = emit_with(
+    assert!(!emit_with(&tx, &Context::new()).await.unwrap());
+    assert!(!emit(&tx).await.unwrap());
+    let rows = emit_before(
         &tx,
-        None,
         tx.query(
             "INSERT INTO items (id, task) VALUES (4, 3) RETURNING id",
             &[],
@@ -119,28 +116,31 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
     assert_eq!(rows[0].get::<_, i32>(0), 4);
     tx.commit().await.unwrap();
 
-    // A deadpool-postgres object dereferences to the client.
+    // The tokio-postgres client a deadpool-postgres object dereferences to: a plain transaction,
+    // the emit unnamed (not prepared).
     let pool = pool(&h.db, 1);
     let mut object = pool.get().await.unwrap();
     let pooled = ctx(json!({"way": "deadpool"}));
-    let tx = begin_with_context(&mut object, Some(&pooled))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut **object, &pooled).await.unwrap();
     insert(&tx, 5, 4).await;
     tx.commit().await.unwrap();
     // deadpool's own transactions use its statement cache: the emit is prepared once.
     let cached = ctx(json!({"way": "cached"}));
     let tx = object.transaction().await.unwrap();
-    assert!(emit(&tx, &cached).await.unwrap());
+    assert!(emit_with(&tx, &cached).await.unwrap());
     insert(&tx, 6, 5).await;
     tx.commit().await.unwrap();
-    let tx = begin_cached(&mut object, Some(&cached)).await.unwrap();
+    // begin on the object, and on the ClientWrapper it dereferences to, opens such a transaction
+    let tx = begin_with(&mut object, &cached).await.unwrap();
     insert(&tx, 7, 5).await;
     tx.commit().await.unwrap();
+    let tx = begin_with(&mut *object, &cached).await.unwrap();
+    insert(&tx, 9, 5).await;
+    tx.commit().await.unwrap();
     let tx = object.transaction().await.unwrap();
-    emit_with(
+    emit_before_with(
         &tx,
-        Some(&cached),
+        &cached,
         tx.execute("INSERT INTO items (id, task) VALUES (8, 5)", &[]),
     )
     .await
@@ -166,6 +166,7 @@ async fn emit_into_an_open_transaction_pipelined_or_not_and_deadpool_objects() {
             &json!({"way": "current"}),
             &json!({}),
             &json!({"way": "deadpool"}),
+            &json!({"way": "cached"}),
             &json!({"way": "cached"}),
             &json!({"way": "cached"}),
             &json!({"way": "cached"}),
@@ -198,15 +199,15 @@ async fn a_failing_emit_reports_its_own_error_and_commits_nothing() {
         );
     };
 
-    match begin_with_context(&mut client, Some(&context)).await {
+    match begin_with(&mut client, &context).await {
         Ok(_) => panic!("the emit must fail"),
         Err(e) => denied(e),
     }
     let tx = client.transaction().await.unwrap();
     denied(
-        emit_with(
+        emit_before_with(
             &tx,
-            Some(&context),
+            &context,
             tx.execute("INSERT INTO items (id, task) VALUES (1, 1)", &[]),
         )
         .await
@@ -214,9 +215,7 @@ async fn a_failing_emit_reports_its_own_error_and_commits_nothing() {
     );
     drop(tx);
     // The connection is usable afterwards, and a write without context goes through.
-    let tx = begin_with_context(&mut client, Some(&Context::new()))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut client, &Context::new()).await.unwrap();
     insert(&tx, 2, 2).await;
     tx.commit().await.unwrap();
     client
@@ -238,22 +237,16 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     let mut client = connect(&h).await;
     let context = ctx(json!({"user_id": 1}));
 
-    let tx = begin_with_context(&mut client, Some(&context))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut client, &context).await.unwrap();
     insert(&tx, 1, 1).await;
     tx.rollback().await.unwrap();
     {
         // dropped without commit
-        let tx = begin_with_context(&mut client, Some(&context))
-            .await
-            .unwrap();
+        let tx = begin_with(&mut client, &context).await.unwrap();
         insert(&tx, 2, 1).await;
     }
     // A failed statement aborts the transaction; it commits nothing.
-    let tx = begin_with_context(&mut client, Some(&context))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut client, &context).await.unwrap();
     insert(&tx, 3, 1).await;
     assert!(tx
         .execute("INSERT INTO items (id, task) VALUES (3, 1)", &[])
@@ -263,9 +256,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
 
     // A committed marker: once it is in `changes`, everything before it was read.
     let marker = ctx(json!({"marker": true}));
-    let tx = begin_with_context(&mut client, Some(&marker))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut client, &marker).await.unwrap();
     insert(&tx, 4, 2).await;
     tx.commit().await.unwrap();
 
@@ -284,7 +275,7 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     // a background task started while handling the request
     let handle = scope_sync(ctx(context.clone()), || {
         bemi_context::spawn(async move {
-            let tx = begin_with_context(&mut client, None).await.unwrap();
+            let tx = begin(&mut client).await.unwrap();
             insert(&tx, 1, 1).await;
             tx.commit().await.unwrap();
             client
@@ -295,7 +286,7 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     // A plain tokio::spawn does not carry it: nothing is emitted there.
     scope(ctx(json!({"lost": true})), async move {
         tokio::spawn(async move {
-            let tx = begin_with_context(&mut client, None).await.unwrap();
+            let tx = begin(&mut client).await.unwrap();
             insert(&tx, 2, 2).await;
             tx.commit().await.unwrap();
         })
@@ -322,7 +313,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
                     // yield between steps so tasks interleave on the connections
                     tokio::task::yield_now().await;
                     let mut object = pool.get().await.unwrap();
-                    let tx = begin_with_context(&mut object, None).await.unwrap();
+                    let tx = begin(&mut object).await.unwrap();
                     if step == 0 {
                         insert(&tx, task, task).await;
                     } else {
@@ -353,11 +344,11 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     let big = oversized_context();
     assert_eq!(bemi_context::payload(&big), None);
 
-    let tx = begin_with_context(&mut client, Some(&big)).await.unwrap();
+    let tx = begin_with(&mut client, &big).await.unwrap();
     insert(&tx, 1, 1).await;
     tx.commit().await.unwrap();
     let tx = client.transaction().await.unwrap();
-    assert!(!emit(&tx, &big).await.unwrap());
+    assert!(!emit_with(&tx, &big).await.unwrap());
     insert(&tx, 2, 1).await;
     tx.commit().await.unwrap();
 
@@ -372,16 +363,14 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     let mut client = connect(&h).await;
     let tricky = tricky_context();
     let context = Value::from(tricky.clone());
-    let tx = begin_with_context(&mut client, Some(&tricky))
-        .await
-        .unwrap();
+    let tx = begin_with(&mut client, &tricky).await.unwrap();
     insert(&tx, 1, 1).await;
     tx.commit().await.unwrap();
     // and pipelined
     let tx = client.transaction().await.unwrap();
-    emit_with(
+    emit_before_with(
         &tx,
-        Some(&tricky),
+        &tricky,
         tx.execute("INSERT INTO items (id, task) VALUES (2, 1)", &[]),
     )
     .await

@@ -11,14 +11,14 @@
 //! ```
 //!
 //! Diesel cannot rewrite queries, so the adapter wraps transactions rather than hooking
-//! statements: use [`transaction_with_context`] where you would use
+//! statements: use [`transaction`] where you would use
 //! [`Connection::transaction`](diesel::Connection::transaction), or [`emit`] in a transaction
 //! you opened yourself.
 //!
 //! # Example
 //!
 //! ```no_run
-//! use bemi_diesel::{transaction_with_context, Context};
+//! use bemi_diesel::Context;
 //! use diesel::prelude::*;
 //!
 //! diesel::table! {
@@ -33,7 +33,7 @@
 //! let ctx = Context::new().with("user_id", 42).with("endpoint", "POST /orders");
 //!
 //! // An explicit context …
-//! transaction_with_context(&mut conn, Some(&ctx), |conn| {
+//! bemi_diesel::transaction_with(&mut conn, &ctx, |conn| {
 //!     diesel::insert_into(orders::table)
 //!         .values(orders::item.eq("book"))
 //!         .execute(conn)
@@ -42,7 +42,7 @@
 //! // … or the current one (set here with scope_sync; from async code,
 //! // bemi_context::spawn_blocking carries the request's context to the blocking thread).
 //! bemi_context::scope_sync(ctx, || {
-//!     transaction_with_context(&mut conn, None, |conn| {
+//!     bemi_diesel::transaction(&mut conn, |conn| {
 //!         diesel::delete(orders::table.filter(orders::item.eq("book"))).execute(conn)
 //!     })
 //! })?;
@@ -51,6 +51,20 @@
 //!
 //! The functions take any [`Connection`](diesel::Connection) to PostgreSQL, such as a
 //! [`PgConnection`](diesel::PgConnection) or an r2d2 pooled connection.
+//!
+//! # The API
+//!
+//! Each function comes in two forms, as in every Bemi adapter: the plain one uses the
+//! [current context](bemi_context::current) of the thread or task, the `_with` one an explicit
+//! [`Context`].
+//!
+//! | | current context | explicit context |
+//! | --- | --- | --- |
+//! | run a closure in a transaction that begins with the context | [`transaction`] | [`transaction_with`] |
+//! | emit into a transaction you already hold | [`emit`] | [`emit_with`] |
+//!
+//! Diesel has no `begin` that hands out a transaction, so there is no `begin` here: its
+//! transactions are closures.
 //!
 //! # The payload
 //!
@@ -84,4 +98,4 @@ mod query;
 mod sync;
 
 pub use bemi_context::Context;
-pub use sync::{emit, emit_current, transaction_with_context};
+pub use sync::{emit, emit_with, transaction, transaction_with};

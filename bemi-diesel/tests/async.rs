@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use bemi_context::{scope, scope_sync, Context};
-use bemi_diesel::async_pg::{emit, emit_current, transaction_with_context};
+use bemi_diesel::async_pg::{emit, emit_with, transaction, transaction_with};
 use common::{
     assert_task_contexts, conninfo, ctx, items, oversized_context, task_context, tricky_context,
     Tracked,
@@ -37,7 +37,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     let later = json!({"job": "later"});
     let (c1, c2) = (ctx(context.clone()), ctx(later.clone()));
 
-    let written = transaction_with_context(&mut conn, Some(&c1), |conn| {
+    let written = transaction_with(&mut conn, &c1, |conn| {
         async move {
             insert(conn, 1, 1).await?;
             insert(conn, 2, 1).await?;
@@ -54,10 +54,10 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     assert_eq!(written, 1);
 
     // No context, explicit or current, and an empty one: nothing emitted.
-    transaction_with_context(&mut conn, None, |conn| insert(conn, 3, 2).scope_boxed())
+    transaction(&mut conn, |conn| insert(conn, 3, 2).scope_boxed())
         .await
         .unwrap();
-    transaction_with_context(&mut conn, Some(&Context::new()), |conn| {
+    transaction_with(&mut conn, &Context::new(), |conn| {
         insert(conn, 4, 3).scope_boxed()
     })
     .await
@@ -68,8 +68,8 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     conn.transaction(|conn| {
         async move {
             insert(conn, 5, 4).await?;
-            assert!(emit(conn, &c).await?);
-            assert!(!emit(conn, &Context::new()).await?);
+            assert!(emit_with(conn, &c).await?);
+            assert!(!emit_with(conn, &Context::new()).await?);
             insert(conn, 6, 4).await
         }
         .scope_boxed()
@@ -80,7 +80,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     scope(c2, async {
         conn.transaction(|conn| {
             async move {
-                assert!(emit_current(conn).await?);
+                assert!(emit(conn).await?);
                 insert(conn, 7, 5).await
             }
             .scope_boxed()
@@ -91,7 +91,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     .unwrap();
     conn.transaction(|conn| {
         async move {
-            assert!(!emit_current(conn).await?);
+            assert!(!emit(conn).await?);
             insert(conn, 8, 6).await
         }
         .scope_boxed()
@@ -135,7 +135,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     let mut conn = establish(&h).await;
     let context = ctx(json!({"user_id": 1}));
 
-    let rolled_back = transaction_with_context(&mut conn, Some(&context), |conn| {
+    let rolled_back = transaction_with(&mut conn, &context, |conn| {
         async move {
             insert(conn, 1, 1).await?;
             Err::<(), _>(diesel::result::Error::RollbackTransaction)
@@ -144,7 +144,7 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     })
     .await;
     assert_eq!(rolled_back, Err(diesel::result::Error::RollbackTransaction));
-    let failed = transaction_with_context(&mut conn, Some(&context), |conn| {
+    let failed = transaction_with(&mut conn, &context, |conn| {
         async move {
             insert(conn, 2, 1).await?;
             insert(conn, 2, 1).await
@@ -155,11 +155,9 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     assert!(failed.is_err());
 
     let marker = ctx(json!({"marker": true}));
-    transaction_with_context(&mut conn, Some(&marker), |conn| {
-        insert(conn, 3, 2).scope_boxed()
-    })
-    .await
-    .unwrap();
+    transaction_with(&mut conn, &marker, |conn| insert(conn, 3, 2).scope_boxed())
+        .await
+        .unwrap();
 
     let rows = h.finish().await;
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -176,7 +174,7 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     // a background task started while handling the request
     let handle = scope_sync(ctx(context.clone()), || {
         bemi_context::spawn(async move {
-            transaction_with_context(&mut conn, None, |conn| insert(conn, 1, 1).scope_boxed())
+            transaction(&mut conn, |conn| insert(conn, 1, 1).scope_boxed())
                 .await
                 .unwrap();
             conn
@@ -187,7 +185,7 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     // A plain tokio::spawn does not carry it: nothing is emitted there.
     scope(ctx(json!({"lost": true})), async move {
         tokio::spawn(async move {
-            transaction_with_context(&mut conn, None, |conn| insert(conn, 2, 1).scope_boxed())
+            transaction(&mut conn, |conn| insert(conn, 2, 1).scope_boxed())
                 .await
                 .unwrap();
         })
@@ -218,7 +216,7 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
                     tokio::task::yield_now().await;
                     let slot = (task as usize + step) % connections.len();
                     let mut conn = connections[slot].lock().await;
-                    transaction_with_context(&mut *conn, None, |conn| {
+                    transaction(&mut *conn, |conn| {
                         async move {
                             if step == 0 {
                                 insert(conn, task, task).await
@@ -252,15 +250,13 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     let big = oversized_context();
     assert_eq!(bemi_context::payload(&big), None);
 
-    transaction_with_context(&mut conn, Some(&big), |conn| {
-        insert(conn, 1, 1).scope_boxed()
-    })
-    .await
-    .unwrap();
+    transaction_with(&mut conn, &big, |conn| insert(conn, 1, 1).scope_boxed())
+        .await
+        .unwrap();
     let b = big.clone();
     conn.transaction(|conn| {
         async move {
-            assert!(!emit(conn, &b).await?);
+            assert!(!emit_with(conn, &b).await?);
             insert(conn, 2, 1).await
         }
         .scope_boxed()
@@ -278,7 +274,7 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     let h = Tracked::start().await;
     let mut conn = establish(&h).await;
     let context = Value::from(tricky_context());
-    transaction_with_context(&mut conn, Some(&ctx(context.clone())), |conn| {
+    transaction_with(&mut conn, &ctx(context.clone()), |conn| {
         insert(conn, 1, 1).scope_boxed()
     })
     .await

@@ -3,7 +3,7 @@
 mod common;
 
 use bemi_context::{scope, scope_sync, Context};
-use bemi_diesel::{emit, emit_current, transaction_with_context};
+use bemi_diesel::{emit, emit_with, transaction, transaction_with};
 use common::{
     assert_task_contexts, conninfo, ctx, items, oversized_context, task_context, tricky_context,
     Tracked,
@@ -30,7 +30,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     let later = json!({"job": "later"});
     let (c1, c2) = (ctx(context.clone()), ctx(later.clone()));
     tokio::task::spawn_blocking(move || {
-        let written = transaction_with_context(&mut conn, Some(&c1), |conn| {
+        let written = transaction_with(&mut conn, &c1, |conn| {
             insert(conn, 1, 1)?;
             insert(conn, 2, 1)?;
             diesel::update(items::table.find(1))
@@ -42,28 +42,27 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
         assert_eq!(written, 1);
 
         // No context, explicit or current, and an empty one: nothing emitted.
-        transaction_with_context(&mut conn, None, |conn| insert(conn, 3, 2)).unwrap();
-        transaction_with_context(&mut conn, Some(&Context::new()), |conn| insert(conn, 4, 3))
-            .unwrap();
+        transaction(&mut conn, |conn| insert(conn, 3, 2)).unwrap();
+        transaction_with(&mut conn, &Context::new(), |conn| insert(conn, 4, 3)).unwrap();
 
         // Emitting into Diesel's own transaction, after a first write: it still applies to it.
         conn.transaction(|conn| {
             insert(conn, 5, 4)?;
-            assert!(emit(conn, &c2)?);
-            assert!(!emit(conn, &Context::new())?);
+            assert!(emit_with(conn, &c2)?);
+            assert!(!emit_with(conn, &Context::new())?);
             insert(conn, 6, 4)
         })
         .unwrap();
         // The current context (scope_sync), emitted by hand.
         scope_sync(c2, || {
             conn.transaction(|conn| {
-                assert!(emit_current(conn)?);
+                assert!(emit(conn)?);
                 insert(conn, 7, 5)
             })
         })
         .unwrap();
         conn.transaction(|conn| {
-            assert!(!emit_current(conn)?);
+            assert!(!emit(conn)?);
             insert(conn, 8, 6)
         })
         .unwrap();
@@ -119,28 +118,27 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     let mut conn = establish(&h);
     tokio::task::spawn_blocking(move || {
         let context = ctx(json!({"user_id": 1}));
-        let rolled_back = transaction_with_context(&mut conn, Some(&context), |conn| {
+        let rolled_back = transaction_with(&mut conn, &context, |conn| {
             insert(conn, 1, 1)?;
             Err::<(), _>(diesel::result::Error::RollbackTransaction)
         });
         assert_eq!(rolled_back, Err(diesel::result::Error::RollbackTransaction));
         // A failing statement rolls back the whole transaction.
-        let failed = transaction_with_context(&mut conn, Some(&context), |conn| {
+        let failed = transaction_with(&mut conn, &context, |conn| {
             insert(conn, 2, 1)?;
             insert(conn, 2, 1)
         });
         assert!(failed.is_err());
         // An application error does too.
-        let app_error: Result<(), AppError> =
-            transaction_with_context(&mut conn, Some(&context), |conn| {
-                insert(conn, 3, 1)?;
-                Err(AppError::ChangedMyMind)
-            });
+        let app_error: Result<(), AppError> = transaction_with(&mut conn, &context, |conn| {
+            insert(conn, 3, 1)?;
+            Err(AppError::ChangedMyMind)
+        });
         assert!(matches!(app_error, Err(AppError::ChangedMyMind)));
         // A savepoint rolled back inside a committed transaction takes its rows with it.
         let marker = ctx(json!({"marker": true}));
-        transaction_with_context(&mut conn, Some(&marker), |conn| {
-            let inner = transaction_with_context(conn, Some(&context), |conn| {
+        transaction_with(&mut conn, &marker, |conn| {
+            let inner = transaction_with(conn, &context, |conn| {
                 insert(conn, 4, 1)?;
                 Err::<(), _>(diesel::result::Error::RollbackTransaction)
             });
@@ -167,7 +165,7 @@ async fn a_context_carried_into_spawn_blocking_arrives() {
     let conn = scope(ctx(context.clone()), async move {
         // an async handler handing its database work to the blocking pool
         bemi_context::spawn_blocking(move || {
-            transaction_with_context(&mut conn, None, |conn| insert(conn, 1, 1)).unwrap();
+            transaction(&mut conn, |conn| insert(conn, 1, 1)).unwrap();
             conn
         })
         .await
@@ -180,7 +178,7 @@ async fn a_context_carried_into_spawn_blocking_arrives() {
         bemi_context::spawn(async move {
             bemi_context::spawn_blocking(move || {
                 let mut conn = conn;
-                transaction_with_context(&mut conn, None, |conn| insert(conn, 2, 1)).unwrap();
+                transaction(&mut conn, |conn| insert(conn, 2, 1)).unwrap();
                 conn
             })
             .await
@@ -194,7 +192,7 @@ async fn a_context_carried_into_spawn_blocking_arrives() {
     // tokio's own spawn_blocking does not carry it: nothing is emitted there.
     conn = scope(ctx(json!({"lost": true})), async move {
         tokio::task::spawn_blocking(move || {
-            transaction_with_context(&mut conn, None, |conn| insert(conn, 3, 1)).unwrap();
+            transaction(&mut conn, |conn| insert(conn, 3, 1)).unwrap();
             conn
         })
         .await
@@ -224,7 +222,7 @@ async fn a_hundred_concurrent_tasks_on_a_shared_pool_never_mix_contexts() {
                     let pool = pool.clone();
                     bemi_context::spawn_blocking(move || {
                         let mut conn = pool.get().expect("a pooled connection");
-                        transaction_with_context(&mut conn, None, |conn| {
+                        transaction(&mut conn, |conn| {
                             if step == 0 {
                                 diesel::insert_into(items::table)
                                     .values((items::id.eq(task), items::task.eq(task)))
@@ -258,9 +256,9 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     tokio::task::spawn_blocking(move || {
         let big = oversized_context();
         assert_eq!(bemi_context::payload(&big), None);
-        transaction_with_context(&mut conn, Some(&big), |conn| insert(conn, 1, 1)).unwrap();
+        transaction_with(&mut conn, &big, |conn| insert(conn, 1, 1)).unwrap();
         conn.transaction(|conn| {
-            assert!(!emit(conn, &big)?);
+            assert!(!emit_with(conn, &big)?);
             insert(conn, 2, 1)
         })
         .unwrap();
@@ -280,7 +278,7 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     let context = Value::from(tricky_context());
     let c = ctx(context.clone());
     tokio::task::spawn_blocking(move || {
-        transaction_with_context(&mut conn, Some(&c), |conn| insert(conn, 1, 1)).unwrap();
+        transaction_with(&mut conn, &c, |conn| insert(conn, 1, 1)).unwrap();
     })
     .await
     .unwrap();

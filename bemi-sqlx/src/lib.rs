@@ -45,6 +45,7 @@
 //! | | current context | explicit context |
 //! | --- | --- | --- |
 //! | begin a transaction on a pool, a connection, or nested in a transaction ([`Begin`]) | [`begin`] | [`begin_with`] |
+//! | run a closure in a transaction, committed on `Ok`, rolled back on `Err` | [`transaction`] | [`transaction_with`] |
 //! | emit into a transaction you already hold | [`emit`] | [`emit_with`] |
 //! | a single write in a transaction of its own | [`execute`] | [`execute_with`] |
 //!
@@ -97,4 +98,6 @@ pub mod sea_orm;
 mod transaction;
 
 pub use bemi_context::Context;
-pub use transaction::{begin, begin_with, emit, emit_with, execute, execute_with, Begin};
+pub use transaction::{
+    begin, begin_with, emit, emit_with, execute, execute_with, transaction, transaction_with, Begin,
+};

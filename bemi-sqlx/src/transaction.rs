@@ -1,6 +1,9 @@
 //! Transactions that start with the `_bemi` context message, for sqlx. How and why a
 //! transaction begins with `<emit>; BEGIN` is told in the crate docs, "Cost".
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bemi_context::{current_payload, emit_statement, payload, Context, EMIT_SQL};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgQueryResult;
@@ -319,6 +322,111 @@ where
     Q: Execute<'q, Postgres> + 'q,
 {
     conn.into_target().execute(payload(ctx), query).await
+}
+
+/// Runs `callback` in a transaction that begins with the [current](bemi_context::current)
+/// context, and commits it if the callback returns `Ok`, or rolls it back if it returns `Err`.
+///
+/// The context counterpart of sqlx's
+/// [`Connection::transaction`](sqlx::Connection::transaction), with the same callback, for
+/// everything [`begin`] takes ([`Begin`]): a pool as well as a connection or a transaction (a
+/// savepoint then). The callback gets the open transaction and returns a boxed future of the
+/// work. The transaction begins as with [`begin`], in one round trip on a pool or
+/// an idle connection.
+///
+/// ```no_run
+/// use bemi_context::{scope, Context};
+///
+/// # async fn run(pool: sqlx::PgPool) -> sqlx::Result<()> {
+/// let id: i64 = scope(Context::new().with("user_id", 42), async {
+///     bemi_sqlx::transaction(&pool, |tx| {
+///         Box::pin(async move {
+///             sqlx::query_scalar("INSERT INTO orders (item) VALUES ('book') RETURNING id")
+///                 .fetch_one(&mut **tx)
+///                 .await
+///         })
+///     })
+///     .await
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// Those of beginning (as for [`begin`]), committing or rolling back, converted into `E`, and
+/// the callback's error (after the rollback).
+pub async fn transaction<'c, C, F, R, E>(conn: C, callback: F) -> Result<R, E>
+where
+    C: Begin<'c>,
+    F: for<'t> FnOnce(
+            &'t mut Transaction<'c, Postgres>,
+        ) -> Pin<Box<dyn Future<Output = Result<R, E>> + Send + 't>>
+        + Send,
+    R: Send,
+    E: From<sqlx::Error> + Send,
+{
+    let target = conn.into_target();
+    run(target, current_payload(), callback).await
+}
+
+/// Runs `callback` in a transaction that begins with `ctx`; like [`transaction`], with an
+/// explicit context.
+///
+/// ```no_run
+/// use bemi_context::Context;
+///
+/// # async fn run(pool: sqlx::PgPool) -> sqlx::Result<()> {
+/// let ctx = Context::new().with("job", "expire-sessions");
+/// let expired = bemi_sqlx::transaction_with(&pool, &ctx, |tx| {
+///     Box::pin(async move {
+///         let done = sqlx::query("DELETE FROM sessions WHERE expires_at < now()")
+///             .execute(&mut **tx)
+///             .await?;
+///         Ok::<_, sqlx::Error>(done.rows_affected())
+///     })
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// As [`transaction`].
+pub async fn transaction_with<'c, C, F, R, E>(conn: C, ctx: &Context, callback: F) -> Result<R, E>
+where
+    C: Begin<'c>,
+    F: for<'t> FnOnce(
+            &'t mut Transaction<'c, Postgres>,
+        ) -> Pin<Box<dyn Future<Output = Result<R, E>> + Send + 't>>
+        + Send,
+    R: Send,
+    E: From<sqlx::Error> + Send,
+{
+    run(conn.into_target(), payload(ctx), callback).await
+}
+
+async fn run<'c, F, R, E>(target: Target<'c>, payload: Option<String>, callback: F) -> Result<R, E>
+where
+    F: for<'t> FnOnce(
+            &'t mut Transaction<'c, Postgres>,
+        ) -> Pin<Box<dyn Future<Output = Result<R, E>> + Send + 't>>
+        + Send,
+    R: Send,
+    E: From<sqlx::Error> + Send,
+{
+    // As sqlx's Connection::transaction does it.
+    let mut tx = target.begin(payload).await?;
+    match callback(&mut tx).await {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

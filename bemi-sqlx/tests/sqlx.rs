@@ -183,6 +183,62 @@ async fn emit_into_a_transaction_the_caller_holds() {
 }
 
 #[tokio::test]
+async fn closure_transactions_commit_on_ok_and_roll_back_on_err() {
+    let h = Harness::start().await;
+    let current = Context::new().with("way", "transaction");
+    let explicit = Context::new().with("way", "transaction_with");
+
+    // the current context, on a pool; the callback's value is returned
+    let one = scope(current.clone(), async {
+        bemi_sqlx::transaction(&h.pool, |tx| {
+            Box::pin(async move {
+                insert(tx, 1, 1).await;
+                sqlx::query_scalar::<_, i32>("SELECT 1")
+                    .fetch_one(&mut **tx)
+                    .await
+            })
+        })
+        .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(one, 1);
+
+    // an error from the callback rolls back, its rows and its context with it
+    let err = bemi_sqlx::transaction_with(&h.pool, &explicit, |tx| {
+        Box::pin(async move {
+            insert(tx, 2, 2).await;
+            Err::<(), _>(sqlx::Error::RowNotFound)
+        })
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, sqlx::Error::RowNotFound), "{err}");
+
+    // an explicit context, on a pooled connection, which is idle afterwards
+    let mut conn = h.pool.acquire().await.unwrap();
+    bemi_sqlx::transaction_with(&mut conn, &explicit, |tx| {
+        Box::pin(async move {
+            insert(tx, 3, 3).await;
+            Ok::<_, sqlx::Error>(())
+        })
+    })
+    .await
+    .unwrap();
+    assert!(!conn.is_in_transaction());
+    drop(conn);
+
+    let changes = h.changes().await;
+    let ids: Vec<&Value> = changes.iter().map(|c| &c.after["id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(3)]);
+    assert_eq!(
+        contexts(&changes),
+        [Value::from(current), Value::from(explicit)]
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn execute_runs_a_single_write_in_a_transaction_with_its_context() {
     let h = Harness::start().await;
     let ctx = Context::new().with("endpoint", "PUT /items/1");

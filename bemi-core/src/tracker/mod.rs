@@ -131,8 +131,9 @@ impl<S: ChangeSink> TrackerBuilder<S> {
 
     /// Whether the setup at start also sets `REPLICA IDENTITY FULL` where it is missing and
     /// installs the event trigger that keeps it for new tables, as `bemi setup` does (default
-    /// `true`; see [`SourceSetup::replica_identity`](crate::setup::SourceSetup::replica_identity)). Only with
-    /// [`create_missing`](Self::create_missing).
+    /// `true`; see
+    /// [`SourceSetup::replica_identity`](crate::setup::SourceSetup::replica_identity)). Only
+    /// with [`create_missing`](Self::create_missing).
     pub fn replica_identity(mut self, set: bool) -> Self {
         self.settings.replica_identity = set;
         self
