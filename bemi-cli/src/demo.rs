@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::PostgresSink;
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker};
+use bemi_temp_postgres::TempPostgres;
 use tokio_postgres::Client;
 
 use crate::args::DemoArgs;
@@ -18,11 +18,14 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
         Some(url) => (url.parse::<ConnectOptions>()?, None),
         None => {
             println!("Starting a throwaway PostgreSQL (no DATABASE_URL given)...");
+            let not_started = |e: Box<dyn std::error::Error + Send + Sync>| {
+                Error::new(ErrorKind::Config, "could not start a throwaway PostgreSQL")
+                    .with_source(e)
+            };
             let pg = tokio::task::spawn_blocking(TempPostgres::start)
                 .await
-                .map_err(|e| {
-                    Error::new(ErrorKind::Embedded, "the server start panicked").with_source(e)
-                })??;
+                .map_err(|e| not_started(e.into()))?
+                .map_err(|e| not_started(e.into()))?;
             let options: ConnectOptions = pg.url("postgres").parse()?;
             (options, Some(pg))
         }

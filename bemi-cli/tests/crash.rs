@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bemi_core::testing::TestDatabase;
 use bemi_core::Host;
+use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
 const TRANSACTIONS: i64 = 5_000;

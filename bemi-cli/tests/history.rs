@@ -3,8 +3,8 @@
 
 use std::process::Output;
 
-use bemi_core::testing::trail::{clock, rows, start, sync, write};
-use bemi_core::testing::TestDatabase;
+use bemi_testkit::trail::{clock, rows, start, sync, write};
+use bemi_testkit::TestDatabase;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -451,7 +451,7 @@ async fn table_names_with_dots_and_quotes_are_written_as_postgresql_writes_them(
 
 #[tokio::test]
 async fn setup_publishes_a_table_whose_name_holds_a_dot() {
-    let db = bemi_core::testing::TestDatabase::create().await.unwrap();
+    let db = bemi_testkit::TestDatabase::create().await.unwrap();
     let sql = db.connect().await.unwrap();
     sql.batch_execute(
         r#"CREATE TABLE "my.table" (id int PRIMARY KEY); CREATE TABLE other (id int);"#,

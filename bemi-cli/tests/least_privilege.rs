@@ -5,9 +5,9 @@ use std::io::Read as _;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::setup::{DESTINATION_ROLE, SOURCE_ROLE};
 use bemi_core::ConnectOptions;
+use bemi_temp_postgres::TempPostgres;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);

@@ -5,8 +5,8 @@ use std::io::Read as _;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::ConnectOptions;
+use bemi_temp_postgres::TempPostgres;
 
 /// A password with every character that URLs treat specially (`%7/` is no percent-encoding).
 const PASSWORD: &str = "Zq%7/w?x@Secret-42";

@@ -4,9 +4,9 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
-use bemi_core::testing::TestDatabase;
 use bemi_core::{ConnectOptions, Host};
+use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -257,7 +257,7 @@ async fn setup_is_idempotent_and_print_sql_gives_the_same_state() {
     // The printed SQL, applied by psql, gives the same state.
     let script = output(bemi(&printed, &["setup", "--print-sql"]));
     assert!(script.status.success(), "{}", text(&script.stderr));
-    let server = bemi_core::testing::server().unwrap();
+    let server = bemi_testkit::server().unwrap();
     let pg = server.embedded().expect("the throwaway server");
     pg.psql(printed.name(), &text(&script.stdout))
         .expect("psql applies the script");

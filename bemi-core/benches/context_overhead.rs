@@ -5,7 +5,7 @@
 //! cargo bench -p bemi-core --bench context_overhead [-- --secs 5 --clients 1,8 --statements 1,5 --no-fsync]
 //! ```
 //!
-//! The method and the options are those of [`bemi_core::testing::overhead`]. Ways, each client
+//! The method and the options are those of [`bemi_testkit::overhead`]. Ways, each client
 //! with a tokio-postgres connection and a deadpool-postgres one of its own:
 //!
 //! | way | what | baseline |
@@ -23,8 +23,8 @@
 //! cheapest way: what any context, however carried, would cost at least.
 
 use bemi_core::context::{begin_with, emit_before_with, Context, ContextTransaction};
-use bemi_core::testing::overhead::{client_context, compare, reset, Settings, INSERT};
 use bemi_core::ConnectOptions;
+use bemi_testkit::overhead::{client_context, compare, reset, Settings, INSERT};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
@@ -49,7 +49,7 @@ const WAYS: [Way; 7] = [
     Way::PoolSelect1,
 ];
 
-impl bemi_core::testing::overhead::Way for Way {
+impl bemi_testkit::overhead::Way for Way {
     fn name(self) -> &'static str {
         match self {
             Way::Plain => "plain",
@@ -93,7 +93,7 @@ impl Writer {
     }
 }
 
-impl bemi_core::testing::overhead::Writer for Writer {
+impl bemi_testkit::overhead::Writer for Writer {
     type Way = Way;
 
     async fn write(&mut self, way: Way, statements: usize, n: i32) {

@@ -13,10 +13,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::setup::SourceSetup;
 use bemi_core::sink::{JsonLinesSink, PostgresSink};
 use bemi_core::{ConnectOptions, Tracker};
+use bemi_temp_postgres::TempPostgres;
 
 fn main() {
     let rows: i64 = std::env::args()

@@ -46,8 +46,6 @@ pub enum ErrorKind {
     Gap,
     /// A change sink failed.
     Sink,
-    /// The throwaway PostgreSQL server could not be set up.
-    Embedded,
 }
 
 /// An error from bemi-core.

@@ -49,12 +49,8 @@
 //!   (`bemi-query`) and the `bemi` CLI.
 //! * [`ConnectOptions`]: libpq-style URLs and key/value strings, TLS with libpq's `sslmode`.
 //!
-//! # Features
-//!
-//! * `testing`: a database per test on a shared throwaway PostgreSQL (`testing`), for this
-//!   workspace's own tests; not meant for applications.
-//!
-//! Unix only: the replication client and the throwaway server use Unix sockets and processes.
+//! No optional features. Unix only: the replication client connects over Unix sockets too. A
+//! throwaway PostgreSQL for your own tests and demos is in the `bemi-temp-postgres` crate.
 #![forbid(unsafe_code)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
@@ -62,7 +58,6 @@ mod change;
 pub mod changes_table;
 mod config;
 pub mod context;
-pub mod embedded;
 mod error;
 mod lsn;
 pub mod pgoutput;
@@ -74,9 +69,6 @@ pub mod sink;
 pub mod sql;
 #[doc(hidden)]
 pub mod stitch;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod testing;
 mod tls;
 mod tracker;
 #[doc(hidden)]

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::PostgresSink;
 use bemi_core::{ConnectOptions, Error, ErrorKind, ReplicationClient, SslMode, Tracker};
+use bemi_temp_postgres::TempPostgres;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 struct Authority {

@@ -3,7 +3,7 @@
 
 use bemi_context::{scope, scope_sync, Context};
 use bemi_core::context::{begin, begin_with, emit, emit_before, emit_before_with, emit_with};
-use bemi_core::testing::{
+use bemi_testkit::{
     assert_task_contexts, ctx, oversized_context, task_context, tricky_context, TestDatabase,
     Tracked,
 };

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use bemi_core::testing::{EventTap, TestDatabase};
 use bemi_core::RowEvent;
+use bemi_testkit::{EventTap, TestDatabase};
 use bytes::Bytes;
 use futures_util::SinkExt as _;
 

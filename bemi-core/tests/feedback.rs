@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
-use bemi_core::testing::{EventTap, TestDatabase};
 use bemi_core::{ConnectOptions, Lsn, RowEvent};
+use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::{EventTap, TestDatabase};
 
 async fn walsender_pid(sql: &tokio_postgres::Client, slot: &str) -> Option<i32> {
     sql.query_one(

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::PostgresSink;
-use bemi_core::testing::TestDatabase;
 use bemi_core::{ConnectOptions, Tracker, TrackerHandle};
+use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(120);

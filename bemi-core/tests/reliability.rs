@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::{Batch, ChangeSink, PostgresSink, SourceInfo};
-use bemi_core::testing::TestDatabase;
 use bemi_core::{Change, ConnectOptions, ErrorKind, Lsn, TrackerHandle};
+use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::setup::SourceSetup;
-use bemi_core::testing::{EventTap, TestDatabase};
 use bemi_core::{ConnectOptions, ErrorKind, Lsn, ReplicationClient};
+use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::{EventTap, TestDatabase};
 
 async fn server_with(name: &'static str, value: &'static str) -> TempPostgres {
     tokio::task::spawn_blocking(move || TempPostgres::builder().setting(name, value).start())

@@ -2,8 +2,8 @@
 //! not call anything a less privileged role could define; and error reports say each text once.
 
 use bemi_core::setup::SourceSetup;
-use bemi_core::testing::TestDatabase;
 use bemi_core::Error;
+use bemi_testkit::TestDatabase;
 
 /// Functions a role with CREATE on `public` defines to catch a superuser's unqualified call:
 /// each matches the call's argument types better than pg_catalog's variadic `format`, records

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use bemi_core::setup::Tables;
 use bemi_core::sink::{ChannelSink, PostgresSink};
 use bemi_core::sql::TableName;
-use bemi_core::testing::TestDatabase;
 use bemi_core::{Operation, Tracker};
+use bemi_testkit::TestDatabase;
 use futures_util::StreamExt as _;
 use tokio_postgres::Client;
 

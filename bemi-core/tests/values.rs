@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use bemi_core::testing::{EventTap, TestDatabase};
 use bemi_core::RowEvent;
+use bemi_testkit::{EventTap, TestDatabase};
 
 #[tokio::test]
 async fn values_convert_to_lossless_json() {
@@ -69,7 +69,7 @@ async fn values_convert_to_lossless_json() {
 /// in values and in contexts; a hostile depth is recorded as text without stopping the tracker.
 #[tokio::test]
 async fn deep_json_is_stored_as_json() {
-    use bemi_core::testing::trail::{start, sync, write};
+    use bemi_testkit::trail::{start, sync, write};
 
     let (_db, sql, tracker) = start(
         "CREATE TABLE docs (id int PRIMARY KEY, j jsonb);

@@ -1,11 +1,11 @@
 //! Reading the audit trail on a real server, through the tracker: history, filters, diff,
 //! pagination and index use, time travel, and revert.
 
-use bemi_core::testing::trail::{clock, rows, start, sync, write};
 use bemi_core::Operation;
 use bemi_query::{
     ChangeFilter, ChangeQuery, ConflictKind, Cursor, Order, Revert, StoredChange, TimeTravel,
 };
+use bemi_testkit::trail::{clock, rows, start, sync, write};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 

@@ -2,8 +2,8 @@
 //! arrays with bounds, rows never changed since tracking began, replica identities other than
 //! FULL, keys that are never sent, names with dots and quotes, partitioned tables.
 
-use bemi_core::testing::trail::{clock, start, sync, write};
 use bemi_query::{ChangeFilter, ChangeQuery, Revert, TableName, TimeTravel};
+use bemi_testkit::trail::{clock, start, sync, write};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -82,7 +82,7 @@ async fn arrays_with_bounds_round_trip_through_time_travel_and_revert() {
 
 /// The table as `rows` of trail.rs gives it, as JSON values ordered by `id`.
 async fn snapshot(sql: &Client, table: &str) -> Vec<Value> {
-    bemi_core::testing::trail::rows(sql, table, "id").await
+    bemi_testkit::trail::rows(sql, table, "id").await
 }
 
 async fn travel(sql: &Client, table: &str, at: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
@@ -355,7 +355,7 @@ async fn a_partitioned_table_is_tracked_under_its_own_name() {
 
 #[tokio::test]
 async fn keys_are_those_of_the_change_s_time_after_a_drop_or_a_new_primary_key() {
-    let db = bemi_core::testing::TestDatabase::create().await.unwrap();
+    let db = bemi_testkit::TestDatabase::create().await.unwrap();
     let sql = db.connect().await.unwrap();
     sql.batch_execute(
         "CREATE TABLE gone (id int PRIMARY KEY, code text);

@@ -5,7 +5,7 @@
 //! cargo bench -p bemi-sqlx --bench context_overhead --all-features [-- --secs 5 --clients 1,8 --statements 1,5 --no-fsync]
 //! ```
 //!
-//! The method and the options are those of [`bemi_core::testing::overhead`]. Ways:
+//! The method and the options are those of [`bemi_testkit::overhead`]. Ways:
 //!
 //! | way | what | baseline |
 //! | --- | --- | --- |
@@ -29,7 +29,7 @@
 use std::str::FromStr as _;
 
 use bemi_context::Context;
-use bemi_core::testing::overhead::{client_context, compare, reset, Settings, INSERT};
+use bemi_testkit::overhead::{client_context, compare, reset, Settings, INSERT};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgPool, Postgres};
@@ -63,7 +63,7 @@ const WAYS: &[Way] = &[
     Way::OrmTransactionWith,
 ];
 
-impl bemi_core::testing::overhead::Way for Way {
+impl bemi_testkit::overhead::Way for Way {
     fn name(self) -> &'static str {
         match self {
             Way::Plain => "plain",
@@ -107,7 +107,7 @@ struct Writer {
     ctx: Context,
 }
 
-impl bemi_core::testing::overhead::Writer for Writer {
+impl bemi_testkit::overhead::Writer for Writer {
     type Way = Way;
 
     async fn write(&mut self, way: Way, statements: usize, n: i32) {

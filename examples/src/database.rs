@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use bemi_core::embedded::TempPostgres;
 use bemi_core::sink::PostgresSink;
 use bemi_core::{ConnectOptions, Tracker, TrackerHandle};
+use bemi_temp_postgres::TempPostgres;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 

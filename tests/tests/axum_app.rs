@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bemi_core::testing::TestDatabase;
 use bemi_examples::todo_app::TodoApp;
+use bemi_testkit::TestDatabase;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};

@@ -1,8 +1,8 @@
-//! The tracked test database of `bemi_core::testing`, and Diesel's view of its `items` table.
+//! The tracked test database of `bemi_testkit`, and Diesel's view of its `items` table.
 
 #![allow(dead_code, unreachable_pub)]
 
-pub use bemi_core::testing::{
+pub use bemi_testkit::{
     assert_task_contexts, ctx, oversized_context, task_context, tricky_context, Tracked,
 };
 

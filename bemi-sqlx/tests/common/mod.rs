@@ -1,4 +1,4 @@
-//! Shared by the end-to-end tests: the tracked test database of `bemi_core::testing` with an
+//! Shared by the end-to-end tests: the tracked test database of `bemi_testkit` with an
 //! sqlx pool on it.
 
 #![allow(dead_code, unreachable_pub)]
@@ -6,12 +6,12 @@
 use std::ops::Deref;
 use std::time::Duration;
 
-use bemi_core::testing::Tracked;
 use bemi_core::ConnectOptions;
+use bemi_testkit::Tracked;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use bemi_core::testing::{oversized_context, tricky_context, Recorded};
+pub use bemi_testkit::{oversized_context, tricky_context, Recorded};
 
 /// sqlx settings for the same database as `options`.
 pub fn sqlx_options(options: &ConnectOptions) -> PgConnectOptions {

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bemi_temp_postgres::TempPostgres;
+
 use crate::workload::{bulk, Writer, FAULT_CLIENT};
 use crate::{connect, human, Random, Soak, Stats, SLOT};
 
@@ -192,7 +194,7 @@ async fn inject(
             let rows = random.between(10_000, 20_000) as i64;
             let committed = bulk(writer, rows).await;
             tokio::time::sleep(Duration::from_millis(random.between(100, 800))).await;
-            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.source);
+            let pg = Arc::<TempPostgres>::clone(&soak.source);
             blocking(move || {
                 if crash {
                     pg.crash()?;
@@ -221,7 +223,7 @@ async fn inject(
             let pause = soak.gate.write().await;
             let caught_up = slot_caught_up(soak, Duration::from_secs(30)).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.source);
+            let pg = Arc::<TempPostgres>::clone(&soak.source);
             let restarted = blocking(move || pg.restart()).await;
             // Stay idle a while after the restart: the worker reconnects to a quiet server.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -265,13 +267,13 @@ async fn inject(
         }
         Fault::DestinationDown => {
             let hold = Duration::from_millis(random.between(3000, 8000));
-            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.destination);
+            let pg = Arc::<TempPostgres>::clone(&soak.destination);
             blocking(move || pg.stop()).await?;
             tokio::time::sleep(hold).await;
-            let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&soak.destination);
+            let pg = Arc::<TempPostgres>::clone(&soak.destination);
             let mut started = Err(String::new());
             for _ in 0..5 {
-                let pg = Arc::<bemi_core::embedded::TempPostgres>::clone(&pg);
+                let pg = Arc::<TempPostgres>::clone(&pg);
                 started = blocking(move || pg.start_again()).await;
                 if started.is_ok() {
                     break;
@@ -323,7 +325,7 @@ async fn inject(
 
 /// Runs a blocking `pg_ctl` step off the async threads.
 async fn blocking(
-    f: impl FnOnce() -> bemi_core::Result<()> + Send + 'static,
+    f: impl FnOnce() -> bemi_temp_postgres::Result<()> + Send + 'static,
 ) -> Result<(), String> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(())) => Ok(()),

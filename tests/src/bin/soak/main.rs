@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bemi_core::embedded::TempPostgres;
+use bemi_temp_postgres::TempPostgres;
 use clap::Parser;
 
 use crate::truth::Truth;

@@ -1,5 +1,6 @@
 //! Test support: a fresh database (with its own slot and publication names) per test, on a
-//! throwaway server shared by the test process. Enabled by the `testing` feature.
+//! throwaway server shared by the test process ([`bemi_temp_postgres`]), and the benchmark harness
+//! ([`overhead`]). Not published: the workspace's own fixtures.
 //!
 //! Set `BEMI_TEST_DATABASE_URL` to a superuser URL of an existing PostgreSQL 14+ server with
 //! `wal_level = logical` to use it instead of starting one. Otherwise the first test starts a
@@ -7,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn t() -> bemi_core::Result<()> {
-//! let db = bemi_core::testing::TestDatabase::create().await?;
+//! let db = bemi_testkit::TestDatabase::create().await?;
 //! let client = db.connect().await?;
 //! client.batch_execute("CREATE TABLE t (id int primary key)").await?;
 //! # Ok(()) }
@@ -25,10 +26,10 @@ pub use tracked::{
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::embedded::TempPostgres;
-use crate::error::{Error, ErrorKind, Result};
-use crate::sql::quote_identifier;
-use crate::ConnectOptions;
+use bemi_core::sql::quote_identifier;
+use bemi_core::ConnectOptions;
+use bemi_core::{Error, ErrorKind, Result};
+use bemi_temp_postgres::TempPostgres;
 
 /// The variable that points tests at an existing server.
 pub const DATABASE_URL_VAR: &str = "BEMI_TEST_DATABASE_URL";
@@ -70,7 +71,7 @@ pub fn server() -> Result<&'static TestServer> {
     let server = SERVER.get_or_init(|| start_server().map_err(|e| e.report()));
     server.as_ref().map_err(|reason| {
         Error::new(
-            ErrorKind::Embedded,
+            ErrorKind::Connect,
             format!("the test PostgreSQL server is unavailable: {reason}"),
         )
     })
@@ -83,18 +84,62 @@ fn start_server() -> Result<TestServer> {
             embedded: None,
         });
     }
-    let pg = TempPostgres::start()?;
+    let pg = TempPostgres::start().map_err(|e| {
+        Error::new(ErrorKind::Connect, "could not start a throwaway PostgreSQL").with_source(e)
+    })?;
     Ok(TestServer {
         admin: pg.url("postgres").parse()?,
         embedded: Some(pg),
     })
 }
 
-/// A database of its own for one test, with names for its slot and publication.
+/// A database of its own for one test, with names for its slot and publication. Dropping it
+/// drops the database and its slot (terminating what still uses them), also on a server named
+/// by `BEMI_TEST_DATABASE_URL`, so no logical slot is left to pin WAL.
 #[derive(Debug)]
 pub struct TestDatabase {
     name: String,
     options: ConnectOptions,
+    admin: ConnectOptions,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = self
+            .admin
+            .clone()
+            .with_connect_timeout(std::time::Duration::from_secs(5));
+        let (name, slot) = (self.name.clone(), self.slot());
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let sql = admin.connect().await.ok()?;
+                let drop = format!(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                       WHERE slot_name = {slot} AND active_pid IS NOT NULL;
+                     SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                       WHERE slot_name = {slot};
+                     DROP DATABASE IF EXISTS {name} WITH (FORCE);",
+                    slot = bemi_core::sql::quote_literal(&slot),
+                    name = quote_identifier(&name),
+                );
+                let dropped = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    sql.batch_execute(&drop),
+                )
+                .await;
+                if !matches!(dropped, Ok(Ok(()))) {
+                    tracing::debug!(database = %name, "could not drop the test database");
+                }
+                Some(())
+            })
+        });
+        let _ = cleanup.join();
+    }
 }
 
 impl TestDatabase {
@@ -119,6 +164,7 @@ impl TestDatabase {
             .await?;
         Ok(TestDatabase {
             options: admin.clone().with_dbname(&name),
+            admin: admin.clone(),
             name,
         })
     }
@@ -152,15 +198,17 @@ impl TestDatabase {
 impl TestDatabase {
     /// A tracker of this database with its slot and publication, storing into the `changes`
     /// table of the same database, to configure further.
-    pub fn tracker_builder(&self) -> Result<crate::TrackerBuilder<crate::sink::PostgresSink>> {
-        let sink = crate::sink::PostgresSink::connect(&self.options)?;
-        Ok(crate::Tracker::builder(self.options(), sink)
+    pub fn tracker_builder(
+        &self,
+    ) -> Result<bemi_core::TrackerBuilder<bemi_core::sink::PostgresSink>> {
+        let sink = bemi_core::sink::PostgresSink::connect(&self.options)?;
+        Ok(bemi_core::Tracker::builder(self.options(), sink)
             .slot(self.slot())
             .publication(self.publication()))
     }
 
     /// Spawns the tracker of [`tracker_builder`](Self::tracker_builder).
-    pub fn spawn_tracker(&self) -> Result<crate::TrackerHandle> {
+    pub fn spawn_tracker(&self) -> Result<bemi_core::TrackerHandle> {
         Ok(self.tracker_builder()?.spawn())
     }
 
@@ -169,7 +217,7 @@ impl TestDatabase {
     pub async fn wait_for_changes(
         &self,
         expected: i64,
-        tracker: &crate::TrackerHandle,
+        tracker: &bemi_core::TrackerHandle,
         timeout: std::time::Duration,
     ) -> Result<i64> {
         let client = self.connect().await?;
@@ -204,11 +252,11 @@ impl TestDatabase {
     }
 }
 
-/// Streams a test database's changes as [`RowEvent`](crate::RowEvent)s, a transaction at a time.
+/// Streams a test database's changes as [`RowEvent`](bemi_core::RowEvent)s, a transaction at a time.
 #[derive(Debug)]
 pub struct EventTap {
-    stream: crate::ReplicationStream,
-    decoder: crate::RowDecoder,
+    stream: bemi_core::ReplicationStream,
+    decoder: bemi_core::RowDecoder,
 }
 
 impl EventTap {
@@ -216,22 +264,22 @@ impl EventTap {
     /// slot's start. Changes committed after this returns are seen.
     pub async fn start(db: &TestDatabase) -> Result<EventTap> {
         let client = db.connect().await?;
-        crate::setup::SourceSetup::new(db.slot(), db.publication())
+        bemi_core::setup::SourceSetup::new(db.slot(), db.publication())
             .replica_identity(false)
             .prepare(&client)
             .await?;
-        let stream = crate::ReplicationClient::connect(&db.options())
+        let stream = bemi_core::ReplicationClient::connect(&db.options())
             .await?
-            .start_replication(&db.slot(), &[&db.publication()], crate::Lsn::ZERO)
+            .start_replication(&db.slot(), &[&db.publication()], bemi_core::Lsn::ZERO)
             .await?;
         Ok(EventTap {
             stream,
-            decoder: crate::RowDecoder::new(client),
+            decoder: bemi_core::RowDecoder::new(client),
         })
     }
 
     /// The stream itself (to confirm positions).
-    pub fn stream(&self) -> &crate::ReplicationStream {
+    pub fn stream(&self) -> &bemi_core::ReplicationStream {
         &self.stream
     }
 
@@ -240,11 +288,11 @@ impl EventTap {
     pub async fn next_transaction(
         &mut self,
         timeout: std::time::Duration,
-    ) -> Result<Vec<crate::RowEvent>> {
+    ) -> Result<Vec<bemi_core::RowEvent>> {
         let read = async {
             let mut events = Vec::new();
             loop {
-                let Some(crate::ReplicationEvent::Data { message, .. }) =
+                let Some(bemi_core::ReplicationEvent::Data { message, .. }) =
                     self.stream.next_event().await?
                 else {
                     continue;
@@ -253,8 +301,8 @@ impl EventTap {
                     continue;
                 };
                 let done = match &event {
-                    crate::RowEvent::Commit { .. } => true,
-                    crate::RowEvent::Message { transactional, .. } => !transactional,
+                    bemi_core::RowEvent::Commit { .. } => true,
+                    bemi_core::RowEvent::Message { transactional, .. } => !transactional,
                     _ => false,
                 };
                 events.push(event);

@@ -1,4 +1,6 @@
-//! A throwaway PostgreSQL server for tests, examples and `bemi demo`.
+//! A throwaway PostgreSQL server for tests, examples and `bemi demo`, from the PostgreSQL
+//! server binaries installed on the machine. Unix only (it runs `initdb`, `pg_ctl` and a
+//! `sh` watchdog, and connects over a Unix socket).
 //!
 //! [`TempPostgres::start`] finds PostgreSQL 14+ server binaries, runs `initdb` into a fresh
 //! temporary directory and starts a server configured for logical replication on a free
@@ -13,12 +15,16 @@
 //! the kernel closes that pipe however the process ends.
 //!
 //! ```no_run
-//! # fn main() -> bemi_core::Result<()> {
-//! let pg = bemi_core::embedded::TempPostgres::start()?;
+//! # fn main() -> bemi_temp_postgres::Result<()> {
+//! let pg = bemi_temp_postgres::TempPostgres::start()?;
 //! println!("connect to {}", pg.url("postgres"));
 //! # Ok(()) }
 //! ```
 
+#![cfg(unix)]
+#![forbid(unsafe_code)]
+use std::borrow::Cow;
+use std::fmt;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
@@ -28,8 +34,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-use crate::error::{Error, ErrorKind, Result};
 
 /// The oldest PostgreSQL major version the tracker supports (logical messages in pgoutput).
 pub const MIN_SERVER_VERSION: u32 = 14;
@@ -569,8 +573,55 @@ fn free_port() -> Result<u16> {
     Ok(port)
 }
 
-fn embedded_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
-    Error::new(ErrorKind::Embedded, message)
+fn embedded_error(message: impl Into<Cow<'static, str>>) -> Error {
+    Error {
+        message: message.into(),
+        source: None,
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the throwaway server could not be set up or driven: what failed, with the underlying
+/// cause (an I/O error, the server's log) as its source.
+#[derive(Debug)]
+pub struct Error {
+    message: Cow<'static, str>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The message followed by its causes, `: `-separated.
+    pub fn report(&self) -> String {
+        let mut text = self.message.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// Runs `psql` from the server's binaries against it (for tests and the demo); returns stdout.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bemi_context::Context;
 use serde_json::Value;
 
-use super::TestDatabase;
-use crate::TrackerHandle;
+use crate::TestDatabase;
+use bemi_core::TrackerHandle;
 
 /// The schema of every tracked test database: `items (id int primary key, task int, note text)`,
 /// which the tests write, and the `sync_marker` table [`Tracked::changes`] writes through

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bemi_context::Context;
 
-use crate::embedded::TempPostgres;
+use bemi_temp_postgres::TempPostgres;
 use cpu::{CpuClock, CpuTime};
 
 /// The benchmarks' table.

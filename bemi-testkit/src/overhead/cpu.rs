@@ -10,7 +10,7 @@ use std::fs;
 use std::ops::{AddAssign, Sub};
 use std::path::Path;
 
-use crate::embedded::TempPostgres;
+use bemi_temp_postgres::TempPostgres;
 
 /// CPU time used so far, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::TestDatabase;
-use crate::TrackerHandle;
+use crate::TestDatabase;
+use bemi_core::TrackerHandle;
 
 /// How long [`sync`] waits for the tracker.
 const WAIT: Duration = Duration::from_secs(120);
