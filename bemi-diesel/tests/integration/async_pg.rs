@@ -1,16 +1,14 @@
 //! diesel-async transactions with context (feature `async`), end to end through the tracker
 //! into `changes`.
 
-mod common;
-
 use std::sync::Arc;
 
-use bemi_context::{scope, scope_sync, Context};
-use bemi_diesel::async_pg::{emit, emit_with, transaction, transaction_with};
-use common::{
+use crate::common::{
     assert_task_contexts, conninfo, ctx, items, oversized_context, task_context, tricky_context,
     Tracked,
 };
+use bemi_context::{scope, scope_sync, Context};
+use bemi_diesel::async_pg::{emit, emit_with, transaction, transaction_with};
 use diesel::prelude::*;
 use diesel_async::scoped_futures::ScopedFutureExt as _;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -99,7 +97,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     .await
     .unwrap();
     // Prepared once, reused by every emit on this connection.
-    let prepared: i64 = diesel::select(common::emit_statements_prepared())
+    let prepared: i64 = diesel::select(crate::common::emit_statements_prepared())
         .get_result(&mut conn)
         .await
         .unwrap();

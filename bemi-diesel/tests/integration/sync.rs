@@ -1,13 +1,11 @@
 //! Diesel (sync) transactions with context, end to end through the tracker into `changes`.
 
-mod common;
-
-use bemi_context::{scope, scope_sync, Context};
-use bemi_diesel::{emit, emit_with, transaction, transaction_with};
-use common::{
+use crate::common::{
     assert_task_contexts, conninfo, ctx, items, oversized_context, task_context, tricky_context,
     Tracked,
 };
+use bemi_context::{scope, scope_sync, Context};
+use bemi_diesel::{emit, emit_with, transaction, transaction_with};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use serde_json::{json, Value};
@@ -67,7 +65,7 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
         })
         .unwrap();
         // Prepared once, reused by every emit on this connection.
-        let prepared: i64 = diesel::select(common::emit_statements_prepared())
+        let prepared: i64 = diesel::select(crate::common::emit_statements_prepared())
             .get_result(&mut conn)
             .unwrap();
         assert_eq!(prepared, 1);

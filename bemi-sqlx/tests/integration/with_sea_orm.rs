@@ -1,9 +1,7 @@
 //! bemi-sqlx's SeaORM helpers end to end, through the tracker into `changes`.
 
-mod common;
-
+use crate::common::{contexts, oversized_context, tricky_context, Harness};
 use bemi_context::{scope, Context};
-use common::{contexts, oversized_context, tricky_context, Harness};
 use sea_orm::{
     ActiveModelTrait as _, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr,
     EntityTrait as _, SqlxPostgresConnector, TransactionError, TransactionTrait as _,

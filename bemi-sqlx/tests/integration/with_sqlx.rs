@@ -1,9 +1,7 @@
 //! bemi-sqlx end to end: sqlx transactions with context, through the tracker into `changes`.
 
-mod common;
-
+use crate::common::{contexts, oversized_context, tricky_context, Harness};
 use bemi_context::{scope, Context};
-use common::{contexts, oversized_context, tricky_context, Harness};
 use serde_json::{json, Value};
 use sqlx::{Acquire as _, Connection as _, PgPool};
 
@@ -495,7 +493,7 @@ async fn a_failing_emit_leaves_the_pooled_connection_idle() {
     .unwrap();
     let app = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .connect_with(common::sqlx_options(&h.db.options()).username(&role))
+        .connect_with(crate::common::sqlx_options(&h.db.options()).username(&role))
         .await
         .unwrap();
 

@@ -1,0 +1,9 @@
+//! The integration tests of bemi-cli, in one test binary (one link, one shared throwaway
+//! PostgreSQL for the tests that need no server of their own).
+
+mod crash;
+mod help;
+mod history;
+mod least_privilege;
+mod secrets;
+mod worker;

@@ -1,0 +1,13 @@
+//! The integration tests of bemi-core, in one test binary (one link, one shared throwaway
+//! PostgreSQL for the tests that need no server of their own).
+
+mod auth_tls;
+mod context;
+mod decoding;
+mod feedback;
+mod outage;
+mod reliability;
+mod setup_errors;
+mod setup_security;
+mod tracker;
+mod values;

@@ -1,0 +1,5 @@
+//! The integration tests of tests, in one test binary (one link, one shared throwaway
+//! PostgreSQL for the tests that need no server of their own).
+
+mod axum_app;
+mod soak;
