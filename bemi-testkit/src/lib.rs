@@ -79,8 +79,10 @@ pub fn server() -> Result<&'static TestServer> {
 
 fn start_server() -> Result<TestServer> {
     if let Ok(url) = std::env::var(DATABASE_URL_VAR) {
+        let admin: ConnectOptions = url.parse()?;
+        sweep_stale(&admin)?;
         return Ok(TestServer {
-            admin: url.parse()?,
+            admin,
             embedded: None,
         });
     }
@@ -91,6 +93,55 @@ fn start_server() -> Result<TestServer> {
         admin: pg.url("postgres").parse()?,
         embedded: Some(pg),
     })
+}
+
+/// Drops the databases and slots that earlier test processes left on a shared server (killed
+/// before their [`TestDatabase`]s were dropped): names `bemi_test_<pid>_…` of processes that
+/// are gone.
+fn sweep_stale(admin: &ConnectOptions) -> Result<()> {
+    let admin = admin.clone();
+    let swept = std::thread::spawn(move || -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Config, "no runtime").with_source(e))?;
+        runtime.block_on(async {
+            let sql = admin.connect().await?;
+            let names = sql
+                .query(
+                    "SELECT datname::text FROM pg_database WHERE datname LIKE 'bemi\\_test\\_%'",
+                    &[],
+                )
+                .await?;
+            for row in names {
+                let name: String = row.get(0);
+                let pid = name
+                    .split('_')
+                    .nth(2)
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                let alive =
+                    pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    continue;
+                }
+                sql.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND active_pid IS NULL",
+                    &[&format!("{name}_slot")],
+                )
+                .await?;
+                sql.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_identifier(&name)
+                ))
+                .await?;
+            }
+            Ok(())
+        })
+    });
+    swept
+        .join()
+        .map_err(|_| Error::new(ErrorKind::Config, "sweeping stale test databases panicked"))?
 }
 
 /// A database of its own for one test, with names for its slot and publication. Dropping it
@@ -118,19 +169,28 @@ impl Drop for TestDatabase {
                 .ok()?;
             runtime.block_on(async {
                 let sql = admin.connect().await.ok()?;
-                let drop = format!(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
-                       WHERE slot_name = {slot} AND active_pid IS NOT NULL;
-                     SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                       WHERE slot_name = {slot};
-                     DROP DATABASE IF EXISTS {name} WITH (FORCE);",
-                    slot = bemi_core::sql::quote_literal(&slot),
-                    name = quote_identifier(&name),
-                );
-                let dropped = tokio::time::timeout(
-                    std::time::Duration::from_secs(30),
-                    sql.batch_execute(&drop),
-                )
+                // Each its own statement: DROP DATABASE cannot run in a transaction block.
+                let slot = bemi_core::sql::quote_literal(&slot);
+                let statements = [
+                    format!(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                         WHERE slot_name = {slot} AND active_pid IS NOT NULL"
+                    ),
+                    format!(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = {slot}"
+                    ),
+                    format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote_identifier(&name)
+                    ),
+                ];
+                let dropped = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                    for statement in &statements {
+                        sql.batch_execute(statement).await?;
+                    }
+                    Ok::<_, tokio_postgres::Error>(())
+                })
                 .await;
                 if !matches!(dropped, Ok(Ok(()))) {
                     tracing::debug!(database = %name, "could not drop the test database");
@@ -317,5 +377,91 @@ impl EventTap {
                 format!("no complete transaction arrived within {timeout:?}"),
             )
         })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exists(sql: &tokio_postgres::Client, database: &str) -> bool {
+        sql.query_one(
+            "SELECT count(*) = 1 FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    #[tokio::test]
+    async fn a_test_database_and_its_slot_are_dropped_with_it() {
+        let db = TestDatabase::create().await.unwrap();
+        db.connect()
+            .await
+            .unwrap()
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&db.slot()],
+            )
+            .await
+            .unwrap();
+        let (name, slot) = (db.name().to_owned(), db.slot());
+        drop(db);
+        let sql = server().unwrap().admin().connect().await.unwrap();
+        assert!(!exists(&sql, &name).await);
+        let slots: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(slots, 0);
+    }
+
+    #[tokio::test]
+    async fn databases_of_test_processes_that_are_gone_are_swept() {
+        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .unwrap()
+            .expect("throwaway server");
+        let admin: ConnectOptions = pg.url("postgres").parse().unwrap();
+        let sql = admin.connect().await.unwrap();
+        let gone = "bemi_test_4294967295_0";
+        let alive = format!("bemi_test_{}_99", std::process::id());
+        for database in [gone, &alive] {
+            sql.batch_execute(&format!("CREATE DATABASE {database}"))
+                .await
+                .unwrap();
+        }
+        admin
+            .clone()
+            .with_dbname(gone)
+            .connect()
+            .await
+            .unwrap()
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&format!("{gone}_slot")],
+            )
+            .await
+            .unwrap();
+        sweep_stale(&admin).unwrap();
+        assert!(
+            !exists(&sql, gone).await,
+            "the dead process's database is gone"
+        );
+        assert!(
+            exists(&sql, &alive).await,
+            "a live process's database stays"
+        );
+        let slots: i64 = sql
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(slots, 0);
     }
 }
