@@ -190,6 +190,31 @@ fn is_transient_sqlstate(code: &str) -> bool {
     matches!(code.get(..2), Some("08" | "53" | "57" | "40")) || matches!(code, "55006" | "25006")
 }
 
+/// Runs `attempt` until it succeeds, fails otherwise than on a lock timeout (SQLSTATE 55P03),
+/// or has been tried `times` times, waiting 0.5 s, 1 s, 1.5 s, … in between. For DDL run under a
+/// short `lock_timeout`, so that the application's queries never queue behind it for long.
+pub(crate) async fn retry_when_locked<T, F, Fut>(
+    times: u32,
+    what: &str,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tried = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.code() == Some("55P03") && tried < times => {
+                tracing::info!(%what, attempt = tried, "busy; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500) * tried).await;
+                tried += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The kind of a server error, from its SQLSTATE (and its message where one code covers
 /// several problems). One classification for the replication and the SQL connections.
 pub(crate) fn sqlstate_kind(code: &str, message: &str) -> ErrorKind {

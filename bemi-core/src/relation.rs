@@ -201,17 +201,11 @@ impl RowDecoder {
 
     /// The primary key's column names in key order, from the catalog.
     async fn primary_key(&self, oid: Oid) -> Result<Vec<String>> {
-        let rows = self
+        let row = self
             .catalog
-            .query(
-                "SELECT a.attname::text FROM pg_index i \
-                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
-                &[&oid.0],
-            )
+            .query_one(&crate::setup::key_columns_sql("$1"), &[&oid.0])
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(row.get(0))
     }
 }
 

@@ -26,7 +26,7 @@
 
 use tokio_postgres::Client;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{retry_when_locked, Error, ErrorKind, Result};
 use crate::sql::TableName;
 use crate::sql::{quote_identifier, quote_literal};
 use crate::Lsn;
@@ -262,18 +262,11 @@ impl SourceSetup {
                 "SET lock_timeout = '{IDENTITY_LOCK_TIMEOUT}'; \
                  ALTER TABLE {quoted} REPLICA IDENTITY FULL"
             );
-            let mut attempt = 1;
-            let altered = loop {
-                let altered = client.batch_execute(&sql).await.map_err(Error::from);
-                match altered {
-                    Err(e) if e.code() == Some("55P03") && attempt < IDENTITY_ATTEMPTS => {
-                        tracing::info!(table = %name, attempt, "the table is busy; retrying REPLICA IDENTITY FULL");
-                        tokio::time::sleep(std::time::Duration::from_millis(500) * attempt).await;
-                        attempt += 1;
-                    }
-                    altered => break altered,
-                }
-            };
+            let what = format!("setting REPLICA IDENTITY FULL on {name}");
+            let altered = retry_when_locked(IDENTITY_ATTEMPTS, &what, || async {
+                client.batch_execute(&sql).await.map_err(Error::from)
+            })
+            .await;
             client.batch_execute("RESET lock_timeout").await?;
             altered.map_err(|e| self.identity_refused(&name, e))?;
             tracing::info!(table = %name, "set REPLICA IDENTITY FULL");
@@ -736,11 +729,7 @@ BEGIN
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            WHERE d.object_type = 'table' AND c.relkind IN ('r', 'p')
   LOOP
-    SELECT COALESCE(pg_catalog.array_agg(a.attname::text ORDER BY k.ord), '{{}}') INTO cols
-    FROM pg_catalog.pg_index i
-    CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = t.oid AND i.indisprimary;
+    cols := ({key_of_t});
     IF cols IS DISTINCT FROM (SELECT h.key_columns FROM public._bemi_key_history h
                               WHERE h.relid = t.oid ORDER BY h.lsn DESC LIMIT 1) THEN
       INSERT INTO public._bemi_key_history (relid, lsn, table_schema, table_name, key_columns)
@@ -761,11 +750,7 @@ END $bemi$;
 -- The keys of the tables that exist now.
 INSERT INTO public._bemi_key_history (relid, lsn, table_schema, table_name, key_columns)
 SELECT c.oid, pg_catalog.pg_current_wal_insert_lsn(), n.nspname, c.relname,
-       COALESCE((SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord)
-                 FROM pg_catalog.pg_index i
-                 CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                 WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}')
+       ({key_of_c})
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_%'
@@ -801,6 +786,21 @@ END $bemi$;
 ",
         tags = literals(&TABLE_CREATING_TAGS),
         key_tags = literals(&KEY_CHANGING_TAGS),
+        key_of_t = key_columns_sql("t.oid"),
+        key_of_c = key_columns_sql("c.oid"),
+    )
+}
+
+/// A query of the primary key's column names of the table whose OID is the SQL expression
+/// `relid`, in key order, as a `text[]` (empty without a key). The one definition the key
+/// history and the tracker's catalog fallback share.
+pub(crate) fn key_columns_sql(relid: &str) -> String {
+    format!(
+        "SELECT COALESCE(pg_catalog.array_agg(a.attname::text ORDER BY k.ord), '{{}}') \
+         FROM pg_catalog.pg_index i \
+         CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = {relid} AND i.indisprimary"
     )
 }
 

@@ -1,7 +1,5 @@
 //! The Bemi-compatible `changes` table sink ([`PostgresSink`]).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::BufMut as _;
 use deadpool_postgres::Pool;
@@ -10,7 +8,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use super::{Batch, ChangeSink, SinkStart, SourceInfo};
 use crate::change::Change;
 use crate::config::ConnectOptions;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{retry_when_locked, Error, ErrorKind, Result};
 use crate::sql::{quote_identifier, quote_qualified};
 
 const PRIMARY_KEY_CHARS: usize = 255;
@@ -160,21 +158,15 @@ impl PostgresSink {
     /// do not race) with a short `lock_timeout`, retried, so readers of the table never wait
     /// behind it for long.
     async fn migrate(&self) -> Result<()> {
-        let mut client = self.client().await?;
-        let mut attempt = 1;
-        loop {
+        let what = format!("upgrading {}", self.qualified(&self.table));
+        retry_when_locked(UPGRADE_ATTEMPTS, &what, || async {
+            let mut client = self.client().await?;
             if self.is_current(&client).await? {
                 return Ok(());
             }
-            match self.upgrade(&mut client).await {
-                Err(e) if e.code() == Some("55P03") && attempt < UPGRADE_ATTEMPTS => {
-                    tracing::info!(table = %self.qualified(&self.table), attempt, "the changes table is busy; retrying its upgrade");
-                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
-                    attempt += 1;
-                }
-                upgraded => return upgraded,
-            }
-        }
+            self.upgrade(&mut client).await
+        })
+        .await
     }
 
     /// Whether both tables have every column and index this version needs.
