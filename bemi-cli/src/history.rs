@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::value::RawValue;
 
-use crate::changes::{parse_time, print_changes, print_json, ChangeJson, DatabaseArgs};
+use crate::database::DatabaseArgs;
+use crate::filter::parse_time;
+use crate::output::{print_changes, print_json, ChangeJson};
 
 /// `bemi history`.
 #[derive(Debug, Clone, Args)]

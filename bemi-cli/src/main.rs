@@ -16,8 +16,11 @@
 
 mod args;
 mod changes;
+mod database;
 mod demo;
+mod filter;
 mod history;
+mod output;
 mod revert;
 mod run;
 mod setup;

@@ -5,7 +5,9 @@ use bemi_query::Revert;
 use clap::Args;
 use serde::Serialize;
 
-use crate::changes::{print_json, DatabaseArgs, FilterArgs};
+use crate::database::DatabaseArgs;
+use crate::filter::FilterArgs;
+use crate::output::print_json;
 
 /// `bemi revert`.
 #[derive(Debug, Clone, Args)]

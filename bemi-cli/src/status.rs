@@ -90,7 +90,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         changes,
     };
     if args.json {
-        crate::changes::print_json(&status)?;
+        crate::output::print_json(&status)?;
     } else {
         print_human(&status);
     }

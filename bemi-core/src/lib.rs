@@ -58,7 +58,10 @@ mod change;
 pub mod changes_table;
 mod config;
 pub mod context;
+mod decoder;
 mod error;
+mod ids;
+mod keys;
 mod lsn;
 pub mod pgoutput;
 mod relation;
@@ -76,12 +79,14 @@ pub mod value;
 
 pub use change::{Change, ContextJson, Operation};
 pub use config::{ConnectOptions, Host, SslMode};
+pub use decoder::RowDecoder;
 pub use error::{Error, ErrorKind, Result};
+pub use ids::{Oid, Xid};
+pub use keys::{CatalogKeys, KeyLookup};
 pub use lsn::{Lsn, ParseLsnError};
-pub use pgoutput::{Oid, Xid};
-pub use relation::RowDecoder;
+pub use relation::{ColumnInfo, RelationInfo};
 pub use replication::{Feedback, ReplicationClient, ReplicationEvent, ReplicationStream};
-pub use row::{ColumnInfo, RelationInfo, Row, RowEvent};
+pub use row::{Row, RowEvent};
 pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle};
 
 /// The crates whose types appear in bemi-core's public API, re-exported so that their versions

@@ -1,514 +1,94 @@
-//! The relation cache and the conversion of pgoutput messages to [`RowEvent`]s.
+//! A table as the stream describes it: its columns, replica identity and primary key.
 //!
 //! pgoutput describes a table with a Relation message before its first change in each session
-//! and again after every `ALTER TABLE`; changes refer to it by OID. The cache is updated at
-//! that stream position, never from the live catalog, so a column added or dropped mid-stream
-//! applies exactly from the change where it happened.
-//!
-//! The one fact the stream cannot give is the primary key: with `REPLICA IDENTITY FULL` every
-//! column is flagged as a key column. So the key is looked up when a Relation message arrives,
-//! as it was when the transaction being decoded committed: from the key history the setup's
-//! event trigger keeps ([`KEY_HISTORY`](crate::setup::KEY_HISTORY)), so a table dropped or
-//! re-keyed while the tracker lagged keeps the key of each change's time. Tables the history
-//! does not know yet (no setup trigger, or changes older than its first record) fall back to
-//! the live catalog (`pg_index`). When the table has no primary key (or is gone), the replica
-//! identity index's columns are used if the identity is not FULL; otherwise there is no key.
-//!
-//! Type messages, sent before a Relation message for the user-defined types of its columns,
-//! name array types (`_mood`, `_citext`): their values become JSON arrays. A text value that is
-//! not valid UTF-8 (a `SQL_ASCII` database passes bytes through unconverted) is kept as
-//! bytea-style hex text (`"\\x636166e9"`) with a warning, rather than stopping the stream.
+//! and again after every `ALTER TABLE`; changes refer to it by OID. A [`RelationInfo`] is built
+//! from that message at that stream position, never from the live catalog, so a column added or
+//! dropped mid-stream applies exactly from the change where it happened. Only the primary key
+//! comes from elsewhere (see [`KeyLookup`](crate::KeyLookup)).
 
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
-use std::ops::Range;
-use std::sync::Arc;
+use std::collections::HashSet;
 
-use tokio_postgres::Client;
+use crate::pgoutput;
+use crate::Oid;
 
-use crate::error::{Error, Result};
-use crate::pgoutput::{self, ColumnValue, Message, Oid, OldTuple, PgTimestamp, TupleData};
-use crate::row::{ColumnInfo, RelationInfo, Row, RowEvent};
-use crate::value::{push_json_string, text_to_json, user_array_to_json};
-use crate::Lsn;
-
-/// Turns pgoutput messages into row events, keeping the relation cache.
-#[derive(Debug)]
-pub struct RowDecoder {
-    catalog: Client,
-    relations: HashMap<Oid, Arc<RelationInfo>>,
-    /// User-defined types the stream's Type messages named as arrays (`_…`).
-    user_arrays: HashSet<Oid>,
-    /// The commit LSN of the transaction being decoded (its Begin's final LSN).
-    commit_lsn: Lsn,
-    /// Whether the key history can be read: unknown until first asked.
-    key_history: Option<bool>,
+/// A table as the stream last described it: name, columns and primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationInfo {
+    /// The table's OID.
+    pub oid: Oid,
+    /// The schema (`public` for unqualified tables).
+    pub schema: String,
+    /// The table name.
+    pub table: String,
+    /// The columns, in table order (dropped columns are absent).
+    pub columns: Vec<ColumnInfo>,
+    /// Whether the table has `REPLICA IDENTITY FULL`, so that old rows are complete.
+    pub full_identity: bool,
+    /// Positions in `columns` of the primary key, in key order; empty when the table has none.
+    pub primary_key: Vec<usize>,
 }
 
-impl RowDecoder {
-    /// A decoder that looks up primary keys through `catalog`, an ordinary connection to the
-    /// tracked database.
-    pub fn new(catalog: Client) -> Self {
-        RowDecoder {
-            catalog,
-            relations: HashMap::new(),
-            user_arrays: HashSet::new(),
-            commit_lsn: Lsn::ZERO,
-            key_history: None,
-        }
-    }
-
-    /// The ordinary SQL connection used for catalog lookups.
-    pub fn catalog(&self) -> &Client {
-        &self.catalog
-    }
-
-    /// The cached description of a table, if a Relation message for it has arrived.
-    pub fn relation(&self, oid: Oid) -> Option<&Arc<RelationInfo>> {
-        self.relations.get(&oid)
-    }
-
-    /// Decodes one message. Relation, Type and Origin messages update state and give `None`.
-    pub async fn decode(&mut self, message: Message) -> Result<Option<RowEvent>> {
-        let event = match message {
-            Message::Relation(relation) => {
-                let primary_key = match self.recorded_key(relation.oid).await? {
-                    Some(key) => key,
-                    None => self.primary_key(relation.oid).await?,
-                };
-                let info = relation_info(&relation, &primary_key, &self.user_arrays);
-                self.relations.insert(relation.oid, Arc::new(info));
-                return Ok(None);
-            }
-            Message::Type(user_type) => {
-                if user_type.name.as_str().starts_with('_') {
-                    self.user_arrays.insert(user_type.oid);
-                } else {
-                    self.user_arrays.remove(&user_type.oid);
-                }
-                return Ok(None);
-            }
-            Message::Begin(begin) => {
-                self.commit_lsn = begin.final_lsn;
-                RowEvent::Begin {
-                    xid: begin.xid,
-                    final_lsn: begin.final_lsn,
-                    commit_time: time(begin.commit_time)?,
-                }
-            }
-            Message::Commit(commit) => RowEvent::Commit {
-                commit_lsn: commit.commit_lsn,
-                end_lsn: commit.end_lsn,
-                commit_time: time(commit.commit_time)?,
-            },
-            Message::Insert(insert) => {
-                let relation = self.get(insert.relation)?;
-                let new = row(&relation, &insert.new, None, false)?;
-                RowEvent::Insert {
-                    primary_key: key_text(&relation, &new),
-                    relation,
-                    new,
-                }
-            }
-            Message::Update(update) => {
-                let relation = self.get(update.relation)?;
-                let old = update
-                    .old
-                    .as_ref()
-                    .map(|old| old_row(&relation, old))
-                    .transpose()?;
-                let new = row(&relation, &update.new, old.as_ref(), false)?;
-                RowEvent::Update {
-                    primary_key: key_text(&relation, &new),
-                    relation,
-                    old,
-                    new,
-                }
-            }
-            Message::Delete(delete) => {
-                let relation = self.get(delete.relation)?;
-                let old = old_row(&relation, &delete.old)?;
-                RowEvent::Delete {
-                    primary_key: key_text(&relation, &old),
-                    relation,
-                    old,
-                }
-            }
-            Message::Truncate(truncate) => RowEvent::Truncate {
-                relations: truncate
-                    .relations
-                    .iter()
-                    .map(|oid| self.get(*oid))
-                    .collect::<Result<_>>()?,
-                cascade: truncate.cascade(),
-                restart_identity: truncate.restart_identity(),
-            },
-            Message::Message(message) => RowEvent::Message {
-                transactional: message.transactional,
-                lsn: message.lsn,
-                prefix: message.prefix.as_str().to_owned(),
-                content: message.content,
-            },
-            _ => return Ok(None),
-        };
-        Ok(Some(event))
-    }
-
-    fn get(&self, oid: Oid) -> Result<Arc<RelationInfo>> {
-        self.relations.get(&oid).cloned().ok_or_else(|| {
-            Error::protocol(format!(
-                "a change refers to relation {oid}, which no Relation message described"
-            ))
-        })
-    }
-
-    /// The primary key's column names as the key history recorded them last before the
-    /// transaction being decoded committed; `None` when the history has no record of the table
-    /// from before then, or cannot be read (no setup trigger, no privilege: warned once).
-    async fn recorded_key(&mut self, oid: Oid) -> Result<Option<Vec<String>>> {
-        if self.key_history == Some(false) {
-            return Ok(None);
-        }
-        let (schema, table) = crate::setup::KEY_HISTORY;
-        let sql = format!(
-            "SELECT key_columns FROM {} WHERE relid = $1 AND lsn < $2::text::pg_lsn \
-             ORDER BY lsn DESC LIMIT 1",
-            crate::sql::quote_qualified(Some(schema), table)
-        );
-        match self
-            .catalog
-            .query_opt(&sql, &[&oid.0, &self.commit_lsn.to_string()])
-            .await
-        {
-            Ok(row) => {
-                self.key_history = Some(true);
-                Ok(row.map(|row| row.get(0)))
-            }
-            Err(e) if self.key_history.is_none() && e.as_db_error().is_some() => {
-                let error = Error::from(e);
-                if error.code() == Some("42P01") {
-                    tracing::info!("no key history (the setup installs it with an all-tables publication); primary keys come from the live catalog");
-                } else {
-                    tracing::warn!(error = %error.report(), "the key history cannot be read; primary keys come from the live catalog (a table dropped or re-keyed while the tracker lags gets the wrong key)");
-                }
-                self.key_history = Some(false);
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The primary key's column names in key order, from the catalog.
-    async fn primary_key(&self, oid: Oid) -> Result<Vec<String>> {
-        let row = self
-            .catalog
-            .query_one(&crate::setup::key_columns_sql("$1"), &[&oid.0])
-            .await?;
-        Ok(row.get(0))
-    }
+/// A column of a [`RelationInfo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// The column name.
+    pub name: String,
+    /// The column's type OID.
+    pub type_oid: Oid,
+    /// Whether the column is part of the replica identity (all columns with FULL).
+    pub replica_key: bool,
+    /// Whether the column's type is a user-defined array type (of an enum, a domain, an
+    /// extension type such as `citext`, …): PostgreSQL names array types `_element`, and the
+    /// stream's Type message gives that name. Its values become JSON arrays of strings.
+    pub user_array: bool,
 }
 
-fn relation_info(
-    relation: &pgoutput::Relation,
-    primary_key_names: &[String],
-    user_arrays: &HashSet<Oid>,
-) -> RelationInfo {
-    let columns: Vec<ColumnInfo> = relation
-        .columns
-        .iter()
-        .map(|c| ColumnInfo {
-            name: c.name.as_str().to_owned(),
-            type_oid: c.type_oid,
-            replica_key: c.is_key(),
-            user_array: user_arrays.contains(&c.type_oid),
-        })
-        .collect();
-    let full_identity = relation.replica_identity == pgoutput::ReplicaIdentity::Full;
-    let position = |name: &String| columns.iter().position(|c| &c.name == name);
-    // All key columns must be in the stream's description; if the catalog moved on (the
-    // table was altered or dropped since), fall back to the replica identity.
-    let mut primary_key: Vec<usize> = primary_key_names.iter().filter_map(position).collect();
-    if primary_key.len() != primary_key_names.len() {
-        primary_key.clear();
-    }
-    if primary_key.is_empty() && !full_identity {
-        primary_key = (0..columns.len())
-            .filter(|&i| columns.get(i).is_some_and(|c| c.replica_key))
+impl RelationInfo {
+    /// The table a Relation message describes, with the primary key named by
+    /// `primary_key_names` (in key order) and the array types the stream's Type messages named.
+    ///
+    /// When a key column is missing from the message (the table was altered or dropped since
+    /// the key was looked up), or there is no key, the replica identity's columns are the key
+    /// unless the identity is FULL; otherwise the table has no key.
+    pub(crate) fn new(
+        relation: &pgoutput::Relation,
+        primary_key_names: &[String],
+        user_arrays: &HashSet<Oid>,
+    ) -> Self {
+        let columns: Vec<ColumnInfo> = relation
+            .columns
+            .iter()
+            .map(|c| ColumnInfo {
+                name: c.name.as_str().to_owned(),
+                type_oid: c.type_oid,
+                replica_key: c.is_key(),
+                user_array: user_arrays.contains(&c.type_oid),
+            })
             .collect();
-    }
-    RelationInfo {
-        oid: relation.oid,
-        // pgoutput sends an empty namespace for pg_catalog.
-        schema: match relation.namespace.as_str() {
-            "" => "pg_catalog".to_owned(),
-            namespace => namespace.to_owned(),
-        },
-        table: relation.name.as_str().to_owned(),
-        columns,
-        full_identity,
-        primary_key,
-    }
-}
-
-/// Converts an old tuple: a full old row (`O`), or only the replica identity columns (`K`,
-/// whose other columns the server sends as nulls that mean "not sent").
-fn old_row(relation: &RelationInfo, old: &OldTuple) -> Result<Row> {
-    match old {
-        OldTuple::Full(tuple) => row(relation, tuple, None, false),
-        OldTuple::Key(tuple) => row(relation, tuple, None, true),
-    }
-}
-
-/// Appends `bytes` as a JSON string of bytea's hex text, `"\\x00ff"`.
-fn push_hex(bytes: &[u8], json: &mut String) {
-    json.push_str("\"\\\\x");
-    for byte in bytes {
-        let _ = write!(json, "{byte:02x}");
-    }
-    json.push('"');
-}
-
-/// Converts a tuple to a JSON object row. Unchanged TOAST values are taken from `old` when it
-/// has them and left out otherwise; with `key_only`, non-key columns are left out.
-fn row(
-    relation: &RelationInfo,
-    tuple: &TupleData,
-    old: Option<&Row>,
-    key_only: bool,
-) -> Result<Row> {
-    if tuple.columns.len() != relation.columns.len() {
-        return Err(Error::protocol(format!(
-            "a row of {}.{} has {} columns, but its Relation message described {}",
-            relation.schema,
-            relation.table,
-            tuple.columns.len(),
-            relation.columns.len()
-        )));
-    }
-    let mut json = String::with_capacity(16 * tuple.columns.len() + 2);
-    let mut values = Vec::with_capacity(tuple.columns.len());
-    json.push('{');
-    for (index, (column, value)) in relation.columns.iter().zip(&tuple.columns).enumerate() {
-        if key_only && !column.replica_key {
-            values.push(None);
-            continue;
+        let full_identity = relation.replica_identity == pgoutput::ReplicaIdentity::Full;
+        let position = |name: &String| columns.iter().position(|c| &c.name == name);
+        // All key columns must be in the stream's description; if the catalog moved on (the
+        // table was altered or dropped since), fall back to the replica identity.
+        let mut primary_key: Vec<usize> = primary_key_names.iter().filter_map(position).collect();
+        if primary_key.len() != primary_key_names.len() {
+            primary_key.clear();
         }
-        let carried = match value {
-            ColumnValue::UnchangedToast => match old.and_then(|old| old.value(index)) {
-                Some(text) => Some(text),
-                None => {
-                    values.push(None);
-                    continue;
-                }
-            },
-            _ => None,
-        };
-        if json.len() > 1 {
-            json.push(',');
+        if primary_key.is_empty() && !full_identity {
+            primary_key = (0..columns.len())
+                .filter(|&i| columns.get(i).is_some_and(|c| c.replica_key))
+                .collect();
         }
-        push_json_string(&column.name, &mut json);
-        json.push(':');
-        let start = json.len();
-        match (value, carried) {
-            (_, Some(text)) => json.push_str(text),
-            (ColumnValue::Null, _) => json.push_str("null"),
-            (ColumnValue::Text(bytes), _) => match std::str::from_utf8(bytes) {
-                Ok(text) if column.user_array => user_array_to_json(text, &mut json),
-                Ok(text) => text_to_json(column.type_oid, text, &mut json),
-                Err(_) => {
-                    // A database with encoding SQL_ASCII passes bytes through unconverted.
-                    // Failing would stop the tracker at this change for good; the bytes are
-                    // kept instead, losslessly, as bytea-style hex text.
-                    tracing::warn!(
-                        column = %column.name,
-                        table = %format!("{}.{}", relation.schema, relation.table),
-                        "a text value is not valid UTF-8; storing its bytes as hex (\\x…)"
-                    );
-                    push_hex(bytes, &mut json);
-                }
-            },
-            // Only text format is requested; keep binary data lossless as bytea hex text.
-            (ColumnValue::Binary(bytes), _) => push_hex(bytes, &mut json),
-            (ColumnValue::UnchangedToast, None) => {}
-        }
-        values.push(Some(start..json.len()));
-    }
-    json.push('}');
-    if json.len() > MAX_ROW_JSON_BYTES {
-        let table = format!("{}.{}", relation.schema, relation.table);
-        return Ok(fit_row(&json, &values, MAX_ROW_JSON_BYTES, &table));
-    }
-    Ok(Row::new(json, values))
-}
-
-/// The largest row JSON stored as it is. `jsonb` holds at most 256 MiB per document (and a
-/// message to the server at most 1 GiB), so a larger row could never be written and would
-/// stop the tracker at it for good.
-const MAX_ROW_JSON_BYTES: usize = 200 * 1024 * 1024;
-
-/// How much of an oversized value its marker keeps.
-const OVERSIZED_PREFIX_CHARS: usize = 1_000;
-
-/// Replaces the largest values of a row whose JSON is over `limit` bytes with a marker,
-/// `{"_bemi_oversized": {"bytes": <size of the value's JSON>, "prefix": "<its first 1,000
-/// characters>"}}`, until the row fits. The value is then visibly unknown, never silently
-/// wrong, and the change itself is kept.
-fn fit_row(json: &str, values: &[Option<Range<usize>>], limit: usize, table: &str) -> Row {
-    let size = |i: usize| values[i].as_ref().map_or(0, |range| range.len());
-    // A marker takes at most this much (its prefix fully escaped); smaller values stay.
-    let marker_bytes = OVERSIZED_PREFIX_CHARS * 6 + 64;
-    let mut largest: Vec<usize> = (0..values.len())
-        .filter(|&i| size(i) > marker_bytes)
-        .collect();
-    largest.sort_by_key(|&i| std::cmp::Reverse(size(i)));
-    let mut total = json.len();
-    let mut oversized = vec![false; values.len()];
-    for i in largest {
-        if total <= limit {
-            break;
-        }
-        total -= size(i) - marker_bytes;
-        oversized[i] = true;
-    }
-    let mut out = String::with_capacity(total.min(json.len()));
-    let mut fitted = Vec::with_capacity(values.len());
-    let mut copied = 0;
-    for (i, range) in values.iter().enumerate() {
-        let Some(range) = range else {
-            fitted.push(None);
-            continue;
-        };
-        out.push_str(&json[copied..range.start]);
-        let start = out.len();
-        let value = &json[range.clone()];
-        if oversized[i] {
-            tracing::warn!(%table, bytes = value.len(), "a value is too large to store; keeping a marker with its size and first characters");
-            let prefix: String = value.chars().take(OVERSIZED_PREFIX_CHARS).collect();
-            let _ = write!(
-                out,
-                "{{\"_bemi_oversized\":{{\"bytes\":{},\"prefix\":",
-                value.len()
-            );
-            push_json_string(&prefix, &mut out);
-            out.push_str("}}");
-        } else {
-            out.push_str(value);
-        }
-        fitted.push(Some(start..out.len()));
-        copied = range.end;
-    }
-    out.push_str(&json[copied..]);
-    Row::new(out, fitted)
-}
-
-/// The primary key as text: the value itself for a single column (strings unquoted), or a JSON
-/// array of the values for a composite key (`[1,"a"]`). `None` without a key or a key value.
-fn key_text(relation: &RelationInfo, row: &Row) -> Option<String> {
-    crate::changes_table::format_key(
-        relation
-            .primary_key
-            .iter()
-            .map(|&i| row.value(i).map(Cow::Borrowed)),
-    )
-}
-
-fn time(timestamp: PgTimestamp) -> Result<chrono::DateTime<chrono::Utc>> {
-    timestamp
-        .to_utc()
-        .ok_or_else(|| Error::protocol(format!("commit time {} is out of range", timestamp.0)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn relation() -> RelationInfo {
-        let column = |name: &str, type_oid: u32| ColumnInfo {
-            name: name.to_owned(),
-            type_oid: Oid(type_oid),
-            replica_key: true,
-            user_array: false,
-        };
         RelationInfo {
-            oid: Oid(1),
-            schema: "public".to_owned(),
-            table: "t".to_owned(),
-            columns: vec![column("id", 23), column("name", 25)],
-            full_identity: true,
-            primary_key: vec![0],
+            oid: relation.oid,
+            // pgoutput sends an empty namespace for pg_catalog.
+            schema: match relation.namespace.as_str() {
+                "" => "pg_catalog".to_owned(),
+                namespace => namespace.to_owned(),
+            },
+            table: relation.name.as_str().to_owned(),
+            columns,
+            full_identity,
+            primary_key,
         }
-    }
-
-    #[test]
-    fn text_that_is_not_utf8_is_kept_as_hex_instead_of_stopping_the_stream() {
-        let tuple = TupleData {
-            columns: vec![
-                ColumnValue::Text(Bytes::from_static(b"7")),
-                // "café" in LATIN1, as a SQL_ASCII database passes it through
-                ColumnValue::Text(Bytes::from_static(b"caf\xe9")),
-            ],
-        };
-        let row = row(&relation(), &tuple, None, false).unwrap();
-        assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x636166e9"}"#);
-    }
-
-    #[test]
-    fn binary_values_are_hex_and_a_column_count_mismatch_is_an_error() {
-        let tuple = TupleData {
-            columns: vec![
-                ColumnValue::Text(Bytes::from_static(b"7")),
-                ColumnValue::Binary(Bytes::from_static(&[0, 255])),
-            ],
-        };
-        let row = row(&relation(), &tuple, None, false).unwrap();
-        assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x00ff"}"#);
-        let short = TupleData {
-            columns: vec![ColumnValue::Null],
-        };
-        assert!(super::row(&relation(), &short, None, false).is_err());
-    }
-
-    #[test]
-    fn an_oversized_row_keeps_a_marker_for_its_largest_values() {
-        let big = "x".repeat(20_000);
-        let json = format!("{{\"id\":1,\"a\":\"{big}\",\"b\":\"small\",\"c\":\"{big}\"}}");
-        let find = |needle: &str| {
-            let start = json.find(needle).unwrap() + needle.len();
-            let end = start + json[start..].find([',', '}']).unwrap();
-            Some(start..end)
-        };
-        let values = vec![
-            find("\"id\":"),
-            find("\"a\":"),
-            find("\"b\":"),
-            None,
-            find("\"c\":"),
-        ];
-        let row = fit_row(&json, &values, 30_000, "public.t");
-        let parsed: serde_json::Value = serde_json::from_str(row.as_json()).unwrap();
-        assert_eq!(parsed["id"], 1);
-        assert_eq!(parsed["b"], "small");
-        // One of the two large values had to go; the other fits beside the marker.
-        let markers = ["a", "c"]
-            .iter()
-            .filter(|k| parsed[**k].get("_bemi_oversized").is_some())
-            .count();
-        assert_eq!(markers, 1, "{parsed}");
-        let marker = if parsed["a"].is_object() {
-            &parsed["a"]
-        } else {
-            &parsed["c"]
-        };
-        assert_eq!(marker["_bemi_oversized"]["bytes"], 20_002);
-        assert_eq!(
-            marker["_bemi_oversized"]["prefix"].as_str().unwrap().len(),
-            OVERSIZED_PREFIX_CHARS
-        );
-        assert!(row.as_json().len() <= 30_000);
-        assert_eq!(row.value(0), Some("1"));
-        assert_eq!(row.value(2), Some("\"small\""));
-        assert_eq!(row.value(3), None);
     }
 }

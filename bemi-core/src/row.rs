@@ -7,40 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use crate::pgoutput::{Oid, Xid};
+use crate::relation::RelationInfo;
 use crate::Lsn;
-
-/// A table as the stream last described it: name, columns and primary key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelationInfo {
-    /// The table's OID.
-    pub oid: Oid,
-    /// The schema (`public` for unqualified tables).
-    pub schema: String,
-    /// The table name.
-    pub table: String,
-    /// The columns, in table order (dropped columns are absent).
-    pub columns: Vec<ColumnInfo>,
-    /// Whether the table has `REPLICA IDENTITY FULL`, so that old rows are complete.
-    pub full_identity: bool,
-    /// Positions in `columns` of the primary key, in key order; empty when the table has none.
-    pub primary_key: Vec<usize>,
-}
-
-/// A column of a [`RelationInfo`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColumnInfo {
-    /// The column name.
-    pub name: String,
-    /// The column's type OID.
-    pub type_oid: Oid,
-    /// Whether the column is part of the replica identity (all columns with FULL).
-    pub replica_key: bool,
-    /// Whether the column's type is a user-defined array type (of an enum, a domain, an
-    /// extension type such as `citext`, …): PostgreSQL names array types `_element`, and the
-    /// stream's Type message gives that name. Its values become JSON arrays of strings.
-    pub user_array: bool,
-}
+use crate::Xid;
 
 /// A row as a JSON object (column name → value), built once while decoding.
 ///

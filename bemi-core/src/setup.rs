@@ -81,9 +81,9 @@ pub struct SourceSetup {
     slot: String,
     publication: String,
     tables: Tables,
-    resuming_from: Option<Lsn>,
+    resume_after: Option<Lsn>,
     /// `schema.table` of tables never recorded, left out of the replica identity steps.
-    unrecorded: Vec<String>,
+    ignored_tables: Vec<String>,
     replica_identity: bool,
 }
 
@@ -114,8 +114,8 @@ impl SourceSetup {
             slot: slot.into(),
             publication: publication.into(),
             tables: Tables::All,
-            resuming_from: None,
-            unrecorded: Vec::new(),
+            resume_after: None,
+            ignored_tables: Vec::new(),
             replica_identity: true,
         }
     }
@@ -133,21 +133,21 @@ impl SourceSetup {
     /// the current end of the WAL, so the changes since `lsn` would be skipped without a word.
     /// Creating the slot explicitly (`bemi setup`, or [`SourceSetup::prepare`] without this)
     /// accepts that gap.
-    pub fn resuming_from(mut self, lsn: Lsn) -> Self {
-        self.resuming_from = Some(lsn);
+    pub fn resume_after(mut self, lsn: Lsn) -> Self {
+        self.resume_after = Some(lsn);
         self
     }
 
     /// Tables the tracker never records (its own `changes` and progress tables when they are in
     /// the tracked database): their replica identity does not matter, so [`prepare`](Self::prepare)
     /// does not warn about it.
-    pub fn unrecorded<I, S, T>(mut self, tables: I) -> Self
+    pub fn ignore_tables<I, S, T>(mut self, tables: I) -> Self
     where
         I: IntoIterator<Item = (S, T)>,
         S: AsRef<str>,
         T: AsRef<str>,
     {
-        self.unrecorded = tables
+        self.ignored_tables = tables
             .into_iter()
             .map(|(schema, table)| format!("{}.{}", schema.as_ref(), table.as_ref()))
             .collect();
@@ -227,17 +227,17 @@ impl SourceSetup {
         }
     }
 
-    /// Published tables (other than the unrecorded ones) whose replica identity is not FULL.
+    /// Published tables (other than the ignored ones) whose replica identity is not FULL.
     async fn tables_lacking_full_identity(&self, client: &Client) -> Result<Vec<String>> {
         let mut tables = tables_without_full_identity(client, &self.publication).await?;
-        tables.retain(|table| !self.is_unrecorded(table));
+        tables.retain(|table| !self.is_ignored(table));
         Ok(tables)
     }
 
     /// Whether `schema.table` is never recorded: the tracker's own tables.
-    fn is_unrecorded(&self, table: &str) -> bool {
+    fn is_ignored(&self, table: &str) -> bool {
         let (schema, name) = KEY_HISTORY;
-        self.unrecorded.iter().any(|t| t == table) || table == format!("{schema}.{name}")
+        self.ignored_tables.iter().any(|t| t == table) || table == format!("{schema}.{name}")
     }
 
     /// Sets `REPLICA IDENTITY FULL` on the published tables lacking it, one table at a time,
@@ -255,7 +255,7 @@ impl SourceSetup {
             .await?;
         for row in rows {
             let (quoted, name): (String, String) = (row.get(0), row.get(1));
-            if self.is_unrecorded(&name) {
+            if self.is_ignored(&name) {
                 continue;
             }
             let sql = format!(
@@ -609,7 +609,7 @@ ALTER SCHEMA {schema} OWNER TO {DESTINATION_ROLE};
 
     async fn ensure_slot(&self, client: &Client) -> Result<(bool, Lsn)> {
         let Some(row) = self.slot_row(client).await? else {
-            if let Some(stored) = self.resuming_from {
+            if let Some(stored) = self.resume_after {
                 return Err(Error::new(
                     ErrorKind::SlotMissing,
                     format!(

@@ -29,7 +29,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::change::{Change, ContextJson, Operation};
-use crate::row::{RelationInfo, Row, RowEvent};
+use crate::relation::RelationInfo;
+use crate::row::{Row, RowEvent};
 use crate::value::{contains_nul_escape, json_problem, numbers_fit_numeric};
 use crate::Lsn;
 
@@ -91,13 +92,15 @@ impl Stitcher {
     }
 
     /// Never records changes of this table (the tracker's own `changes` table, for one).
-    pub fn ignore_table(&mut self, schema: impl Into<String>, table: impl Into<String>) {
+    pub fn ignore_table(mut self, schema: impl Into<String>, table: impl Into<String>) -> Self {
         self.ignored_tables.push((schema.into(), table.into()));
+        self
     }
 
     /// Drops transactions already stored: those whose commit ends at or before `durable`.
-    pub fn resume_after(&mut self, durable: Lsn) {
+    pub fn resume_after(mut self, durable: Lsn) -> Self {
         self.resume_after = durable;
+        self
     }
 
     /// How many changes may wait for a transaction's first context message (default 10,000).
@@ -355,7 +358,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::pgoutput::{Oid, Xid};
+    use crate::{Oid, Xid};
 
     fn table(name: &str) -> Arc<RelationInfo> {
         Arc::new(RelationInfo {
@@ -538,9 +541,9 @@ mod tests {
 
     #[test]
     fn replays_at_or_below_the_resume_position_and_ignored_tables_are_dropped() {
-        let mut stitcher = Stitcher::new("app");
-        stitcher.resume_after(Lsn(0x2000));
-        stitcher.ignore_table("public", "changes");
+        let stitcher = Stitcher::new("app")
+            .resume_after(Lsn(0x2000))
+            .ignore_table("public", "changes");
         let mut feed = Feed::new(stitcher);
         // a transaction whose commit record starts before the stored end: already stored
         feed.begin(0x1ff0)

@@ -39,7 +39,7 @@ use std::io;
 
 use chrono::{Datelike, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike};
 
-use crate::pgoutput::Oid;
+use crate::Oid;
 
 /// Built-in type OIDs, as in PostgreSQL's `pg_type.dat`.
 mod oid {

@@ -334,7 +334,7 @@ impl EventTap {
             .await?;
         Ok(EventTap {
             stream,
-            decoder: bemi_core::RowDecoder::new(client),
+            decoder: bemi_core::RowDecoder::new(bemi_core::CatalogKeys::new(client)),
         })
     }
 

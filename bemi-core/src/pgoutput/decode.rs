@@ -3,8 +3,8 @@
 use bytes::{Buf, Bytes};
 
 use super::message::*;
-use super::{Oid, Xid};
 use crate::Lsn;
+use crate::{Oid, Xid};
 
 /// A pgoutput message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,12 +1,26 @@
-//! A test-only encoder: writes a [`Message`] the way pgoutput does, so the decoder can be
-//! checked against it.
+//! The encoder: writes a [`Message`] the way pgoutput does. The decoder's tests and
+//! property tests check it against this, and benchmarks and users' own tests of code that
+//! consumes the stream build their input with it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::message::*;
 
-/// The bytes of `message`, as the server would send them.
-pub(super) fn encode(message: &Message) -> Bytes {
+/// The bytes of `message`, as the server would send them: [`decode`](super::decode) of them
+/// gives `message` back.
+///
+/// ```
+/// use bemi_core::pgoutput::{decode, encode, Begin, Message, PgTimestamp};
+/// use bemi_core::{Lsn, Xid};
+///
+/// let begin = Message::Begin(Begin {
+///     final_lsn: Lsn(0x16B3F28),
+///     commit_time: PgTimestamp(0),
+///     xid: Xid(731),
+/// });
+/// assert_eq!(decode(encode(&begin)).unwrap(), begin);
+/// ```
+pub fn encode(message: &Message) -> Bytes {
     let mut buf = BytesMut::new();
     match message {
         Message::Begin(m) => {

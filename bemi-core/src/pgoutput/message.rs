@@ -6,8 +6,8 @@ use std::ops::Deref;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{Oid, Xid};
 use crate::Lsn;
+use crate::{Oid, Xid};
 
 // Message tags (the first byte of every pgoutput message).
 pub(super) const BEGIN_TAG: u8 = b'B';

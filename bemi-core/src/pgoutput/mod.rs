@@ -10,50 +10,16 @@
 //! Malformed input (truncated, unknown markers, negative lengths, leftover bytes, strings that
 //! are not UTF-8 or not NUL-terminated) is a [`DecodeError`], never a panic.
 
-use std::fmt;
-
 mod decode;
-#[cfg(test)]
 mod encode;
 mod message;
 #[cfg(test)]
 mod proptests;
 
 pub use decode::{decode, DecodeError};
+pub use encode::encode;
 pub use message::{
     Begin, ColumnValue, Commit, Delete, Insert, LogicalMessage, Message, OldTuple, Origin, PgStr,
     PgTimestamp, Relation, RelationColumn, ReplicaIdentity, Truncate, TupleData, TypeMessage,
     Update,
 };
-
-/// A PostgreSQL object identifier (type, relation, …).
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Oid(pub u32);
-
-impl fmt::Display for Oid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Debug for Oid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Oid({})", self.0)
-    }
-}
-
-/// A PostgreSQL transaction id (32-bit, as pgoutput sends it).
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Xid(pub u32);
-
-impl fmt::Display for Xid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Debug for Xid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Xid({})", self.0)
-    }
-}

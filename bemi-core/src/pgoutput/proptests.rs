@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::encode::encode;
 use super::*;
-use crate::Lsn;
+use crate::{Lsn, Oid, Xid};
 
 fn lsn() -> impl Strategy<Value = Lsn> {
     any::<u64>().prop_map(Lsn)

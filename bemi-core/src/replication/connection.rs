@@ -98,7 +98,7 @@ pub(crate) struct Connection<S> {
 }
 
 /// What a simple query returned: the rows of its last result set, as text.
-pub type Rows = Vec<Vec<Option<String>>>;
+pub(crate) type Rows = Vec<Vec<Option<String>>>;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Sends the startup message and authenticates.

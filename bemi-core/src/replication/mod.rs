@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::sql::{quote_identifier, quote_literal};
 use crate::Lsn;
 use connection::Connection;
-pub use connection::Rows;
+use connection::Rows;
 pub use stream::{Feedback, ReplicationEvent, ReplicationStream};
 use transport::Transport;
 
@@ -79,21 +79,21 @@ impl ReplicationClient {
 
     /// Sets how long the stream may receive nothing before the connection is given up as lost
     /// (default 30 s); see [`ReplicationStream::next_event`].
-    pub fn with_receive_timeout(mut self, timeout: Duration) -> Self {
+    pub fn receive_timeout(mut self, timeout: Duration) -> Self {
         self.receive_timeout = timeout;
         self
     }
 
     /// Sets how often standby status updates are sent while streaming (default 1 s). Keep it
     /// well under the server's `wal_sender_timeout / 2`.
-    pub fn with_status_interval(mut self, interval: Duration) -> Self {
+    pub fn status_interval(mut self, interval: Duration) -> Self {
         self.status_interval = interval;
         self
     }
 
     /// Runs a command with the simple query protocol (the only one a replication connection
     /// accepts) and returns the rows of its result as text.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Rows> {
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<Rows> {
         self.conn.simple_query(sql).await
     }
 

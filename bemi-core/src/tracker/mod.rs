@@ -63,7 +63,7 @@ impl Tracker {
                 slot: "bemi".to_owned(),
                 publication: "bemi".to_owned(),
                 tables: Tables::All,
-                setup: true,
+                create_missing: true,
                 replica_identity: true,
                 accept_gap: false,
                 batch_size: 1_000,
@@ -110,7 +110,7 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     /// Whether to create a missing publication and slot at start (default `true`). Checks of
     /// the server run either way.
     pub fn create_missing(mut self, create: bool) -> Self {
-        self.settings.setup = create;
+        self.settings.create_missing = create;
         self
     }
 
@@ -329,7 +329,7 @@ struct Settings {
     slot: String,
     publication: String,
     tables: Tables,
-    setup: bool,
+    create_missing: bool,
     replica_identity: bool,
     accept_gap: bool,
     batch_size: usize,

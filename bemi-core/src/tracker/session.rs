@@ -11,8 +11,9 @@ use super::ledger::{Ledger, Limits};
 use super::writer::{Ack, Writer};
 use super::{stop_requested, Progress, Settings};
 use crate::change::Change;
+use crate::decoder::RowDecoder;
 use crate::error::{Error, ErrorKind, Result};
-use crate::relation::RowDecoder;
+use crate::keys::CatalogKeys;
 use crate::replication::{ReplicationClient, ReplicationEvent, ReplicationStream};
 use crate::setup::{self, SourceSetup};
 use crate::sink::{Batch, ChangeSink, SourceInfo};
@@ -58,8 +59,8 @@ impl Session {
         setup::check_server(&sql).await?;
         let mut client = ReplicationClient::connect(&config.source)
             .await?
-            .with_status_interval(config.status_interval)
-            .with_receive_timeout(config.receive_timeout);
+            .status_interval(config.status_interval)
+            .receive_timeout(config.receive_timeout);
         let system = client.identify_system().await?;
         let database = system
             .dbname
@@ -77,10 +78,10 @@ impl Session {
         setup.check_slot(&sql).await?;
         let start = sink.open(&source).await?;
         check_stored_position(start.durable, system.xlog_pos, &config.slot)?;
-        if config.setup {
-            let mut setup = setup.unrecorded(start.ignore_tables.iter().cloned());
+        if config.create_missing {
+            let mut setup = setup.ignore_tables(start.ignore_tables.iter().cloned());
             if let (Some(stored), false) = (start.durable, accept_gap) {
-                setup = setup.resuming_from(stored);
+                setup = setup.resume_after(stored);
             }
             setup.prepare(&sql).await?;
         }
@@ -90,14 +91,16 @@ impl Session {
             }
             None => None,
         };
-        let mut stitcher = Stitcher::new(database);
-        for (schema, table) in start.ignore_tables {
-            stitcher.ignore_table(schema, table);
-        }
-        let (schema, table) = setup::KEY_HISTORY;
-        stitcher.ignore_table(schema, table);
         let durable = durable.unwrap_or(Lsn::ZERO);
-        stitcher.resume_after(durable);
+        let (schema, table) = setup::KEY_HISTORY;
+        let stitcher = start
+            .ignore_tables
+            .into_iter()
+            .fold(Stitcher::new(database), |stitcher, (schema, table)| {
+                stitcher.ignore_table(schema, table)
+            })
+            .ignore_table(schema, table)
+            .resume_after(durable);
         let stream = client
             .start_replication(&config.slot, &[&config.publication], durable)
             .await?;
@@ -105,7 +108,7 @@ impl Session {
         tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
         Ok(Session {
             stream,
-            decoder: RowDecoder::new(sql),
+            decoder: RowDecoder::new(CatalogKeys::new(sql)),
             stitcher,
             ledger: Ledger::new(
                 Limits {
@@ -262,7 +265,8 @@ impl Session {
     ) -> Result<()> {
         let row = self
             .decoder
-            .catalog()
+            .keys()
+            .client()
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await?;
         let target: Lsn = row

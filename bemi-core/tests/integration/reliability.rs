@@ -9,7 +9,9 @@ use bemi_temp_postgres::TempPostgres;
 use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
-const WAIT: Duration = Duration::from_secs(60);
+/// How long a test waits for its changes to be stored: generous, because the largest case
+/// (1,100 rows each holding a 1.2 MB context) takes a minute on a loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(180);
 
 async fn own_server() -> TempPostgres {
     tokio::task::spawn_blocking(TempPostgres::start)

@@ -200,7 +200,7 @@ async fn tables_without_replica_identity_full_are_listed_when_the_setup_leaves_t
     assert!(report.created_slot && report.created_publication);
     // the tracker's own tables are left out: it never records them
     let report = SourceSetup::new(db.slot(), db.publication())
-        .unrecorded([("billing", "invoices")])
+        .ignore_tables([("billing", "invoices")])
         .replica_identity(false)
         .prepare(&sql)
         .await
@@ -208,7 +208,7 @@ async fn tables_without_replica_identity_full_are_listed_when_the_setup_leaves_t
     assert_eq!(report.tables_without_full_identity, ["public.keyed"]);
     // by default the setup sets it where it is missing, except on tables never recorded
     let report = SourceSetup::new(db.slot(), db.publication())
-        .unrecorded([("billing", "invoices")])
+        .ignore_tables([("billing", "invoices")])
         .prepare(&sql)
         .await
         .unwrap();
