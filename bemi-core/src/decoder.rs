@@ -33,6 +33,10 @@ pub struct RowDecoder<K = CatalogKeys> {
     user_arrays: HashSet<Oid>,
     /// The commit LSN of the transaction being decoded (its Begin's final LSN).
     commit_lsn: Lsn,
+    /// Tables whose changes are never recorded, by (schema, name), and the relations that are
+    /// those tables.
+    ignored_tables: Vec<(String, String)>,
+    ignored: HashSet<Oid>,
 }
 
 impl<K: KeyLookup> RowDecoder<K> {
@@ -43,7 +47,17 @@ impl<K: KeyLookup> RowDecoder<K> {
             relations: HashMap::new(),
             user_arrays: HashSet::new(),
             commit_lsn: Lsn::ZERO,
+            ignored_tables: Vec::new(),
+            ignored: HashSet::new(),
         }
+    }
+
+    /// Never records changes of this table (the tracker's own `changes` table, for one): they
+    /// are dropped before their values are converted, so a sink writing into the tracked
+    /// database does not pay for decoding its own writes.
+    pub fn ignore_table(mut self, schema: impl Into<String>, table: impl Into<String>) -> Self {
+        self.ignored_tables.push((schema.into(), table.into()));
+        self
     }
 
     /// The primary-key lookup.
@@ -62,6 +76,14 @@ impl<K: KeyLookup> RowDecoder<K> {
             Message::Relation(relation) => {
                 let primary_key = self.keys.primary_key(relation.oid, self.commit_lsn).await?;
                 let info = RelationInfo::new(&relation, &primary_key, &self.user_arrays);
+                let ignored = self
+                    .ignored_tables
+                    .iter()
+                    .any(|(schema, table)| *schema == info.schema && *table == info.table);
+                match ignored {
+                    true => self.ignored.insert(relation.oid),
+                    false => self.ignored.remove(&relation.oid),
+                };
                 self.relations.insert(relation.oid, Arc::new(info));
                 return Ok(None);
             }
@@ -86,6 +108,9 @@ impl<K: KeyLookup> RowDecoder<K> {
                 end_lsn: commit.end_lsn,
                 commit_time: time(commit.commit_time)?,
             },
+            Message::Insert(insert) if self.ignored.contains(&insert.relation) => return Ok(None),
+            Message::Update(update) if self.ignored.contains(&update.relation) => return Ok(None),
+            Message::Delete(delete) if self.ignored.contains(&delete.relation) => return Ok(None),
             Message::Insert(insert) => {
                 let relation = self.get(insert.relation)?;
                 let new = row(&relation, &insert.new, None, false)?;
@@ -123,6 +148,7 @@ impl<K: KeyLookup> RowDecoder<K> {
                 relations: truncate
                     .relations
                     .iter()
+                    .filter(|oid| !self.ignored.contains(oid))
                     .map(|oid| self.get(*oid))
                     .collect::<Result<_>>()?,
                 cascade: truncate.cascade(),
@@ -337,6 +363,51 @@ mod tests {
             full_identity: true,
             primary_key: vec![0],
         }
+    }
+
+    fn relation_message(oid: u32, table: &'static str) -> Message {
+        Message::Relation(crate::pgoutput::Relation {
+            oid: Oid(oid),
+            namespace: "public".into(),
+            name: table.into(),
+            replica_identity: crate::pgoutput::ReplicaIdentity::Full,
+            columns: vec![crate::pgoutput::RelationColumn {
+                flags: 1,
+                name: "id".into(),
+                type_oid: Oid(23),
+                type_modifier: -1,
+            }],
+        })
+    }
+
+    #[tokio::test]
+    async fn changes_of_ignored_tables_are_dropped_before_their_values_are_converted() {
+        let mut decoder = RowDecoder::new(|_: Oid, _: Lsn| vec!["id".to_owned()])
+            .ignore_table("public", "changes");
+        for message in [relation_message(1, "t"), relation_message(2, "changes")] {
+            assert_eq!(decoder.decode(message).await.unwrap(), None);
+        }
+        // Two values for a one-column table: converting it would be an error.
+        let malformed = |relation: u32| {
+            Message::Insert(crate::pgoutput::Insert {
+                relation: Oid(relation),
+                new: TupleData {
+                    columns: vec![ColumnValue::Null, ColumnValue::Null],
+                },
+            })
+        };
+        assert_eq!(decoder.decode(malformed(2)).await.unwrap(), None);
+        assert!(decoder.decode(malformed(1)).await.is_err());
+        let truncate = Message::Truncate(crate::pgoutput::Truncate {
+            options: 0,
+            relations: vec![Oid(1), Oid(2)],
+        });
+        let Some(RowEvent::Truncate { relations, .. }) = decoder.decode(truncate).await.unwrap()
+        else {
+            panic!("a truncate event");
+        };
+        let tables: Vec<&str> = relations.iter().map(|r| r.table.as_str()).collect();
+        assert_eq!(tables, ["t"]);
     }
 
     #[test]

@@ -59,7 +59,6 @@ pub struct Committed {
 pub struct Stitcher {
     database: String,
     /// (schema, table) pairs never recorded; a handful at most, so a list.
-    ignored_tables: Vec<(String, String)>,
     resume_after: Lsn,
     max_waiting: usize,
     txn: Option<Transaction>,
@@ -84,17 +83,10 @@ impl Stitcher {
     pub fn new(database: impl Into<String>) -> Self {
         Stitcher {
             database: database.into(),
-            ignored_tables: Vec::new(),
             resume_after: Lsn::ZERO,
             max_waiting: DEFAULT_MAX_WAITING,
             txn: None,
         }
-    }
-
-    /// Never records changes of this table (the tracker's own `changes` table, for one).
-    pub fn ignore_table(mut self, schema: impl Into<String>, table: impl Into<String>) -> Self {
-        self.ignored_tables.push((schema.into(), table.into()));
-        self
     }
 
     /// Drops transactions already stored: those whose commit ends at or before `durable`.
@@ -266,13 +258,6 @@ impl Stitcher {
         received_at: DateTime<Utc>,
         out: &mut Vec<Change>,
     ) {
-        if self
-            .ignored_tables
-            .iter()
-            .any(|(schema, table)| *schema == relation.schema && *table == relation.table)
-        {
-            return;
-        }
         let Some(txn) = self.txn.as_mut() else {
             tracing::warn!(%position, "a change arrived outside a transaction; ignoring it");
             return;
@@ -540,21 +525,15 @@ mod tests {
     }
 
     #[test]
-    fn replays_at_or_below_the_resume_position_and_ignored_tables_are_dropped() {
-        let stitcher = Stitcher::new("app")
-            .resume_after(Lsn(0x2000))
-            .ignore_table("public", "changes");
-        let mut feed = Feed::new(stitcher);
+    fn replays_at_or_below_the_resume_position_are_dropped() {
+        let mut feed = Feed::new(Stitcher::new("app").resume_after(Lsn(0x2000)));
         // a transaction whose commit record starts before the stored end: already stored
         feed.begin(0x1ff0)
             .message(true, "_bemi", r#"{"a":1}"#)
             .insert("t", "1")
             .commit(0x2000);
-        // the next one is new; the tracker's own table is never recorded
-        feed.begin(0x2000)
-            .insert("changes", "9")
-            .insert("t", "2")
-            .commit(0x2010);
+        // the next one is new
+        feed.begin(0x2000).insert("t", "2").commit(0x2010);
         assert_eq!(feed.stitched(), pairs(&[("2", "{}")]));
         assert_eq!(
             feed.commits,

@@ -92,15 +92,16 @@ impl Session {
             None => None,
         };
         let durable = durable.unwrap_or(Lsn::ZERO);
+        let stitcher = Stitcher::new(database).resume_after(durable);
         let (schema, table) = setup::KEY_HISTORY;
-        let stitcher = start
+        let decoder = start
             .ignore_tables
             .into_iter()
-            .fold(Stitcher::new(database), |stitcher, (schema, table)| {
-                stitcher.ignore_table(schema, table)
-            })
-            .ignore_table(schema, table)
-            .resume_after(durable);
+            .fold(
+                RowDecoder::new(CatalogKeys::new(sql)),
+                |decoder, (schema, table)| decoder.ignore_table(schema, table),
+            )
+            .ignore_table(schema, table);
         let stream = client
             .start_replication(&config.slot, &[&config.publication], durable)
             .await?;
@@ -108,7 +109,7 @@ impl Session {
         tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
         Ok(Session {
             stream,
-            decoder: RowDecoder::new(CatalogKeys::new(sql)),
+            decoder,
             stitcher,
             ledger: Ledger::new(
                 Limits {
