@@ -168,7 +168,7 @@ mod tests {
     /// A context whose payload is exactly `chars` characters long, made of `fill`.
     fn context_of_chars(chars: usize, fill: char) -> Context {
         // {"k":"…"} is 8 characters around the value
-        let value: String = std::iter::repeat(fill).take(chars - 8).collect();
+        let value: String = std::iter::repeat_n(fill, chars - 8).collect();
         Context::new().with("k", value)
     }
 
