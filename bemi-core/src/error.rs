@@ -10,8 +10,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What went wrong, broadly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What went wrong, broadly. Serializes as its name (`"Connect"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// Connection settings could not be read (bad URL, unknown `sslmode`, …).
@@ -46,6 +46,9 @@ pub enum ErrorKind {
     Gap,
     /// A change sink failed.
     Sink,
+    /// The tracker has stopped (after an error, or a shutdown), so what is asked of it cannot
+    /// happen; see [`TrackerWatch::sync`](crate::TrackerWatch::sync).
+    Stopped,
 }
 
 /// An error from bemi-core.
@@ -269,6 +272,31 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+/// `{"kind": "Connect", "code": "57P01", "transient": true, "message": "<the report>"}`: the
+/// kind, the SQLSTATE (or null), [`is_transient`](Error::is_transient), and the
+/// [`report`](Error::report) with its causes.
+///
+/// ```
+/// use bemi_core::{Error, ErrorKind};
+///
+/// let error = Error::new(ErrorKind::Sink, "the sink is full").with_transient(true);
+/// assert_eq!(
+///     serde_json::to_value(&error).unwrap(),
+///     serde_json::json!({"kind": "Sink", "code": null, "transient": true, "message": "the sink is full"})
+/// );
+/// ```
+impl serde::Serialize for Error {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut error = serializer.serialize_struct("Error", 4)?;
+        error.serialize_field("kind", &self.kind)?;
+        error.serialize_field("code", &self.code)?;
+        error.serialize_field("transient", &self.is_transient())?;
+        error.serialize_field("message", &self.report())?;
+        error.end()
     }
 }
 

@@ -87,7 +87,7 @@ pub use lsn::{Lsn, ParseLsnError};
 pub use relation::{ColumnInfo, RelationInfo};
 pub use replication::{Feedback, ReplicationClient, ReplicationEvent, ReplicationStream};
 pub use row::{Row, RowEvent};
-pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle};
+pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle, TrackerWatch};
 
 /// The crates whose types appear in bemi-core's public API, re-exported so that their versions
 /// always match.

@@ -15,6 +15,9 @@
 //! 5. A position is confirmed to the slot only when the writer acknowledges it durable, so the
 //!    slot never passes what the sink recorded.
 //! 6. Positions never go backwards.
+//! 7. A position counts as stored (for read-your-writes) when every transaction that committed
+//!    before it is durable in the sink or had nothing to store: an acknowledged position, or
+//!    the last position the stream reached while nothing is buffered or in flight.
 
 use std::time::Duration;
 
@@ -49,6 +52,10 @@ pub(super) struct Ledger {
     in_flight: usize,
     /// The highest position confirmed.
     confirmed: Lsn,
+    /// The highest position the stream reached: a keepalive's, or a commit's end.
+    reached: Lsn,
+    /// The highest position `reached` while nothing waited to be written.
+    settled: Lsn,
 }
 
 impl Ledger {
@@ -62,6 +69,8 @@ impl Ledger {
             recorded_at: now,
             in_flight: 0,
             confirmed: Lsn::ZERO,
+            reached: Lsn::ZERO,
+            settled: Lsn::ZERO,
         }
     }
 
@@ -78,11 +87,17 @@ impl Ledger {
         self.unrecorded |= !added.is_empty();
         if let Some(end) = commit_end {
             self.batch.durable_through = Some(end);
+            self.reached = self.reached.max(end);
         }
+        self.settle();
     }
 
     /// A keepalive at `wal_end`; `in_transaction` tells whether a transaction is open.
     pub(super) fn keepalive(&mut self, wal_end: Lsn, in_transaction: bool) {
+        // The server sends a keepalive's position only once every transaction that committed
+        // before it was sent whole.
+        self.reached = self.reached.max(wal_end);
+        self.settle();
         let idle = !in_transaction
             && self.in_flight == 0
             && self.batch.changes.is_empty()
@@ -125,6 +140,20 @@ impl Ledger {
         Some(batch)
     }
 
+    /// The position every transaction committed before is stored, or had nothing to store
+    /// (rule 7): what the stream reached when nothing waits to be written, else what the writer
+    /// acknowledged.
+    pub(super) fn stored(&self) -> Lsn {
+        self.confirmed.max(self.settled)
+    }
+
+    /// Counts what the stream reached as stored when nothing waits to be written.
+    fn settle(&mut self) {
+        if self.in_flight == 0 && self.batch.changes.is_empty() && !self.unrecorded {
+            self.settled = self.settled.max(self.reached);
+        }
+    }
+
     /// Whether batches are in flight.
     pub(super) fn in_flight(&self) -> bool {
         self.in_flight > 0
@@ -134,6 +163,7 @@ impl Ledger {
     /// position to confirm to the slot, if it moved.
     pub(super) fn acknowledged(&mut self, durable: Option<Lsn>) -> Option<Lsn> {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.settle();
         let lsn = durable.filter(|lsn| *lsn > self.confirmed)?;
         self.confirmed = lsn;
         Some(lsn)
@@ -299,6 +329,37 @@ mod tests {
             ledger.take_batch(now, true).is_none(),
             "nothing left to record"
         );
+    }
+
+    #[test]
+    fn a_position_is_stored_once_everything_before_it_is_written() {
+        let (mut ledger, now) = start();
+        // a transaction with changes: its end is stored only when acknowledged
+        stitch(&mut ledger, 100, 1, Some(110));
+        ledger.keepalive(Lsn(120), false);
+        assert_eq!(ledger.stored(), Lsn::ZERO, "buffered");
+        let batch = ledger.take_batch(now, false).unwrap();
+        ledger.keepalive(Lsn(130), false);
+        assert_eq!(ledger.stored(), Lsn::ZERO, "in flight");
+        ledger.acknowledged(batch.durable_through);
+        // the keepalives came after the transaction was sent whole: they count now
+        assert_eq!(ledger.stored(), Lsn(130));
+        // a transaction without tracked changes needs no write
+        stitch(&mut ledger, 200, 0, Some(210));
+        assert_eq!(ledger.stored(), Lsn(210));
+        let record = ledger.take_batch(now, true).unwrap();
+        ledger.acknowledged(record.durable_through);
+        // a part of a transaction handed on without its commit holds the position back
+        stitch(&mut ledger, 300, 3, None);
+        let part = ledger.take_batch(now, false).unwrap();
+        ledger.acknowledged(part.durable_through);
+        ledger.keepalive(Lsn(305), true);
+        assert_eq!(ledger.stored(), Lsn(210));
+        stitch(&mut ledger, 300, 0, Some(310));
+        let end = ledger.take_batch(now, false).unwrap();
+        assert_eq!(ledger.stored(), Lsn(210), "the end is not written yet");
+        ledger.acknowledged(end.durable_through);
+        assert_eq!(ledger.stored(), Lsn(310));
     }
 
     #[test]

@@ -35,10 +35,12 @@
 
 mod ledger;
 mod session;
+mod view;
 mod writer;
 
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -48,6 +50,7 @@ use crate::setup::Tables;
 use crate::sink::ChangeSink;
 use crate::Lsn;
 use session::Session;
+pub use view::TrackerWatch;
 
 /// Entry point: `Tracker::builder(source, sink)`.
 #[derive(Debug)]
@@ -248,10 +251,11 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     pub fn spawn(self) -> TrackerHandle {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let watch = TrackerWatch::new(progress_rx, self.settings.source.clone());
         let task = tokio::spawn(self.run(stop_rx, progress_tx));
         TrackerHandle {
             stop: stop_tx,
-            progress: progress_rx,
+            watch,
             task,
         }
     }
@@ -345,11 +349,26 @@ struct Settings {
 }
 
 /// What a running tracker has done.
-#[derive(Debug, Clone, Default)]
+///
+/// Serializes (serde) as an object of its public fields, LSNs as PostgreSQL prints them and
+/// the last error as `{"kind", "code", "transient", "message"}`, for a status endpoint:
+///
+/// ```
+/// let progress = bemi_core::Progress::default();
+/// let json = serde_json::to_value(&progress).unwrap();
+/// assert_eq!(json["stored_lsn"], "0/0");
+/// assert_eq!(json["last_error"], serde_json::Value::Null);
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
 pub struct Progress {
     /// The last position confirmed to the slot (stored by the sink, or idle).
     pub confirmed_lsn: Lsn,
+    /// Every transaction that committed on the source before this position is stored by the
+    /// sink, or had nothing to store. Ahead of `confirmed_lsn` while positions without changes
+    /// wait to be recorded (see [`TrackerBuilder::record_interval`]); never goes backwards.
+    /// What [`TrackerWatch::sync`] waits for.
+    pub stored_lsn: Lsn,
     /// The latest server WAL position seen.
     pub server_lsn: Lsn,
     /// `server_lsn - confirmed_lsn` in bytes.
@@ -365,6 +384,7 @@ pub struct Progress {
     /// The error that ended the last session, if any, whole (kind, SQLSTATE, causes).
     pub last_error: Option<Error>,
     /// Whether the current session stored something (for the backoff).
+    #[serde(skip)]
     stored_in_session: bool,
 }
 
@@ -375,36 +395,48 @@ impl Progress {
 }
 
 /// Controls a spawned tracker.
+///
+/// The handle shuts the tracker down and is not cloneable; [`watch`](Self::watch) gives a
+/// cloneable [`TrackerWatch`] for everyone else (request handlers, health checks).
 #[derive(Debug)]
 pub struct TrackerHandle {
     stop: watch::Sender<bool>,
-    progress: watch::Receiver<Progress>,
+    watch: TrackerWatch,
     task: JoinHandle<Result<()>>,
 }
 
 impl TrackerHandle {
     /// The latest progress.
     pub fn progress(&self) -> Progress {
-        self.progress.borrow().clone()
+        self.watch.progress()
     }
 
     /// A receiver that sees every progress update.
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.clone()
+        self.watch.subscribe()
+    }
+
+    /// A cloneable view of the tracker: progress, whether it stopped, and
+    /// [`sync`](TrackerWatch::sync).
+    pub fn watch(&self) -> TrackerWatch {
+        self.watch.clone()
     }
 
     /// Waits until `done` holds for the progress, or the tracker stops.
-    pub async fn wait_for(&self, mut done: impl FnMut(&Progress) -> bool) -> Progress {
-        let mut rx = self.progress.clone();
-        let result = rx.wait_for(|p| done(p)).await.map(|p| p.clone());
-        result.unwrap_or_else(|_| self.progress())
+    pub async fn wait_for(&self, done: impl FnMut(&Progress) -> bool) -> Progress {
+        self.watch.wait_for(done).await
+    }
+
+    /// Read-your-writes: waits until everything committed on the source before the call is
+    /// stored; fails at once when the tracker has stopped. See [`TrackerWatch::sync`].
+    pub async fn sync(&self) -> Result<Lsn> {
+        self.watch.sync().await
     }
 
     /// Waits until the tracker stops (after an error, or a shutdown); then [`join`](Self::join)
     /// returns at once.
     pub async fn stopped(&self) {
-        let mut rx = self.progress.clone();
-        while rx.changed().await.is_ok() {}
+        self.watch.stopped().await
     }
 
     /// Whether the tracker has stopped (after an error or a shutdown).

@@ -245,6 +245,7 @@ impl Session {
                     .stitched(from, committed.map(|committed| committed.end_lsn));
                 if let Some(committed) = committed {
                     progress.send_modify(|p| p.transactions += u64::from(!committed.replayed));
+                    self.report(progress);
                 }
             }
             ReplicationEvent::Keepalive { wal_end, .. } => {
@@ -312,10 +313,13 @@ impl Session {
     fn report(&self, progress: &watch::Sender<Progress>) {
         let feedback = self.stream.feedback();
         let (confirmed, server) = (feedback.confirmed(), feedback.received());
+        let stored = self.ledger.stored().max(confirmed);
         progress.send_if_modified(|p| {
-            let changed = p.confirmed_lsn != confirmed || p.server_lsn != server;
+            let changed =
+                p.confirmed_lsn != confirmed || p.server_lsn != server || p.stored_lsn < stored;
             p.confirmed_lsn = confirmed;
             p.server_lsn = server;
+            p.stored_lsn = p.stored_lsn.max(stored);
             p.lag_bytes = server.0.saturating_sub(confirmed.0);
             changed
         });
