@@ -105,7 +105,17 @@ impl Error {
         self
     }
 
-    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
+    /// Sets the SQLSTATE the server reported (see [`code`](Self::code)), for an error that came
+    /// from the server through another driver than tokio-postgres.
+    ///
+    /// ```
+    /// use bemi_core::{Error, ErrorKind};
+    ///
+    /// let error = Error::new(ErrorKind::Db, "deadlock").with_code("40P01");
+    /// assert_eq!(error.code(), Some("40P01"));
+    /// assert!(error.is_transient());
+    /// ```
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
         self
     }

@@ -3,34 +3,27 @@
 //!
 //! The same functions as for synchronous Diesel ([`transaction`] / [`transaction_with`],
 //! [`emit`] / [`emit_with`]), for any [`AsyncConnection`] to PostgreSQL. The transaction's body
-//! is a boxed scoped future, as for [`AsyncConnection::transaction`]:
+//! is an async closure, as for [`AsyncConnection::transaction`] in diesel-async 0.9:
 //!
 //! ```no_run
 //! use bemi_diesel::async_pg;
 //! use bemi_diesel::Context;
-//! use diesel_async::scoped_futures::ScopedFutureExt as _;
 //! use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 //!
 //! # async fn run(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
 //! let ctx = Context::new().with("user_id", 42).with("endpoint", "POST /orders");
-//! async_pg::transaction_with(conn, &ctx, |conn| {
-//!     async move {
-//!         diesel::sql_query("INSERT INTO orders (item) VALUES ('book')")
-//!             .execute(conn)
-//!             .await
-//!     }
-//!     .scope_boxed()
+//! async_pg::transaction_with(conn, &ctx, async |conn| {
+//!     diesel::sql_query("INSERT INTO orders (item) VALUES ('book')")
+//!         .execute(conn)
+//!         .await
 //! })
 //! .await?;
 //!
 //! // Or with the current context (bemi_context::scope, the tower layer, …).
-//! bemi_context::scope(ctx, async_pg::transaction(conn, |conn| {
-//!     async move {
-//!         diesel::sql_query("DELETE FROM carts WHERE empty")
-//!             .execute(conn)
-//!             .await
-//!     }
-//!     .scope_boxed()
+//! bemi_context::scope(ctx, async_pg::transaction(conn, async |conn| {
+//!     diesel::sql_query("DELETE FROM carts WHERE empty")
+//!         .execute(conn)
+//!         .await
 //! }))
 //! .await?;
 //! # Ok(()) }
@@ -43,13 +36,32 @@
 //! connection and kept in diesel-async's statement cache. (`diesel::sql_query` is never cached,
 //! so with it diesel-async would also prepare on every call: two round trips.)
 
+use std::future::Future;
+
 use bemi_context::Context;
 use diesel::pg::Pg;
 use diesel::QueryResult;
-use diesel_async::scoped_futures::{ScopedBoxFuture, ScopedFutureExt as _};
 use diesel_async::{AsyncConnection, RunQueryDsl as _};
 
 use crate::query::EmitQuery;
+
+/// The body of a transaction: an async closure over the connection, as diesel-async 0.9 takes
+/// it (`async |conn| { … }`), whose future can be named (and required to be `Send`).
+/// Implemented for every such closure; nothing to implement by hand.
+pub trait TransactionBody<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as TransactionBody<T, R>>::Future
+{
+    /// The closure's future.
+    type Future: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> TransactionBody<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Future = Fut;
+}
 
 /// Runs `f` in a transaction, like [`AsyncConnection::transaction`], with the
 /// [current](bemi_context::current) context emitted as the transaction's first statement.
@@ -65,14 +77,19 @@ use crate::query::EmitQuery;
 ///
 /// An error of `BEGIN`, of the emit, of `f` or of `COMMIT`, as
 /// [`AsyncConnection::transaction`] returns them.
-pub async fn transaction<'a, C, R, E, F>(conn: &mut C, f: F) -> Result<R, E>
+pub fn transaction<'a, 'conn, C, R, E, F>(
+    conn: &'conn mut C,
+    f: F,
+) -> impl Future<Output = Result<R, E>> + Send + 'conn
 where
     C: AsyncConnection<Backend = Pg>,
-    F: for<'r> FnOnce(&'r mut C) -> ScopedBoxFuture<'a, 'r, Result<R, E>> + Send + 'a,
+    F: for<'r> TransactionBody<&'r mut C, Result<R, E>, Future: Send> + Send + 'a,
     E: From<diesel::result::Error> + Send + 'a,
     R: Send + 'a,
+    'a: 'conn,
 {
-    run(conn, bemi_context::current_payload(), f).await
+    // The context is read when the future is first polled (inside `bemi_context::scope`).
+    async move { run(conn, bemi_context::current_payload(), f).await }
 }
 
 /// Runs `f` in a transaction with `ctx` emitted as its first statement; like [`transaction`],
@@ -81,33 +98,42 @@ where
 /// # Errors
 ///
 /// As [`transaction`].
-pub async fn transaction_with<'a, C, R, E, F>(conn: &mut C, ctx: &Context, f: F) -> Result<R, E>
+pub fn transaction_with<'a, 'conn, C, R, E, F>(
+    conn: &'conn mut C,
+    ctx: &Context,
+    f: F,
+) -> impl Future<Output = Result<R, E>> + Send + 'conn
 where
     C: AsyncConnection<Backend = Pg>,
-    F: for<'r> FnOnce(&'r mut C) -> ScopedBoxFuture<'a, 'r, Result<R, E>> + Send + 'a,
+    F: for<'r> TransactionBody<&'r mut C, Result<R, E>, Future: Send> + Send + 'a,
     E: From<diesel::result::Error> + Send + 'a,
     R: Send + 'a,
+    'a: 'conn,
 {
-    run(conn, bemi_context::payload(ctx), f).await
+    run(conn, bemi_context::payload(ctx), f)
 }
 
-async fn run<'a, C, R, E, F>(conn: &mut C, payload: Option<String>, f: F) -> Result<R, E>
+/// diesel-async's transaction, with `payload` emitted first. A plain function returning the
+/// declared `Send` future (not an `async fn`), so that callers can spawn it: the compiler
+/// cannot yet prove `Send` through the higher-ranked closure bound inside an `async fn`'s state.
+fn run<'a, 'conn, C, R, E, F>(
+    conn: &'conn mut C,
+    payload: Option<String>,
+    f: F,
+) -> impl Future<Output = Result<R, E>> + Send + 'conn
 where
     C: AsyncConnection<Backend = Pg>,
-    F: for<'r> FnOnce(&'r mut C) -> ScopedBoxFuture<'a, 'r, Result<R, E>> + Send + 'a,
+    F: for<'r> TransactionBody<&'r mut C, Result<R, E>, Future: Send> + Send + 'a,
     E: From<diesel::result::Error> + Send + 'a,
     R: Send + 'a,
+    'a: 'conn,
 {
-    conn.transaction(move |conn| {
-        async move {
-            if let Some(payload) = payload {
-                EmitQuery::new(payload).execute(conn).await?;
-            }
-            f(conn).await
+    conn.transaction(async move |conn| {
+        if let Some(payload) = payload {
+            EmitQuery::new(payload).execute(conn).await?;
         }
-        .scope_boxed()
+        f(conn).await
     })
-    .await
 }
 
 /// Emits the [current](bemi_context::current) context into the transaction open on `conn`;

@@ -4,13 +4,12 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde_json::value::RawValue;
-use tokio_postgres::GenericClient;
-
-use crate::TableName;
+use crate::statement::{Row, Statement};
+use crate::{Database, TableName};
 use bemi_core::sql::quote_qualified;
 use bemi_core::Oid;
 use bemi_core::{Error, ErrorKind, Result};
+use serde_json::value::RawValue;
 
 /// A live table as the catalog describes it.
 #[derive(Debug, Clone)]
@@ -34,11 +33,8 @@ pub(super) struct LiveTable {
 impl LiveTable {
     /// Reads the table from the catalog of the database `client` is connected to; fails when
     /// it does not exist or has no primary key.
-    pub(super) async fn load<C>(client: &C, table: &TableName) -> Result<LiveTable>
-    where
-        C: GenericClient + Sync,
-    {
-        let Some(live) = Self::find(client, table).await? else {
+    pub(super) async fn load<D: Database>(db: &mut D, table: &TableName) -> Result<LiveTable> {
+        let Some(live) = Self::find(db, table).await? else {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -62,16 +58,16 @@ impl LiveTable {
     }
 
     /// Reads the table from the catalog of the database `client` is connected to, if it exists.
-    pub(super) async fn find<C>(client: &C, table: &TableName) -> Result<Option<LiveTable>>
-    where
-        C: GenericClient + Sync,
-    {
-        let name = quote_qualified(table.schema.as_deref(), &table.name);
+    pub(super) async fn find<D: Database>(
+        db: &mut D,
+        table: &TableName,
+    ) -> Result<Option<LiveTable>> {
+        let mut statement = Statement::default();
+        let name = statement.text(quote_qualified(table.schema.as_deref(), &table.name));
         // User-defined array types are those the stream names `_…` in a Type message, which
         // pgoutput sends for types from FirstGenbkiObjectId (10000) on.
-        let row = client
-            .query_opt(
-                "SELECT n.nspname::text, c.relname::text, \
+        statement.set_sql(format!(
+            "SELECT json_build_array(n.nspname::text, c.relname::text, \
                    ARRAY(SELECT a.attname::text FROM pg_index i \
                          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
@@ -82,29 +78,29 @@ impl LiveTable {
                    ARRAY(SELECT a.attname::text FROM pg_attribute a \
                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                            AND a.attidentity = 'a' ORDER BY a.attnum), \
-                   ARRAY(SELECT a.atttypid FROM pg_attribute a \
+                   ARRAY(SELECT a.atttypid::int8 FROM pg_attribute a \
                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                            AND a.attgenerated = '' ORDER BY a.attnum), \
                    ARRAY(SELECT a.atttypid >= 10000 AND t.typname LIKE '\\_%' \
                          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                           AND a.attgenerated = '' ORDER BY a.attnum) \
+                           AND a.attgenerated = '' ORDER BY a.attnum))::text \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.oid = to_regclass($1)",
-                &[&name],
-            )
-            .await?;
-        let Some(row) = row else {
+                 WHERE c.oid = to_regclass({name})"
+        ));
+        let rows = db.rows(&statement).await?;
+        let Some(Some(text)) = rows.first() else {
             return Ok(None);
         };
-        let type_oids: Vec<u32> = row.try_get(5)?;
-        let user_arrays: Vec<bool> = row.try_get(6)?;
+        let row = Row::parse(text)?;
+        let type_oids: Vec<u32> = row.get(5)?;
+        let user_arrays: Vec<bool> = row.get(6)?;
         Ok(Some(LiveTable {
-            schema: row.try_get(0)?,
-            name: row.try_get(1)?,
-            key_columns: row.try_get(2)?,
-            writable_columns: row.try_get(3)?,
-            identity_always: row.try_get(4)?,
+            schema: row.get(0)?,
+            name: row.get(1)?,
+            key_columns: row.get(2)?,
+            writable_columns: row.get(3)?,
+            identity_always: row.get(4)?,
             column_types: type_oids.into_iter().map(Oid).zip(user_arrays).collect(),
         }))
     }
@@ -119,11 +115,8 @@ impl LiveTable {
 /// is connected to (the tracked database). Fails when the table does not exist or has no
 /// primary key. Useful with [`TimeTravel::key_columns`](super::TimeTravel::key_columns) when
 /// `changes` lives in another database.
-pub async fn primary_key_columns<C>(client: &C, table: &TableName) -> Result<Vec<String>>
-where
-    C: GenericClient + Sync,
-{
-    Ok(LiveTable::load(client, table).await?.key_columns)
+pub async fn primary_key_columns<D: Database>(mut db: D, table: &TableName) -> Result<Vec<String>> {
+    Ok(LiveTable::load(&mut db, table).await?.key_columns)
 }
 
 /// The primary key text of a row given as column → JSON value text, in the tracker's form:

@@ -43,10 +43,15 @@
 //! # drop(history); Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod database;
 mod diff;
+mod drivers;
 mod key;
 mod live;
 mod revert;
+mod statement;
 mod time_travel;
 
 use std::fmt;
@@ -55,16 +60,23 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::GenericClient;
 
 pub use bemi_core::changes_table::ChangesTable;
 pub use bemi_core::sql::TableName;
 use bemi_core::{Error, ErrorKind, Lsn, Operation, Result};
 
+pub use database::Database;
 pub use diff::{ColumnChange, Diff};
+#[cfg(feature = "diesel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diesel")))]
+pub use drivers::diesel::{blocking, schema as diesel_schema};
+#[cfg(feature = "sea-orm")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]
+pub use drivers::sea_orm::changes as sea_orm_changes;
 pub use key::{canonical_key, primary_key_columns};
 pub use revert::{Conflict, ConflictKind, Revert, RevertOutcome, RevertPlan, RevertStep};
+use statement::{Conditions, Row};
+pub use statement::{Param, Statement};
 pub use time_travel::{SnapshotRow, TimeTravel};
 
 /// One of the JSON columns of `changes`.
@@ -108,6 +120,7 @@ pub struct ChangeFilter {
     until: Option<DateTime<Utc>>,
     transaction: Option<Lsn>,
     contains: Vec<Containment>,
+    changed_columns: Vec<String>,
 }
 
 impl ChangeFilter {
@@ -227,6 +240,23 @@ impl ChangeFilter {
         self.contains(JsonColumn::Context, true, value)
     }
 
+    /// Changes that changed `column`, as [`StoredChange::diff`] tells it: a CREATE that set it,
+    /// a DELETE of a row that had it, an UPDATE whose value differs (or whose old value is
+    /// unknown). Decided by the server, so pages stay full however rarely the column changes.
+    /// Given several times, every one of the columns must have changed.
+    ///
+    /// ```
+    /// let filter = bemi_query::ChangeFilter::new().table("todo").column_changed("done");
+    /// assert_eq!(filter.to_json(), serde_json::json!({"table": "todo", "column_changed": ["done"]}));
+    /// ```
+    pub fn column_changed(mut self, column: impl Into<String>) -> Self {
+        let column = column.into();
+        if !self.changed_columns.contains(&column) {
+            self.changed_columns.push(column);
+        }
+        self
+    }
+
     /// A query over the changes this filter selects.
     pub fn query(self) -> ChangeQuery {
         ChangeQuery::new(self)
@@ -269,6 +299,9 @@ impl ChangeFilter {
         if let Some(lsn) = &self.transaction {
             put("transaction", json!(lsn.to_string()));
         }
+        if !self.changed_columns.is_empty() {
+            put("column_changed", json!(self.changed_columns));
+        }
         // Several conditions on one column become an array of their values.
         let mut grouped: Vec<(String, Vec<Value>)> = Vec::new();
         for c in &self.contains {
@@ -291,55 +324,61 @@ impl ChangeFilter {
         Value::Object(object)
     }
 
-    /// Appends this filter's conditions to `sql`.
-    fn push_conditions(&self, sql: &mut SqlBuilder) {
+    /// Appends this filter's conditions to `conditions`, binding their values in `statement`.
+    fn push_conditions(&self, statement: &mut Statement, conditions: &mut Conditions) {
         if let Some(database) = &self.database {
-            let p = sql.bind(database.clone());
-            sql.condition(format!("database = {p}"));
+            conditions.push(format!("database = {}", statement.text(database.clone())));
         }
         if let Some(schema) = &self.schema {
-            let p = sql.bind(schema.clone());
-            sql.condition(format!("schema = {p}"));
+            conditions.push(format!("schema = {}", statement.text(schema.clone())));
         }
         if let Some(table) = &self.table {
-            let p = sql.bind(table.clone());
-            sql.condition(format!("\"table\" = {p}"));
+            conditions.push(format!("\"table\" = {}", statement.text(table.clone())));
         }
         if let Some(key) = &self.primary_key {
-            let p = sql.bind(key.clone());
-            sql.condition(format!("primary_key = {p}"));
+            conditions.push(format!("primary_key = {}", statement.text(key.clone())));
         }
-        match self.operations.as_slice() {
-            [] => {}
-            [one] => {
-                let p = sql.bind(one.as_str().to_owned());
-                sql.condition(format!("operation = {p}"));
-            }
-            many => {
-                let names: Vec<String> = many.iter().map(|o| o.as_str().to_owned()).collect();
-                let p = sql.bind(names);
-                sql.condition(format!("operation = ANY({p})"));
-            }
+        if !self.operations.is_empty() {
+            let names: Vec<String> = self
+                .operations
+                .iter()
+                .map(|o| statement.text(o.as_str()))
+                .collect();
+            conditions.push(format!("operation IN ({})", names.join(", ")));
         }
         if let Some(since) = self.since {
-            let p = sql.bind(since);
-            sql.condition(format!("committed_at >= {p}"));
+            let p = statement.text(since.to_rfc3339());
+            conditions.push(format!("committed_at >= {p}::timestamptz"));
         }
         if let Some(until) = self.until {
-            let p = sql.bind(until);
-            sql.condition(format!("committed_at <= {p}"));
+            let p = statement.text(until.to_rfc3339());
+            conditions.push(format!("committed_at <= {p}::timestamptz"));
         }
         if let Some(lsn) = self.transaction {
-            let p = sql.bind(lsn.0 as i64);
-            sql.condition(format!("commit_lsn = {p}"));
+            conditions.push(format!("commit_lsn = {}", statement.int8(lsn.to_int8())));
         }
         for c in &self.contains {
-            let p = sql.bind(c.value.to_string());
-            let test = format!("{} @> {p}::text::jsonb", c.column.as_str());
-            sql.condition(match c.negated {
+            let test = format!(
+                "{} @> {}::jsonb",
+                c.column.as_str(),
+                statement.text(c.value.to_string())
+            );
+            conditions.push(match c.negated {
                 false => test,
                 true => format!("NOT ({test})"),
             });
+        }
+        for column in &self.changed_columns {
+            // What `Diff::of` counts as a change, value texts compared as stored.
+            let c = statement.text(column.clone());
+            conditions.push(format!(
+                "CASE operation \
+                   WHEN 'CREATE' THEN after -> {c} IS NOT NULL \
+                   WHEN 'DELETE' THEN before -> {c} IS NOT NULL \
+                   WHEN 'UPDATE' THEN after -> {c} IS NOT NULL AND (before -> {c} IS NULL \
+                     OR (before -> {c})::text <> (after -> {c})::text) \
+                   ELSE false END"
+            ));
         }
     }
 }
@@ -357,7 +396,21 @@ pub enum Order {
 
 /// A position in the audit trail, `(commit_lsn, ordinal)`, for keyset pagination.
 ///
-/// Printed and parsed as `<commit LSN>:<ordinal>`, e.g. `0/16B3F28:3`.
+/// Prints as a URL-safe string, `<commit LSN>-<ordinal>` with the LSN's two halves joined by
+/// `-` (`16-B374D848-3` for `16/B374D848` and ordinal 3), and parses from it, so a cursor goes
+/// into a URL (`?after=16-B374D848-3`) as it is. PostgreSQL's own form, `16/B374D848:3`,
+/// parses too.
+///
+/// ```
+/// use bemi_query::Cursor;
+///
+/// let cursor: Cursor = "16-B374D848-3".parse()?;
+/// assert_eq!(cursor.commit_lsn.to_string(), "16/B374D848");
+/// assert_eq!(cursor.ordinal, 3);
+/// assert_eq!(cursor.to_string(), "16-B374D848-3");
+/// assert_eq!("16/B374D848:3".parse::<Cursor>()?, cursor);
+/// # Ok::<(), bemi_core::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor {
     /// The LSN of the transaction's commit.
@@ -368,7 +421,14 @@ pub struct Cursor {
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.commit_lsn, self.ordinal)
+        let lsn = self.commit_lsn.as_u64();
+        write!(
+            f,
+            "{:X}-{:X}-{}",
+            lsn >> 32,
+            lsn & 0xFFFF_FFFF,
+            self.ordinal
+        )
     }
 }
 
@@ -378,10 +438,19 @@ impl FromStr for Cursor {
     fn from_str(s: &str) -> Result<Self> {
         let invalid = || {
             Error::config(format!(
-                "invalid cursor {s:?}: expected <commit LSN>:<ordinal>, like 0/16B3F28:3"
+                "invalid cursor {s:?}: expected <LSN high>-<LSN low>-<ordinal>, like 16-B374D848-3"
             ))
         };
-        let (lsn, ordinal) = s.rsplit_once(':').ok_or_else(invalid)?;
+        let (lsn, ordinal) = match s.split_once(':') {
+            Some((lsn, ordinal)) => (lsn.to_owned(), ordinal),
+            None => {
+                let (lsn, ordinal) = s.rsplit_once('-').ok_or_else(invalid)?;
+                (lsn.replacen('-', "/", 1), ordinal)
+            }
+        };
+        if ordinal.starts_with('+') {
+            return Err(invalid());
+        }
         Ok(Cursor {
             commit_lsn: lsn.parse().map_err(|_| invalid())?,
             ordinal: ordinal.parse().map_err(|_| invalid())?,
@@ -392,6 +461,13 @@ impl FromStr for Cursor {
 impl Serialize for Cursor {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -408,6 +484,10 @@ pub struct Page {
 
 /// A query over a `changes` table: a [`ChangeFilter`], an [`Order`], an optional keyset
 /// [`Cursor`] and an optional limit.
+///
+/// It runs on any [`Database`]: tokio-postgres clients, and with this crate's features sqlx
+/// pools and connections, SeaORM connections, Diesel and diesel-async connections. Each run is
+/// one statement ([`statement`](Self::statement) shows it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeQuery {
     changes: ChangesTable,
@@ -467,79 +547,85 @@ impl ChangeQuery {
         &self.filter
     }
 
-    fn build(&self, limit: Option<i64>) -> SqlBuilder {
-        self.build_with(limit, |_| ())
+    fn build(&self, limit: Option<i64>) -> Statement {
+        self.build_with(limit, |_, _| ())
     }
 
     /// [`build`](Self::build) with more conditions added by `extra`.
-    fn build_with(&self, limit: Option<i64>, extra: impl FnOnce(&mut SqlBuilder)) -> SqlBuilder {
-        let mut sql = SqlBuilder::default();
-        sql.condition("commit_lsn IS NOT NULL".to_owned());
-        self.filter.push_conditions(&mut sql);
-        extra(&mut sql);
+    fn build_with(
+        &self,
+        limit: Option<i64>,
+        extra: impl FnOnce(&mut Statement, &mut Conditions),
+    ) -> Statement {
+        let mut statement = Statement::default();
+        let mut conditions = Conditions::default();
+        conditions.push("commit_lsn IS NOT NULL".to_owned());
+        self.filter.push_conditions(&mut statement, &mut conditions);
+        extra(&mut statement, &mut conditions);
         if let Some(cursor) = self.after {
-            let lsn = sql.bind(cursor.commit_lsn.0 as i64);
-            let ordinal = sql.bind(ordinal_param(cursor.ordinal));
+            let lsn = statement.int8(cursor.commit_lsn.to_int8());
+            let ordinal = statement.int8(i64::from(cursor.ordinal));
             let op = match self.order {
                 Order::Asc => ">",
                 Order::Desc => "<",
             };
-            sql.condition(format!("(commit_lsn, ordinal) {op} ({lsn}, {ordinal})"));
+            conditions.push(format!("(commit_lsn, ordinal) {op} ({lsn}, {ordinal})"));
         }
-        let mut text = select(&self.changes, &sql, self.order);
+        let mut sql = select(&self.changes, &conditions, self.order);
         if let Some(limit) = limit {
-            let p = sql.bind(limit);
-            text.push_str(&format!(" LIMIT {p}"));
+            sql.push_str(&format!(" LIMIT {}", statement.int8(limit)));
         }
-        sql.text = text;
-        sql
+        statement.set_sql(sql);
+        statement
     }
 
     /// How many changes the filter selects that the query leaves out because they have no
     /// `commit_lsn` (rows stored by Bemi's own worker before the table was upgraded).
-    pub(crate) async fn count_unordered<C>(&self, client: &C) -> Result<i64>
-    where
-        C: GenericClient + Sync,
-    {
-        let mut sql = SqlBuilder::default();
-        sql.condition("commit_lsn IS NULL".to_owned());
-        self.filter.push_conditions(&mut sql);
-        let text = format!(
-            "SELECT count(*) FROM {}{}",
+    pub(crate) async fn count_unordered<D: Database>(&self, db: &mut D) -> Result<i64> {
+        let mut statement = Statement::default();
+        let mut conditions = Conditions::default();
+        conditions.push("commit_lsn IS NULL".to_owned());
+        self.filter.push_conditions(&mut statement, &mut conditions);
+        statement.set_sql(format!(
+            "SELECT count(*)::text FROM {}{}",
             self.changes.qualified(),
-            sql.where_clause()
-        );
-        let row = client.query_one(text.as_str(), &sql.params()).await?;
-        Ok(row.get(0))
+            conditions.where_clause()
+        ));
+        let count = one_value(db.rows(&statement).await?)?;
+        count.parse().map_err(|e| {
+            Error::new(ErrorKind::Protocol, "count(*) did not read as a number").with_source(e)
+        })
     }
 
     /// The SQL the query runs, with `$n` placeholders.
     pub fn sql(&self) -> String {
-        self.build(self.limit.map(i64::from)).text
+        self.statement().sql().to_owned()
     }
 
-    /// Runs the query.
-    pub async fn fetch<C>(&self, client: &C) -> Result<Vec<StoredChange>>
-    where
-        C: GenericClient + Sync,
-    {
-        let sql = self.build(self.limit.map(i64::from));
-        let rows = client.query(sql.text.as_str(), &sql.params()).await?;
-        rows.iter().map(StoredChange::from_row).collect()
+    /// The statement the query runs: its SQL and parameters, for running it yourself. Each row
+    /// is one text column, a JSON array of the [`StoredChange`] columns.
+    pub fn statement(&self) -> Statement {
+        self.build(self.limit.map(i64::from))
+    }
+
+    /// Runs the query on `db`: a tokio-postgres `&Client`, an sqlx `&PgPool`, a SeaORM
+    /// `&DatabaseConnection`, a Diesel `&mut PgConnection`, … (see [`Database`]).
+    pub async fn fetch<D: Database>(&self, mut db: D) -> Result<Vec<StoredChange>> {
+        let rows = db.rows(&self.statement()).await?;
+        rows.iter()
+            .map(|row| StoredChange::from_row(row.as_deref()))
+            .collect()
     }
 
     /// Runs the query for one page: at most the limit's changes, and the cursor of the next
     /// page when more changes follow.
-    pub async fn fetch_page<C>(&self, client: &C) -> Result<Page>
-    where
-        C: GenericClient + Sync,
-    {
+    pub async fn fetch_page<D: Database>(&self, mut db: D) -> Result<Page> {
         // One extra row tells whether another page follows.
-        let sql = self.build(self.limit.map(|limit| i64::from(limit) + 1));
-        let rows = client.query(sql.text.as_str(), &sql.params()).await?;
+        let statement = self.build(self.limit.map(|limit| i64::from(limit) + 1));
+        let rows = db.rows(&statement).await?;
         let mut changes = rows
             .iter()
-            .map(StoredChange::from_row)
+            .map(|row| StoredChange::from_row(row.as_deref()))
             .collect::<Result<Vec<_>>>()?;
         let next = match self.limit {
             Some(limit) if changes.len() > limit as usize => {
@@ -553,27 +639,30 @@ impl ChangeQuery {
 
     /// The server's plan for the query (`EXPLAIN`), one line per plan line, to check that it
     /// uses the indexes.
-    pub async fn explain<C>(&self, client: &C) -> Result<String>
-    where
-        C: GenericClient + Sync,
-    {
-        let sql = self.build(self.limit.map(i64::from));
-        let rows = client
-            .query(format!("EXPLAIN {}", sql.text).as_str(), &sql.params())
-            .await?;
-        let lines: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    pub async fn explain<D: Database>(&self, mut db: D) -> Result<String> {
+        let query = self.statement();
+        let mut explain = query.clone();
+        explain.set_sql(format!("EXPLAIN {}", query.sql()));
+        let lines: Vec<String> = db.rows(&explain).await?.into_iter().flatten().collect();
         Ok(lines.join("\n"))
     }
 }
 
-/// The columns read into a [`StoredChange`], in its field order.
-const COLUMNS: &str = "id::text, primary_key, before::text, after::text, context::text, \
-                       database, schema, \"table\", operation, committed_at, queued_at, \
-                       created_at, transaction_id, position, commit_lsn, ordinal";
-
-fn ordinal_param(ordinal: u32) -> i32 {
-    i32::try_from(ordinal).unwrap_or(i32::MAX)
+/// The single value of a statement that returns one row.
+fn one_value(rows: Vec<Option<String>>) -> Result<String> {
+    match <[Option<String>; 1]>::try_from(rows) {
+        Ok([Some(value)]) => Ok(value),
+        _ => Err(Error::new(
+            ErrorKind::Protocol,
+            "a statement of the read API did not return exactly one value",
+        )),
+    }
 }
+
+/// The columns read into a [`StoredChange`], in its field order, as one JSON array.
+const ROW: &str = "json_build_array(id::text, primary_key, before, after, context, database, \
+                   schema, \"table\", operation, committed_at, queued_at, created_at, \
+                   transaction_id, position, commit_lsn, ordinal)::text AS _bemi_row";
 
 /// One row of the `changes` table.
 #[derive(Debug, Clone, Serialize)]
@@ -632,14 +721,80 @@ impl StoredChange {
         Diff::of(self)
     }
 
+    /// The context read into your own type.
+    ///
+    /// ```
+    /// # fn run(change: &bemi_query::StoredChange) -> bemi_core::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Request {
+    ///     user_id: i64,
+    ///     endpoint: Option<String>,
+    /// }
+    ///
+    /// let request: Request = change.context_as()?;
+    /// println!("{} by user {}", request.endpoint.as_deref().unwrap_or("?"), request.user_id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] when the context does not fit `T` (a missing field, a value of
+    /// another type), with serde's error as the cause.
+    pub fn context_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.context.get()).map_err(|e| {
+            Error::config(format!(
+                "the context of change {} does not fit {}: {e}",
+                self.cursor(),
+                std::any::type_name::<T>()
+            ))
+            .with_source(e)
+        })
+    }
+
     /// `schema.table` of the changed table.
     pub fn qualified_table(&self) -> TableName {
         TableName::qualified(&self.schema, &self.table)
     }
 
-    fn from_row(row: &tokio_postgres::Row) -> Result<Self> {
-        let json = |index: usize| -> Result<Box<RawValue>> {
-            let text: String = row.try_get(index)?;
+    /// Reads one row of a [`ChangeQuery`]'s statement: the JSON array of the columns.
+    fn from_row(text: Option<&str>) -> Result<Self> {
+        let text = text.ok_or_else(|| Error::new(ErrorKind::Protocol, "a changes row is null"))?;
+        let row = Row::parse(text)?;
+        let time = |index: usize| -> Result<DateTime<Utc>> {
+            let text: String = row.get(index)?;
+            DateTime::parse_from_rfc3339(&text)
+                .map(|time| time.with_timezone(&Utc))
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        format!("a changes row holds a time that cannot be read: {text:?}"),
+                    )
+                    .with_source(e)
+                })
+        };
+        Self::from_parts(ChangeParts {
+            id: row.get(0)?,
+            primary_key: row.get(1)?,
+            before: row.json(2)?.get().to_owned(),
+            after: row.json(3)?.get().to_owned(),
+            context: row.json(4)?.get().to_owned(),
+            database: row.get(5)?,
+            schema: row.get(6)?,
+            table: row.get(7)?,
+            operation: row.get(8)?,
+            committed_at: time(9)?,
+            queued_at: time(10)?,
+            created_at: time(11)?,
+            transaction_id: row.get(12)?,
+            position: row.get(13)?,
+            commit_lsn: row.get(14)?,
+            ordinal: row.get(15)?,
+        })
+    }
+
+    /// A stored change from the columns of its row, checked.
+    fn from_parts(parts: ChangeParts) -> Result<Self> {
+        let json = |text: String| -> Result<Box<RawValue>> {
             RawValue::from_string(text).map_err(|e| {
                 Error::new(
                     ErrorKind::Db,
@@ -648,32 +803,36 @@ impl StoredChange {
                 .with_source(e)
             })
         };
-        let operation: String = row.try_get(8)?;
-        let transaction_id: i64 = row.try_get(12)?;
-        let position: i64 = row.try_get(13)?;
-        let commit_lsn: i64 = row.try_get(14)?;
-        let ordinal: i32 = row.try_get(15)?;
+        let unordered = || {
+            Error::new(
+                ErrorKind::Config,
+                "a changes row without commit_lsn (stored by Bemi's own worker before the table \
+                 was upgraded) has no exact position in the trail",
+            )
+        };
+        let transaction_id = parts.transaction_id;
+        let ordinal = parts.ordinal.ok_or_else(unordered)?;
         Ok(StoredChange {
-            id: row.try_get(0)?,
-            primary_key: row.try_get(1)?,
-            before: json(2)?,
-            after: json(3)?,
-            context: json(4)?,
-            database: row.try_get(5)?,
-            schema: row.try_get(6)?,
-            table: row.try_get(7)?,
-            operation: operation.parse()?,
-            committed_at: row.try_get(9)?,
-            queued_at: row.try_get(10)?,
-            created_at: row.try_get(11)?,
+            id: parts.id,
+            primary_key: parts.primary_key,
+            before: json(parts.before)?,
+            after: json(parts.after)?,
+            context: json(parts.context)?,
+            database: parts.database,
+            schema: parts.schema,
+            table: parts.table,
+            operation: parts.operation.parse()?,
+            committed_at: parts.committed_at,
+            queued_at: parts.queued_at,
+            created_at: parts.created_at,
             transaction_id: u32::try_from(transaction_id).map_err(|_| {
                 Error::new(
                     ErrorKind::Db,
                     format!("transaction_id {transaction_id} of a changes row is not an xid"),
                 )
             })?,
-            position: Lsn(position as u64),
-            commit_lsn: Lsn(commit_lsn as u64),
+            position: Lsn::from_int8(parts.position),
+            commit_lsn: Lsn::from_int8(parts.commit_lsn.ok_or_else(unordered)?),
             ordinal: u32::try_from(ordinal).map_err(|_| {
                 Error::new(
                     ErrorKind::Db,
@@ -684,51 +843,37 @@ impl StoredChange {
     }
 }
 
-/// `SELECT` of the stored change columns with `sql`'s conditions, in `order`.
-fn select(changes: &ChangesTable, sql: &SqlBuilder, order: Order) -> String {
+/// The columns of a `changes` row, as any driver reads them.
+struct ChangeParts {
+    id: String,
+    primary_key: Option<String>,
+    before: String,
+    after: String,
+    context: String,
+    database: String,
+    schema: String,
+    table: String,
+    operation: String,
+    committed_at: DateTime<Utc>,
+    queued_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    transaction_id: i64,
+    position: i64,
+    commit_lsn: Option<i64>,
+    ordinal: Option<i64>,
+}
+
+/// `SELECT` of the stored change columns under `conditions`, in `order`.
+fn select(changes: &ChangesTable, conditions: &Conditions, order: Order) -> String {
     let direction = match order {
         Order::Asc => "ASC",
         Order::Desc => "DESC",
     };
     format!(
-        "SELECT {COLUMNS} FROM {}{} ORDER BY commit_lsn {direction}, ordinal {direction}",
+        "SELECT {ROW} FROM {}{} ORDER BY commit_lsn {direction}, ordinal {direction}",
         changes.qualified(),
-        sql.where_clause()
+        conditions.where_clause()
     )
-}
-
-/// Query text with its conditions and bound parameters.
-#[derive(Default)]
-struct SqlBuilder {
-    text: String,
-    conditions: Vec<String>,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl SqlBuilder {
-    /// Binds a parameter and returns its placeholder (`$n`).
-    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.params.push(Box::new(value));
-        format!("${}", self.params.len())
-    }
-
-    fn condition(&mut self, condition: String) {
-        self.conditions.push(condition);
-    }
-
-    fn where_clause(&self) -> String {
-        match self.conditions.is_empty() {
-            true => String::new(),
-            false => format!(" WHERE {}", self.conditions.join(" AND ")),
-        }
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -736,13 +881,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursor_round_trips() {
-        let cursor: Cursor = "16/B374D848:3".parse().unwrap();
+    fn cursor_round_trips_through_a_url_safe_string() {
+        let cursor: Cursor = "16-B374D848-3".parse().unwrap();
         assert_eq!(cursor.commit_lsn, Lsn(0x16_B374_D848));
         assert_eq!(cursor.ordinal, 3);
-        assert_eq!(cursor.to_string(), "16/B374D848:3");
-        assert!("16/B374D848".parse::<Cursor>().is_err());
-        assert!("x:1".parse::<Cursor>().is_err());
+        assert_eq!(cursor.to_string(), "16-B374D848-3");
+        let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+        for cursor in [
+            cursor,
+            Cursor {
+                commit_lsn: Lsn(u64::MAX >> 1),
+                ordinal: u32::MAX,
+            },
+            Cursor {
+                commit_lsn: Lsn::ZERO,
+                ordinal: 0,
+            },
+        ] {
+            let text = cursor.to_string();
+            assert!(text.chars().all(unreserved), "{text}");
+            assert_eq!(text.parse::<Cursor>().unwrap(), cursor);
+            let json = serde_json::to_string(&cursor).unwrap();
+            assert_eq!(serde_json::from_str::<Cursor>(&json).unwrap(), cursor);
+        }
+        assert_eq!("16/B374D848:3".parse::<Cursor>().unwrap(), cursor);
+        for bad in [
+            "16/B374D848",
+            "16-B374D848",
+            "x-1-1",
+            "1-2-+3",
+            "1-2-3-4",
+            "1--3",
+            "",
+        ] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]
@@ -763,13 +936,29 @@ mod tests {
             .limit(5);
         assert_eq!(
             query.sql(),
-            "SELECT id::text, primary_key, before::text, after::text, context::text, \
-             database, schema, \"table\", operation, committed_at, queued_at, created_at, \
-             transaction_id, position, commit_lsn, ordinal FROM \"public\".\"changes\" \
-             WHERE commit_lsn IS NOT NULL AND \"table\" = $1 AND primary_key = $2 \
-             AND operation = ANY($3) AND context @> $4::text::jsonb \
-             AND NOT (after @> $5::text::jsonb) AND (commit_lsn, ordinal) < ($6, $7) \
-             ORDER BY commit_lsn DESC, ordinal DESC LIMIT $8"
+            "SELECT json_build_array(id::text, primary_key, before, after, context, database, \
+             schema, \"table\", operation, committed_at, queued_at, created_at, \
+             transaction_id, position, commit_lsn, ordinal)::text AS _bemi_row \
+             FROM \"public\".\"changes\" \
+             WHERE commit_lsn IS NOT NULL AND \"table\" = $1::text AND primary_key = $2::text \
+             AND operation IN ($3::text, $4::text) AND context @> $5::text::jsonb \
+             AND NOT (after @> $6::text::jsonb) AND (commit_lsn, ordinal) < ($7::int8, $8::int8) \
+             ORDER BY commit_lsn DESC, ordinal DESC LIMIT $9::int8"
+        );
+        let params = query.statement().params().to_vec();
+        assert_eq!(
+            params,
+            vec![
+                Param::Text("todo".into()),
+                Param::Text("7".into()),
+                Param::Text("UPDATE".into()),
+                Param::Text("DELETE".into()),
+                Param::Text(r#"{"request_id":"r1"}"#.into()),
+                Param::Text(r#"{"done":true}"#.into()),
+                Param::Int8(10),
+                Param::Int8(2),
+                Param::Int8(5),
+            ]
         );
     }
 

@@ -4,14 +4,18 @@
 //! itself holds. Each column is read as text under the output settings the tracker pins on its
 //! replication connection and converted with [`text_to_json`], so a live row and a stored row
 //! of the same values are the same JSON.
+//!
+//! The settings are pinned by the same statement that reads the rows (`set_config(…, true)`,
+//! local to the transaction), so any connection of a pool can run it: outside a transaction
+//! they end with the statement; inside one they last until it ends.
 
 use std::collections::HashSet;
 
-use futures_util::TryStreamExt as _;
 use serde_json::value::RawValue;
-use tokio_postgres::GenericClient;
 
 use crate::key::LiveTable;
+use crate::statement::{Row, Statement};
+use crate::Database;
 use bemi_core::sql::quote_identifier;
 use bemi_core::value::{push_json_string, text_to_json, user_array_to_json};
 use bemi_core::{Error, ErrorKind, Result};
@@ -29,28 +33,39 @@ const OUTPUT_SETTINGS: [(&str, &str); 5] = [
 /// The rows of `live` as JSON objects, in the tracker's form: every row, or with `key` (a JSON
 /// object of the key columns, for `jsonb_populate_record`) the one row with that key. Rows whose
 /// key text (by `key_of`) is in `skip` are left out.
-pub(super) async fn live_rows<C>(
-    client: &C,
+pub(super) async fn live_rows<D: Database>(
+    db: &mut D,
     live: &LiveTable,
     key: Option<&str>,
     skip: &HashSet<String>,
     key_of: impl Fn(&RawValue) -> Option<String>,
-) -> Result<Vec<(String, Box<RawValue>)>>
-where
-    C: GenericClient + Sync,
-{
-    let select: Vec<String> = live
+) -> Result<Vec<(String, Box<RawValue>)>> {
+    let mut statement = Statement::default();
+    let settings: serde_json::Map<String, serde_json::Value> = OUTPUT_SETTINGS
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).into()))
+        .collect();
+    let settings = statement.text(serde_json::Value::Object(settings).to_string());
+    // Each value is printed only once the settings are pinned: it depends on their result.
+    let values: Vec<String> = live
         .writable_columns
         .iter()
-        .map(|c| format!("_bemi_cur.{}::text", quote_identifier(c)))
+        .map(|c| {
+            format!(
+                "CASE WHEN _bemi_pin.pinned IS NOT NULL THEN _bemi_cur.{}::text END",
+                quote_identifier(c)
+            )
+        })
         .collect();
     let mut sql = format!(
-        "SELECT {} FROM {} AS _bemi_cur",
-        select.join(", "),
+        "SELECT to_json(ARRAY[{}]::text[])::text AS _bemi_row \
+         FROM (SELECT string_agg(set_config(s.key, s.value, true), ',') AS pinned \
+               FROM jsonb_each_text({settings}::jsonb) AS s) AS _bemi_pin \
+         CROSS JOIN {} AS _bemi_cur",
+        values.join(", "),
         live.qualified()
     );
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-    if let Some(key) = &key {
+    if let Some(key) = key {
         let matches: Vec<String> = live
             .key_columns
             .iter()
@@ -59,33 +74,33 @@ where
                 format!("_bemi_cur.{c} = _bemi_key.{c}")
             })
             .collect();
+        let key = statement.text(key);
         sql.push_str(&format!(
-            ", jsonb_populate_record(NULL::{}, $1::text::jsonb) AS _bemi_key WHERE {}",
+            " CROSS JOIN jsonb_populate_record(NULL::{}, {key}::jsonb) AS _bemi_key WHERE {}",
             live.qualified(),
             matches.join(" AND ")
         ));
-        params.push(key);
     }
-    let saved = pin_output_settings(client).await?;
-    let read = async {
-        let rows = client.query_raw(sql.as_str(), params).await?;
-        futures_util::pin_mut!(rows);
-        let mut out = Vec::new();
-        while let Some(row) = rows.try_next().await? {
-            let json = row_json(live, &row)?;
-            if let Some(primary_key) = key_of(&json).filter(|k| !skip.contains(k)) {
-                out.push((primary_key, json));
-            }
+    statement.set_sql(sql);
+    let mut out = Vec::new();
+    for text in db.rows(&statement).await? {
+        let text = text.ok_or_else(|| Error::new(ErrorKind::Protocol, "a live row is null"))?;
+        let json = row_json(live, &Row::parse(&text)?)?;
+        if let Some(primary_key) = key_of(&json).filter(|k| !skip.contains(k)) {
+            out.push((primary_key, json));
         }
-        Ok(out)
-    };
-    let result: Result<Vec<_>> = read.await;
-    restore_settings(client, &saved).await?;
-    result
+    }
+    Ok(out)
 }
 
 /// One live row (its writable columns as text) as a JSON object.
-fn row_json(live: &LiveTable, row: &tokio_postgres::Row) -> Result<Box<RawValue>> {
+fn row_json(live: &LiveTable, row: &Row<'_>) -> Result<Box<RawValue>> {
+    if row.len() != live.writable_columns.len() {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "a live row does not have the table's columns",
+        ));
+    }
     let mut json = String::from("{");
     for (i, (name, (type_oid, user_array))) in live
         .writable_columns
@@ -98,54 +113,13 @@ fn row_json(live: &LiveTable, row: &tokio_postgres::Row) -> Result<Box<RawValue>
         }
         push_json_string(name, &mut json);
         json.push(':');
-        match row.try_get::<_, Option<&str>>(i)? {
+        match row.get::<Option<String>>(i)? {
             None => json.push_str("null"),
-            Some(text) if *user_array => user_array_to_json(text, &mut json),
-            Some(text) => text_to_json(*type_oid, text, &mut json),
+            Some(text) if *user_array => user_array_to_json(&text, &mut json),
+            Some(text) => text_to_json(*type_oid, &text, &mut json),
         }
     }
     json.push('}');
     RawValue::from_string(json)
         .map_err(|e| Error::new(ErrorKind::Db, "a live row did not convert to JSON").with_source(e))
-}
-
-/// Sets [`OUTPUT_SETTINGS`] for the session and returns the values they replace.
-async fn pin_output_settings<C>(client: &C) -> Result<Vec<String>>
-where
-    C: GenericClient + Sync,
-{
-    let names: Vec<&str> = OUTPUT_SETTINGS.iter().map(|(name, _)| *name).collect();
-    let values: Vec<&str> = OUTPUT_SETTINGS.iter().map(|(_, value)| *value).collect();
-    let saved: Vec<String> = client
-        .query_one(
-            "SELECT array_agg(current_setting(n) ORDER BY i) \
-             FROM unnest($1::text[]) WITH ORDINALITY AS s(n, i)",
-            &[&names],
-        )
-        .await?
-        .try_get(0)?;
-    set_settings(client, &names, &values).await?;
-    Ok(saved)
-}
-
-async fn restore_settings<C>(client: &C, saved: &[String]) -> Result<()>
-where
-    C: GenericClient + Sync,
-{
-    let names: Vec<&str> = OUTPUT_SETTINGS.iter().map(|(name, _)| *name).collect();
-    let values: Vec<&str> = saved.iter().map(String::as_str).collect();
-    set_settings(client, &names, &values).await
-}
-
-async fn set_settings<C>(client: &C, names: &[&str], values: &[&str]) -> Result<()>
-where
-    C: GenericClient + Sync,
-{
-    client
-        .execute(
-            "SELECT set_config(n, v, false) FROM unnest($1::text[], $2::text[]) AS s(n, v)",
-            &[&names, &values],
-        )
-        .await?;
-    Ok(())
 }

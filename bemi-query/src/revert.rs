@@ -5,13 +5,12 @@ use std::fmt;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::GenericClient;
 
+use crate::database::{Databases, One, Two};
 use crate::diff::columns;
 use crate::key::{key_of, LiveTable};
-use crate::{ChangeFilter, ChangeQuery, ChangesTable, Cursor, StoredChange, TableName};
-use bemi_core::context::ContextTransaction as _;
+use crate::statement::{Param, Row, Statement};
+use crate::{ChangeFilter, ChangeQuery, ChangesTable, Cursor, Database, StoredChange, TableName};
 use bemi_core::sql::{quote_identifier, quote_literal};
 use bemi_core::Operation;
 use bemi_core::{Error, ErrorKind, Result};
@@ -56,9 +55,21 @@ use bemi_core::{Error, ErrorKind, Result};
 ///     ChangeFilter::new().context_contains(serde_json::json!({"request_id": "r1"})),
 /// )
 /// .by("alice");
-/// let plan = revert.plan(&*client, &*client).await?;
+/// let plan = revert.plan_in(&*client).await?;
 /// println!("{}", plan.sql()); // a dry run: the statements, not applied
 /// plan.apply(client).await?; // refuses if a row changed since
+/// # Ok(()) }
+/// ```
+///
+/// With another driver, plan on any [`Database`] and apply in a transaction of that driver
+/// with [`RevertPlan::apply_in`], then commit:
+///
+/// ```no_run
+/// # async fn run(pool: &sqlx::PgPool, revert: bemi_query::Revert) -> Result<(), Box<dyn std::error::Error>> {
+/// let plan = revert.plan_in(pool).await?;
+/// let mut tx = pool.begin().await?;
+/// plan.apply_in(&mut tx).await?;
+/// tx.commit().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -296,15 +307,24 @@ impl Revert {
         serde_json::Value::Object(context).to_string()
     }
 
-    /// Reads the changes to revert from `changes_client` and the tables' definitions from
-    /// `target` (the tracked database), builds the inverse statements and checks for conflicts,
-    /// without writing anything. Pass the same client twice when `changes` is in the tracked
+    /// Reads the changes to revert from `changes` and the tables' definitions from `target`
+    /// (the tracked database), builds the inverse statements and checks for conflicts,
+    /// without writing anything; [`plan_in`](Self::plan_in) when `changes` is in the tracked
     /// database.
-    pub async fn plan<C, T>(&self, changes_client: &C, target: &T) -> Result<RevertPlan>
-    where
-        C: GenericClient + Sync,
-        T: GenericClient + Sync,
-    {
+    pub async fn plan<C: Database, T: Database>(
+        &self,
+        changes: C,
+        target: T,
+    ) -> Result<RevertPlan> {
+        self.plan_on(&mut Two(changes, target)).await
+    }
+
+    /// [`plan`](Self::plan) with `changes` in the tracked database `db`.
+    pub async fn plan_in<D: Database>(&self, db: D) -> Result<RevertPlan> {
+        self.plan_on(&mut One(db)).await
+    }
+
+    async fn plan_on<B: Databases>(&self, dbs: &mut B) -> Result<RevertPlan> {
         if self.filter.is_empty() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -313,7 +333,7 @@ impl Revert {
             ));
         }
         let query = ChangeQuery::new(self.filter.clone()).changes_table(self.changes.clone());
-        let unordered = query.count_unordered(changes_client).await?;
+        let unordered = query.count_unordered(dbs.changes()).await?;
         if unordered > 0 {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -325,7 +345,7 @@ impl Revert {
                 ),
             ));
         }
-        let changes = query.fetch(changes_client).await?;
+        let changes = query.fetch(dbs.changes()).await?;
         if let Some(truncate) = changes.iter().find(|c| c.operation == Operation::Truncate) {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -338,10 +358,11 @@ impl Revert {
             ));
         }
         // One `changes` table can serve several databases: write only to the one changed.
-        let database: String = target
-            .query_one("SELECT current_database()::text", &[])
-            .await?
-            .try_get(0)?;
+        let database = crate::one_value(
+            dbs.source()
+                .rows(&Statement::new("SELECT current_database()::text"))
+                .await?,
+        )?;
         if let Some(other) = changes.iter().find(|c| c.database != database) {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -360,7 +381,7 @@ impl Revert {
             let t = match index.entry((&change.schema, &change.table)) {
                 std::collections::hash_map::Entry::Occupied(entry) => *entry.get(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
-                    let live = LiveTable::load(target, &change.qualified_table()).await?;
+                    let live = LiveTable::load(dbs.source(), &change.qualified_table()).await?;
                     tables.push(TableCheck {
                         live,
                         rows: Vec::new(),
@@ -432,7 +453,7 @@ impl Revert {
             }
         }
         for table in &tables {
-            conflicts.extend(check(target, table, false).await?);
+            conflicts.extend(check(dbs.source(), table, false).await?);
         }
         Ok(RevertPlan {
             context: self.context(changes.len()),
@@ -446,11 +467,8 @@ impl Revert {
 
     /// Plans and applies the revert on one database that holds both the tracked tables and
     /// `changes`.
-    pub async fn run<C>(&self, client: &mut C) -> Result<RevertOutcome>
-    where
-        C: GenericClient + Sync + Send,
-    {
-        let plan = self.plan(&*client, &*client).await?;
+    pub async fn run(&self, client: &mut tokio_postgres::Client) -> Result<RevertOutcome> {
+        let plan = self.plan_in(&*client).await?;
         plan.apply(client).await
     }
 }
@@ -649,10 +667,7 @@ fn inverse(
 
 /// Compares the current rows of a table with the states the reverted changes left them in;
 /// with `lock`, locks the rows that exist.
-async fn check<C>(client: &C, table: &TableCheck, lock: bool) -> Result<Vec<Conflict>>
-where
-    C: GenericClient + Sync,
-{
+async fn check<D: Database>(db: &mut D, table: &TableCheck, lock: bool) -> Result<Vec<Conflict>> {
     if table.rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -676,10 +691,12 @@ where
              FROM jsonb_each({json}) AS c WHERE (_bemi_item.value -> 'row') ? c.key)"
         )
     };
+    let mut statement = Statement::default();
+    let items = statement.text(items);
     let sql = format!(
-        "SELECT _bemi_item.ord, to_jsonb(_bemi_cur.*)::text, \
-           CASE WHEN jsonb_typeof(_bemi_item.value -> 'row') = 'object' THEN {} = {} END \
-         FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS _bemi_item(value, ord) \
+        "SELECT json_build_array(_bemi_item.ord, to_jsonb(_bemi_cur.*)::text, \
+           CASE WHEN jsonb_typeof(_bemi_item.value -> 'row') = 'object' THEN {} = {} END)::text \
+         FROM jsonb_array_elements({items}::jsonb) WITH ORDINALITY AS _bemi_item(value, ord) \
          CROSS JOIN LATERAL jsonb_populate_record(NULL::{name}, _bemi_item.value -> 'key') \
            AS _bemi_key \
          JOIN {name} AS _bemi_cur ON {}{}",
@@ -690,13 +707,14 @@ where
         key_match(&table.live, "_bemi_key"),
         if lock { " FOR UPDATE OF _bemi_cur" } else { "" }
     );
-    let found = client.query(sql.as_str(), &[&items]).await?;
+    statement.set_sql(sql);
     let mut current: HashMap<usize, (String, Option<bool>)> = HashMap::new();
-    for row in &found {
-        let ord: i64 = row.try_get(0)?;
+    for text in db.rows(&statement).await?.into_iter().flatten() {
+        let row = Row::parse(&text)?;
+        let ord: i64 = row.get(0)?;
         current.insert(
             usize::try_from(ord - 1).unwrap_or_default(),
-            (row.try_get(1)?, row.try_get(2)?),
+            (row.get(1)?, row.get(2)?),
         );
     }
     let table_name = TableName::qualified(&table.live.schema, &table.live.name);
@@ -752,10 +770,27 @@ impl RevertPlan {
     /// Applies the revert in one transaction on `target` (the tracked database): emits the
     /// context, checks again for conflicts with the rows locked, and runs the statements.
     /// Refuses with an error naming the conflicting rows unless the revert is forced.
-    pub async fn apply<C>(&self, target: &mut C) -> Result<RevertOutcome>
-    where
-        C: GenericClient + Sync + Send,
-    {
+    pub async fn apply(&self, target: &mut tokio_postgres::Client) -> Result<RevertOutcome> {
+        let tx = target.transaction().await?;
+        let outcome = self.apply_in(&tx).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Applies the revert in the transaction `tx` holds open, of any driver (an sqlx
+    /// `&mut Transaction`, a SeaORM `&DatabaseTransaction`, a Diesel connection inside
+    /// `transaction`, …): emits the revert's context as the transaction's message, checks again
+    /// for conflicts with the rows locked, and runs the statements. Commit the transaction
+    /// afterwards; on an error, roll it back (nothing was meant to be written). Begin it
+    /// without a context of its own: the revert's is the one its changes get.
+    ///
+    /// # Errors
+    ///
+    /// Conflicts or rows written beyond the statements (unless forced), a database error, and
+    /// [`ErrorKind::Config`] when `tx` is not in a transaction (a pool, or a connection in
+    /// autocommit), before anything is written.
+    pub async fn apply_in<D: Database>(&self, mut tx: D) -> Result<RevertOutcome> {
+        let tx = &mut tx;
         let mut outcome = RevertOutcome {
             changes: self.changes.len(),
             statements: 0,
@@ -776,11 +811,10 @@ impl RevertPlan {
         if !self.force && !in_trail.is_empty() {
             return Err(refused(&in_trail));
         }
-        let tx = target.transaction().await?;
-        tx.emit_payload(&self.context).await?;
+        emit_in_transaction(tx, &self.context).await?;
         let mut conflicts = in_trail;
         for table in &self.checks {
-            conflicts.extend(check(&tx, table, true).await?);
+            conflicts.extend(check(tx, table, true).await?);
         }
         if !conflicts.is_empty() {
             if !self.force {
@@ -792,14 +826,13 @@ impl RevertPlan {
             );
             outcome.overridden = conflicts;
         }
-        let counted = table_writes(&tx).await?;
+        let counted = table_writes(tx).await?;
         for step in &self.steps {
-            let params: Vec<&(dyn ToSql + Sync)> = step
-                .params
-                .iter()
-                .map(|p| p as &(dyn ToSql + Sync))
-                .collect();
-            let rows = tx.execute(step.sql.as_str(), &params).await?;
+            let mut statement = Statement::new(step.sql.clone());
+            for param in &step.params {
+                statement.push(Param::Text(param.clone()));
+            }
+            let rows = tx.execute(&statement).await?;
             if rows != 1 && !self.force {
                 return Err(Error::new(
                     ErrorKind::Db,
@@ -813,7 +846,7 @@ impl RevertPlan {
             outcome.statements += 1;
             outcome.rows += rows;
         }
-        let beyond = writes_beyond_the_steps(&tx, &counted, &self.steps).await?;
+        let beyond = writes_beyond_the_steps(tx, &counted, &self.steps).await?;
         if !beyond.is_empty() {
             if !self.force {
                 return Err(Error::new(
@@ -829,7 +862,6 @@ impl RevertPlan {
             }
             tracing::warn!(tables = ?beyond, "forced revert changed rows beyond its statements");
         }
-        tx.commit().await?;
         tracing::info!(
             changes = outcome.changes,
             statements = outcome.statements,
@@ -840,35 +872,58 @@ impl RevertPlan {
     }
 }
 
+/// Emits `context` as the `_bemi` message of the transaction `tx` holds open, and makes sure
+/// it is one: the emit gives the transaction an id, which a later statement sees only in the
+/// same transaction.
+async fn emit_in_transaction<D: Database>(tx: &mut D, context: &str) -> Result<()> {
+    let mut emit = Statement::default();
+    let payload = emit.text(context);
+    emit.set_sql(format!(
+        "SELECT pg_logical_emit_message(true, '_bemi', {payload})::text"
+    ));
+    tx.rows(&emit).await?;
+    let in_transaction = crate::one_value(
+        tx.rows(&Statement::new(
+            "SELECT (pg_current_xact_id_if_assigned() IS NOT NULL)::text",
+        ))
+        .await?,
+    )?;
+    match in_transaction.as_str() {
+        "true" => Ok(()),
+        _ => Err(Error::config(
+            "a revert must be applied inside a transaction: begin one with your driver, pass it \
+             to apply_in, then commit it (a pool or a connection in autocommit runs each \
+             statement on its own); nothing was written",
+        )),
+    }
+}
+
 /// Rows inserted, updated and deleted per table (schema, name) by this session and not yet
 /// reported to the statistics system (`pg_stat_xact_user_tables`): within one transaction the
 /// counts only grow, so two readings bracket what the statements between them wrote,
 /// including what foreign-key actions and triggers did on their behalf.
-async fn table_writes(
-    tx: &tokio_postgres::Transaction<'_>,
-) -> Result<HashMap<(String, String), [i64; 3]>> {
+async fn table_writes<D: Database>(tx: &mut D) -> Result<HashMap<(String, String), [i64; 3]>> {
     let rows = tx
-        .query(
-            "SELECT schemaname::text, relname::text, n_tup_ins, n_tup_upd, n_tup_del \
+        .rows(&Statement::new(
+            "SELECT json_build_array(schemaname, relname, n_tup_ins, n_tup_upd, n_tup_del)::text \
              FROM pg_stat_xact_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0",
-            &[],
-        )
+        ))
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                (row.get(0), row.get(1)),
-                [row.get(2), row.get(3), row.get(4)],
-            )
-        })
-        .collect())
+    let mut writes = HashMap::new();
+    for text in rows.into_iter().flatten() {
+        let row = Row::parse(&text)?;
+        writes.insert(
+            (row.get(0)?, row.get(1)?),
+            [row.get(2)?, row.get(3)?, row.get(4)?],
+        );
+    }
+    Ok(writes)
 }
 
 /// What the transaction wrote since `counted` beyond the one row each of `steps` writes, as
 /// "schema.table: N more inserted/updated/deleted".
-async fn writes_beyond_the_steps(
-    tx: &tokio_postgres::Transaction<'_>,
+async fn writes_beyond_the_steps<D: Database>(
+    tx: &mut D,
     counted: &HashMap<(String, String), [i64; 3]>,
     steps: &[RevertStep],
 ) -> Result<Vec<String>> {

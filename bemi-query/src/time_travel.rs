@@ -4,15 +4,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio_postgres::GenericClient;
 
+use crate::database::{Databases, One, Two};
 use crate::diff::columns;
 use crate::key::{canonical_key, compare_keys, key_objects, key_of, LiveTable};
 use crate::live::live_rows;
-use crate::{ChangeFilter, ChangesTable, Order, SqlBuilder, StoredChange, TableName};
+use crate::statement::{Conditions, Statement};
+use crate::{ChangeFilter, ChangeQuery, ChangesTable, Database, Order, StoredChange, TableName};
 use bemi_core::value::push_json_string;
 use bemi_core::Operation;
 use bemi_core::{Error, ErrorKind, Result};
@@ -37,15 +37,20 @@ use bemi_core::{Error, ErrorKind, Result};
 /// new row. A column whose value at the moment the trail cannot tell is left out of the row and
 /// named in [`SnapshotRow::unknown_columns`], never shown as null.
 ///
+/// It runs on any [`Database`] (tokio-postgres, sqlx, SeaORM, Diesel, diesel-async), reading
+/// the changes in pages of 1,000 and stopping as soon as later ones cannot matter.
+///
 /// ```no_run
-/// # async fn run(client: &tokio_postgres::Client) -> bemi_core::Result<()> {
+/// # async fn run(client: &tokio_postgres::Client, pool: &sqlx::PgPool) -> bemi_core::Result<()> {
 /// use bemi_query::TimeTravel;
 ///
 /// let moment = "2024-05-01T12:00:00Z".parse().unwrap();
 /// let todo = TimeTravel::new("public.todo".parse()?);
-/// // `changes` in the tracked database: the same client twice.
-/// let row = todo.row_at(client, client, "7", moment).await?; // None: row 7 did not exist then
-/// let rows = todo.table_at(client, client, moment).await?; // every row, by primary key
+/// // `changes` in the tracked database: one database.
+/// let row = todo.row_at_in(client, "7", moment).await?; // None: row 7 did not exist then
+/// let rows = todo.table_at_in(pool, moment).await?; // every row, by primary key
+/// // `changes` in another database than the tracked tables.
+/// let rows = todo.table_at(pool, client, moment).await?;
 /// # drop((row, rows)); Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,10 +121,7 @@ impl TimeTravel {
 
     /// Reads the table from the catalog of `source`, the tracked database. A table named
     /// without a schema resolves as its `search_path` says.
-    async fn resolve<S>(&self, source: &S) -> Result<Resolved>
-    where
-        S: GenericClient + Sync,
-    {
+    async fn resolve<S: Database>(&self, source: &mut S) -> Result<Resolved> {
         let resolved = match &self.key_columns {
             Some(columns) if columns.is_empty() => {
                 return Err(Error::new(
@@ -175,19 +177,34 @@ impl TimeTravel {
     /// The row with primary key `primary_key` (as stored in `primary_key`: `7`, `alice`,
     /// `[7,"x"]`) as it was at `at` (after every change committed at or before it), or `None`
     /// when no such row existed then. `changes` reads the `changes` table, `source` the tracked
-    /// database's catalog and live rows: pass the same client twice when they are one database.
-    pub async fn row_at<C, S>(
+    /// database's catalog and live rows; [`row_at_in`](Self::row_at_in) when they are one.
+    pub async fn row_at<C: Database, S: Database>(
         &self,
-        changes: &C,
-        source: &S,
+        changes: C,
+        source: S,
         primary_key: &str,
         at: DateTime<Utc>,
-    ) -> Result<Option<SnapshotRow>>
-    where
-        C: GenericClient + Sync,
-        S: GenericClient + Sync,
-    {
-        let resolved = self.resolve(source).await?;
+    ) -> Result<Option<SnapshotRow>> {
+        self.row(&mut Two(changes, source), primary_key, at).await
+    }
+
+    /// [`row_at`](Self::row_at) with `changes` in the tracked database `db`.
+    pub async fn row_at_in<D: Database>(
+        &self,
+        db: D,
+        primary_key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<SnapshotRow>> {
+        self.row(&mut One(db), primary_key, at).await
+    }
+
+    async fn row<B: Databases>(
+        &self,
+        dbs: &mut B,
+        primary_key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<SnapshotRow>> {
+        let resolved = self.resolve(dbs.source()).await?;
         let key_columns = &resolved.key_columns;
         let key = canonical_key(primary_key, key_columns.len());
         let objects = key_objects(&key, key_columns);
@@ -210,21 +227,21 @@ impl TimeTravel {
             .filter(resolved.schema.clone())
             .query()
             .changes_table(self.changes.clone());
-        let sql = query.build_with(None, |sql| {
+        let condition = |statement: &mut Statement, conditions: &mut Conditions| {
             // the key as stored (a composite key's JSON without spaces), not as typed
-            let key_param = sql.bind(key.clone());
+            let key_param = statement.text(key.clone());
             let befores: Vec<String> = objects
-                .into_iter()
-                .map(|object| format!("before @> {}::text::jsonb", sql.bind(object)))
+                .iter()
+                .map(|object| format!("before @> {}::jsonb", statement.text(object.clone())))
                 .collect();
-            sql.condition(format!(
+            conditions.push(format!(
                 "(primary_key = {key_param} OR (operation = 'UPDATE' AND ({})) \
                  OR operation = 'TRUNCATE')",
                 befores.join(" OR ")
             ));
-        });
+        };
         let mut replay = Replay::new(&resolved, at, true);
-        replay.run(changes, &sql).await?;
+        replay.run(dbs.changes(), &query, condition).await?;
         if replay.seen.contains(&key) || !replay.live_rows_apply() {
             return Ok(replay.rows.remove(&key).map(|state| state.snapshot(key)));
         }
@@ -232,9 +249,13 @@ impl TimeTravel {
         let Some(live) = &resolved.live else {
             return Ok(None);
         };
-        let rows = live_rows(source, live, Some(&key_object), &HashSet::new(), |row| {
-            key_of(&columns(row), key_columns)
-        })
+        let rows = live_rows(
+            dbs.source(),
+            live,
+            Some(&key_object),
+            &HashSet::new(),
+            |row| key_of(&columns(row), key_columns),
+        )
         .await?;
         Ok(rows
             .into_iter()
@@ -248,19 +269,32 @@ impl TimeTravel {
 
     /// Every row of the table as it was at `at` (after every change committed at or before it),
     /// ordered by primary key (integers by value). `changes` reads the `changes` table, `source`
-    /// the tracked database's catalog and live rows: pass the same client twice when they are
-    /// one database.
-    pub async fn table_at<C, S>(
+    /// the tracked database's catalog and live rows; [`table_at_in`](Self::table_at_in) when
+    /// they are one.
+    pub async fn table_at<C: Database, S: Database>(
         &self,
-        changes: &C,
-        source: &S,
+        changes: C,
+        source: S,
         at: DateTime<Utc>,
-    ) -> Result<Vec<SnapshotRow>>
-    where
-        C: GenericClient + Sync,
-        S: GenericClient + Sync,
-    {
-        let resolved = self.resolve(source).await?;
+    ) -> Result<Vec<SnapshotRow>> {
+        self.table(&mut Two(changes, source), at).await
+    }
+
+    /// [`table_at`](Self::table_at) with `changes` in the tracked database `db`.
+    pub async fn table_at_in<D: Database>(
+        &self,
+        db: D,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SnapshotRow>> {
+        self.table(&mut One(db), at).await
+    }
+
+    async fn table<B: Databases>(
+        &self,
+        dbs: &mut B,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SnapshotRow>> {
+        let resolved = self.resolve(dbs.source()).await?;
         let filter = self.filter(resolved.schema.clone());
         // Replay from the last TRUNCATE at or before the moment: nothing before it survives.
         let truncate = filter
@@ -271,7 +305,7 @@ impl TimeTravel {
             .changes_table(self.changes.clone())
             .order(Order::Desc)
             .limit(1)
-            .fetch(changes)
+            .fetch(dbs.changes())
             .await?
             .pop();
         let mut query = filter.query().changes_table(self.changes.clone());
@@ -280,9 +314,8 @@ impl TimeTravel {
             query.filter = query.filter.until(at);
             query = query.after(truncate.cursor());
         }
-        let sql = query.build(None);
         let mut replay = Replay::new(&resolved, at, truncate.is_none());
-        replay.run(changes, &sql).await?;
+        replay.run(dbs.changes(), &query, |_, _| ()).await?;
         let mut rows: Vec<SnapshotRow> = replay
             .rows
             .drain()
@@ -291,7 +324,7 @@ impl TimeTravel {
         if let (true, Some(live)) = (replay.live_rows_apply(), &resolved.live) {
             // Rows never changed since the moment: as they are now.
             let key_columns = &resolved.key_columns;
-            let untouched = live_rows(source, live, None, &replay.seen, |row| {
+            let untouched = live_rows(dbs.source(), live, None, &replay.seen, |row| {
                 key_of(&columns(row), key_columns)
             })
             .await?;
@@ -305,6 +338,9 @@ impl TimeTravel {
         Ok(rows)
     }
 }
+
+/// How many changes the replay reads at a time.
+const REPLAY_PAGE: i64 = 1_000;
 
 /// A row's state in the replay.
 struct RowState {
@@ -370,20 +406,31 @@ impl<'a> Replay<'a> {
         self.infer && !self.truncated_after
     }
 
-    /// Applies the changes `sql` selects as they arrive, until later ones cannot matter.
-    async fn run<C>(&mut self, client: &C, sql: &SqlBuilder) -> Result<()>
-    where
-        C: GenericClient + Sync,
-    {
-        let rows = client.query_raw(sql.text.as_str(), sql.params()).await?;
-        futures_util::pin_mut!(rows);
-        while let Some(row) = rows.try_next().await? {
-            self.apply(&StoredChange::from_row(&row)?)?;
-            if self.done {
-                break;
+    /// Applies the changes `query` selects (with the conditions `extra` adds), a page at a
+    /// time, until later ones cannot matter.
+    async fn run<D: Database>(
+        &mut self,
+        db: &mut D,
+        query: &ChangeQuery,
+        extra: impl Fn(&mut Statement, &mut Conditions),
+    ) -> Result<()> {
+        let mut query = query.clone();
+        loop {
+            let statement = query.build_with(Some(REPLAY_PAGE), &extra);
+            let rows = db.rows(&statement).await?;
+            let full = rows.len() as i64 == REPLAY_PAGE;
+            for row in rows {
+                let change = StoredChange::from_row(row.as_deref())?;
+                query.after = Some(change.cursor());
+                self.apply(&change)?;
+                if self.done {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     fn apply(&mut self, change: &StoredChange) -> Result<()> {

@@ -183,7 +183,7 @@ fn orm_inserts(
     use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
     Box::pin(async move {
         for _ in 0..statements {
-            txn.execute(Statement::from_sql_and_values(
+            txn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 INSERT,
                 ["alice".into(), "book".into(), n.into()],

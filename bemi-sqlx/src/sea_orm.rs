@@ -14,7 +14,7 @@
 //! scope(Context::new().with("user_id", 42), async {
 //!     bemi_sqlx::sea_orm::transaction(&db, |txn| {
 //!         Box::pin(async move {
-//!             txn.execute(Statement::from_string(
+//!             txn.execute_raw(Statement::from_string(
 //!                 txn.get_database_backend(),
 //!                 "UPDATE accounts SET plan = 'pro' WHERE id = 7",
 //!             ))
@@ -60,7 +60,7 @@ use bemi_context::{current_payload, payload, Context, EMIT_SQL};
 /// than PostgreSQL is [`DbErr::Custom`].
 pub async fn begin<C>(db: &C) -> Result<DatabaseTransaction, DbErr>
 where
-    C: TransactionTrait + ?Sized,
+    C: TransactionTrait<Transaction = DatabaseTransaction> + ?Sized,
 {
     begin_payload(db, current_payload()).await
 }
@@ -73,14 +73,14 @@ where
 /// As [`begin`].
 pub async fn begin_with<C>(db: &C, ctx: &Context) -> Result<DatabaseTransaction, DbErr>
 where
-    C: TransactionTrait + ?Sized,
+    C: TransactionTrait<Transaction = DatabaseTransaction> + ?Sized,
 {
     begin_payload(db, payload(ctx)).await
 }
 
 async fn begin_payload<C>(db: &C, payload: Option<String>) -> Result<DatabaseTransaction, DbErr>
 where
-    C: TransactionTrait + ?Sized,
+    C: TransactionTrait<Transaction = DatabaseTransaction> + ?Sized,
 {
     let txn = db.begin().await?;
     if let Some(payload) = payload {
@@ -131,7 +131,7 @@ async fn emit_payload(txn: &DatabaseTransaction, payload: String) -> Result<(), 
             "bemi context needs PostgreSQL (pg_logical_emit_message); this connection is {backend:?}, so use a plain transaction with it"
         )));
     }
-    txn.execute(Statement::from_sql_and_values(
+    txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         EMIT_SQL,
         [payload.into()],
@@ -152,7 +152,7 @@ async fn emit_payload(txn: &DatabaseTransaction, payload: String) -> Result<(), 
 /// [`TransactionError::Transaction`] with the callback's error.
 pub async fn transaction<C, F, T, E>(db: &C, callback: F) -> Result<T, TransactionError<E>>
 where
-    C: TransactionTrait + ?Sized,
+    C: TransactionTrait<Transaction = DatabaseTransaction> + ?Sized,
     F: for<'t> FnOnce(
             &'t DatabaseTransaction,
         ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
@@ -193,7 +193,7 @@ pub async fn transaction_with<C, F, T, E>(
     callback: F,
 ) -> Result<T, TransactionError<E>>
 where
-    C: TransactionTrait + ?Sized,
+    C: TransactionTrait<Transaction = DatabaseTransaction> + ?Sized,
     F: for<'t> FnOnce(
             &'t DatabaseTransaction,
         ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
@@ -210,7 +210,7 @@ async fn run<C, F, T, E>(
     callback: F,
 ) -> Result<T, TransactionError<E>>
 where
-    C: TransactionTrait + ?Sized,
+    C: TransactionTrait<Transaction = DatabaseTransaction> + ?Sized,
     F: for<'t> FnOnce(
             &'t DatabaseTransaction,
         ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>

@@ -84,7 +84,8 @@ impl<'c> Target<'c> {
         match (self, payload) {
             (Target::Pool(pool), None) => pool.begin().await,
             (Target::Pool(pool), Some(payload)) => {
-                pool.begin_with(begin_statement(&payload)?).await
+                pool.begin_with(sqlx::AssertSqlSafe(begin_statement(&payload)?))
+                    .await
             }
             (Target::Connection(conn), None) => conn.begin().await,
             (Target::Connection(conn), Some(payload)) if conn.is_in_transaction() => {
@@ -95,7 +96,8 @@ impl<'c> Target<'c> {
                 Ok(savepoint)
             }
             (Target::Connection(conn), Some(payload)) => {
-                conn.begin_with(begin_statement(&payload)?).await
+                conn.begin_with(sqlx::AssertSqlSafe(begin_statement(&payload)?))
+                    .await
             }
         }
     }
@@ -124,7 +126,9 @@ impl<'c> Target<'c> {
     }
 }
 
-/// `<emit statement>; BEGIN`: see the crate docs, "Cost", for why the emit comes first.
+/// `<emit statement>; BEGIN`: see the crate docs, "Cost", for why the emit comes first. The
+/// payload is quoted as a literal by [`emit_statement`] (PQescapeLiteral's rules), which is what
+/// makes the text safe to send (`AssertSqlSafe`).
 fn begin_statement(payload: &str) -> sqlx::Result<String> {
     // `payload` never contains NUL (JSON escapes it), so this error cannot happen; it is still
     // reported rather than ignored.

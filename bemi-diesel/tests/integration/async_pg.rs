@@ -10,7 +10,6 @@ use crate::common::{
 use bemi_context::{scope, scope_sync, Context};
 use bemi_diesel::async_pg::{emit, emit_with, transaction, transaction_with};
 use diesel::prelude::*;
-use diesel_async::scoped_futures::ScopedFutureExt as _;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 
@@ -35,64 +34,52 @@ async fn a_transaction_with_context_records_exactly_its_rows_with_that_context()
     let later = json!({"job": "later"});
     let (c1, c2) = (ctx(context.clone()), ctx(later.clone()));
 
-    let written = transaction_with(&mut conn, &c1, |conn| {
-        async move {
-            insert(conn, 1, 1).await?;
-            insert(conn, 2, 1).await?;
-            diesel::update(items::table.find(1))
-                .set(items::note.eq("updated"))
-                .execute(conn)
-                .await?;
-            diesel::delete(items::table.find(2)).execute(conn).await
-        }
-        .scope_boxed()
+    let written = transaction_with(&mut conn, &c1, async move |conn| {
+        insert(conn, 1, 1).await?;
+        insert(conn, 2, 1).await?;
+        diesel::update(items::table.find(1))
+            .set(items::note.eq("updated"))
+            .execute(conn)
+            .await?;
+        diesel::delete(items::table.find(2)).execute(conn).await
     })
     .await
     .unwrap();
     assert_eq!(written, 1);
 
     // No context, explicit or current, and an empty one: nothing emitted.
-    transaction(&mut conn, |conn| insert(conn, 3, 2).scope_boxed())
+    transaction(&mut conn, async |conn| insert(conn, 3, 2).await)
         .await
         .unwrap();
-    transaction_with(&mut conn, &Context::new(), |conn| {
-        insert(conn, 4, 3).scope_boxed()
+    transaction_with(&mut conn, &Context::new(), async |conn| {
+        insert(conn, 4, 3).await
     })
     .await
     .unwrap();
 
     // Emitting into diesel-async's own transaction, after a first write.
     let c = c2.clone();
-    conn.transaction(|conn| {
-        async move {
-            insert(conn, 5, 4).await?;
-            assert!(emit_with(conn, &c).await?);
-            assert!(!emit_with(conn, &Context::new()).await?);
-            insert(conn, 6, 4).await
-        }
-        .scope_boxed()
+    conn.transaction(async move |conn| {
+        insert(conn, 5, 4).await?;
+        assert!(emit_with(conn, &c).await?);
+        assert!(!emit_with(conn, &Context::new()).await?);
+        insert(conn, 6, 4).await
     })
     .await
     .unwrap();
     // The current context, emitted by hand.
     scope(c2, async {
-        conn.transaction(|conn| {
-            async move {
-                assert!(emit(conn).await?);
-                insert(conn, 7, 5).await
-            }
-            .scope_boxed()
+        conn.transaction(async move |conn| {
+            assert!(emit(conn).await?);
+            insert(conn, 7, 5).await
         })
         .await
     })
     .await
     .unwrap();
-    conn.transaction(|conn| {
-        async move {
-            assert!(!emit(conn).await?);
-            insert(conn, 8, 6).await
-        }
-        .scope_boxed()
+    conn.transaction(async move |conn| {
+        assert!(!emit(conn).await?);
+        insert(conn, 8, 6).await
     })
     .await
     .unwrap();
@@ -133,27 +120,21 @@ async fn a_rolled_back_transaction_leaves_no_rows() {
     let mut conn = establish(&h).await;
     let context = ctx(json!({"user_id": 1}));
 
-    let rolled_back = transaction_with(&mut conn, &context, |conn| {
-        async move {
-            insert(conn, 1, 1).await?;
-            Err::<(), _>(diesel::result::Error::RollbackTransaction)
-        }
-        .scope_boxed()
+    let rolled_back = transaction_with(&mut conn, &context, async move |conn| {
+        insert(conn, 1, 1).await?;
+        Err::<(), _>(diesel::result::Error::RollbackTransaction)
     })
     .await;
     assert_eq!(rolled_back, Err(diesel::result::Error::RollbackTransaction));
-    let failed = transaction_with(&mut conn, &context, |conn| {
-        async move {
-            insert(conn, 2, 1).await?;
-            insert(conn, 2, 1).await
-        }
-        .scope_boxed()
+    let failed = transaction_with(&mut conn, &context, async move |conn| {
+        insert(conn, 2, 1).await?;
+        insert(conn, 2, 1).await
     })
     .await;
     assert!(failed.is_err());
 
     let marker = ctx(json!({"marker": true}));
-    transaction_with(&mut conn, &marker, |conn| insert(conn, 3, 2).scope_boxed())
+    transaction_with(&mut conn, &marker, async |conn| insert(conn, 3, 2).await)
         .await
         .unwrap();
 
@@ -172,7 +153,7 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     // a background task started while handling the request
     let handle = scope_sync(ctx(context.clone()), || {
         bemi_context::spawn(async move {
-            transaction(&mut conn, |conn| insert(conn, 1, 1).scope_boxed())
+            transaction(&mut conn, async |conn| insert(conn, 1, 1).await)
                 .await
                 .unwrap();
             conn
@@ -183,7 +164,7 @@ async fn a_context_carried_into_a_spawned_task_arrives() {
     // A plain tokio::spawn does not carry it: nothing is emitted there.
     scope(ctx(json!({"lost": true})), async move {
         tokio::spawn(async move {
-            transaction(&mut conn, |conn| insert(conn, 2, 1).scope_boxed())
+            transaction(&mut conn, async |conn| insert(conn, 2, 1).await)
                 .await
                 .unwrap();
         })
@@ -214,18 +195,15 @@ async fn a_hundred_concurrent_tasks_sharing_ten_connections_never_mix_contexts()
                     tokio::task::yield_now().await;
                     let slot = (task as usize + step) % connections.len();
                     let mut conn = connections[slot].lock().await;
-                    transaction(&mut *conn, |conn| {
-                        async move {
-                            if step == 0 {
-                                insert(conn, task, task).await
-                            } else {
-                                diesel::update(items::table.find(task))
-                                    .set(items::note.eq(format!("step {step}")))
-                                    .execute(conn)
-                                    .await
-                            }
+                    transaction(&mut *conn, async move |conn| {
+                        if step == 0 {
+                            insert(conn, task, task).await
+                        } else {
+                            diesel::update(items::table.find(task))
+                                .set(items::note.eq(format!("step {step}")))
+                                .execute(conn)
+                                .await
                         }
-                        .scope_boxed()
                     })
                     .await
                     .unwrap();
@@ -248,16 +226,13 @@ async fn an_oversized_context_is_skipped_and_the_write_succeeds() {
     let big = oversized_context();
     assert_eq!(bemi_context::payload(&big), None);
 
-    transaction_with(&mut conn, &big, |conn| insert(conn, 1, 1).scope_boxed())
+    transaction_with(&mut conn, &big, async |conn| insert(conn, 1, 1).await)
         .await
         .unwrap();
     let b = big.clone();
-    conn.transaction(|conn| {
-        async move {
-            assert!(!emit_with(conn, &b).await?);
-            insert(conn, 2, 1).await
-        }
-        .scope_boxed()
+    conn.transaction(async move |conn| {
+        assert!(!emit_with(conn, &b).await?);
+        insert(conn, 2, 1).await
     })
     .await
     .unwrap();
@@ -272,8 +247,8 @@ async fn quotes_comments_backslashes_and_unicode_arrive_intact() {
     let h = Tracked::start().await;
     let mut conn = establish(&h).await;
     let context = Value::from(tricky_context());
-    transaction_with(&mut conn, &ctx(context.clone()), |conn| {
-        insert(conn, 1, 1).scope_boxed()
+    transaction_with(&mut conn, &ctx(context.clone()), async |conn| {
+        insert(conn, 1, 1).await
     })
     .await
     .unwrap();

@@ -477,7 +477,8 @@ async fn a_failing_emit_leaves_the_pooled_connection_idle() {
     let h = Harness::start().await;
     // A role that may not emit messages, as after the hardening in bemi_context's docs.
     let role = format!("{}_app", h.db.name());
-    sqlx::raw_sql(&format!(
+    // The role name is the test database's, made of safe characters.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         r#"CREATE ROLE "{role}" LOGIN;
            GRANT ALL ON items TO "{role}";
            DO $$
@@ -487,7 +488,7 @@ async fn a_failing_emit_leaves_the_pooled_connection_idle() {
                EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
              END LOOP;
            END $$;"#
-    ))
+    )))
     .execute(&h.pool)
     .await
     .unwrap();
