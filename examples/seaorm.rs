@@ -54,7 +54,7 @@ async fn main() -> Result<(), BoxError> {
     )
     .execute(&pool)
     .await?;
-    let since: String = sqlx::query_scalar("SELECT now()::text")
+    let since: String = sqlx::query_scalar("SELECT to_json(now()) #>> '{}'")
         .fetch_one(&pool)
         .await?;
     let tracker = spawn_tracker(db.options(), "bemi_seaorm_example", "bemi").await?;

@@ -83,11 +83,22 @@
 //! own queries: each later emit only executes it. Transactions without context cost nothing
 //! extra.
 //!
+//! # Supported versions
+//!
+//! Diesel 2.3 and later 2.x (`diesel = "2.3"`; 2.2 works too without `async`), and
+//! diesel-async 0.9 (`diesel-async = "0.9"`, which itself needs Diesel 2.3.9 or a later 2.3),
+//! on Rust 1.85 or newer. diesel-async 0.5 (with its `scope_boxed` bodies) is no longer
+//! supported: its transaction API differs, and keeping both would double this crate's async
+//! half. Take the drivers from [`reexports`] and their versions always match this crate's.
+//!
 //! # Feature flags
 //!
 //! - `async` (off by default): the same functions for
 //!   [diesel-async](https://docs.rs/diesel-async) connections, such as `AsyncPgConnection` (which
 //!   runs on tokio-postgres, without libpq), in [`async_pg`].
+//! - `query` (off by default): the read API (the `bemi-query` crate: history, filters, diffs,
+//!   time travel, revert) running on Diesel's `PgConnection` (and on `AsyncPgConnection` with
+//!   `async`), re-exported as [`reexports::bemi_query`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -99,3 +110,15 @@ mod sync;
 
 pub use bemi_context::Context;
 pub use sync::{emit, emit_with, transaction, transaction_with};
+
+/// The crates this one is built on, re-exported so that their versions always match it: write
+/// `use bemi_diesel::reexports::diesel;` instead of depending on Diesel at another version.
+pub mod reexports {
+    #[cfg(feature = "query")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "query")))]
+    pub use bemi_query;
+    pub use diesel;
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub use diesel_async;
+}

@@ -1,8 +1,15 @@
 //! Reading the audit trail: filtered queries, a record's history, diffs, time travel and revert.
 //!
-//! Everything here works with any [`tokio_postgres::GenericClient`] (a `Client`, a
-//! `Transaction`, or a pooled connection dereferenced to one) connected to the database that
-//! holds the `changes` table, by default `public.changes` (see [`ChangesTable`]).
+//! Everything here runs on any [`Database`]: a tokio-postgres `&Client` or `&Transaction`
+//! always, and with this crate's features an sqlx `&PgPool`, connection or transaction
+//! (`sqlx`, sqlx 0.9), a SeaORM `&DatabaseConnection` or `&DatabaseTransaction` (`sea-orm`,
+//! SeaORM 2), a Diesel `&mut PgConnection` (`diesel`, Diesel 2.3+, see [`blocking`]) or a
+//! diesel-async `&mut AsyncPgConnection` (`diesel-async`, diesel-async 0.9). Each query is built
+//! as a [`Statement`], SQL text plus typed parameters, and each driver only runs it: the
+//! results are the same whichever runs it. The connection reaches the database that holds the
+//! `changes` table, by default `public.changes` (see [`ChangesTable`]). The `changes` table is
+//! also a SeaORM entity (`sea_orm_changes`) and a Diesel `table!` (`diesel_schema`) for those
+//! crates' own query builders.
 //!
 //! - [`ChangeFilter`] selects changes: by database, schema, table, primary key, operation, time
 //!   range, transaction, and JSONB containment (`@>`) in `before`, `after` and `context`, each
@@ -10,12 +17,15 @@
 //!   Bemi's indexes (btree on `table`, `primary_key`, `operation`, `committed_at`, GIN
 //!   `jsonb_path_ops` on the JSON columns, `(table, primary_key, committed_at)` for a record's
 //!   history and the unique `(commit_lsn, ordinal)` for order and pagination).
+//! - [`ChangeFilter::column_changed`] selects the changes that changed a column, decided by the
+//!   server, so pages stay full.
 //! - [`ChangeQuery`] orders the selection by `(commit_lsn, ordinal)`, the exact commit order,
-//!   and pages through it with a keyset [`Cursor`]; [`ChangeQuery::history`] is the history of
-//!   one record, oldest first.
+//!   and pages through it with a keyset [`Cursor`] (URL-safe as text);
+//!   [`ChangeQuery::history`] is the history of one record, oldest first.
 //! - [`StoredChange`] is one row of `changes`. JSON stays lossless: `before`, `after` and
 //!   `context` are kept as the server's JSON text ([`RawValue`]), never converted to `f64`.
-//!   [`StoredChange::diff`] gives `{column: [before, after]}` for the columns that changed.
+//!   [`StoredChange::diff`] gives `{column: [before, after]}` for the columns that changed,
+//!   [`StoredChange::context_as`] reads the context into your own type.
 //! - [`TimeTravel`] rebuilds a row, or a whole table, as it was at a moment.
 //! - [`Revert`] undoes a set of changes in one transaction, after checking for conflicts.
 //!

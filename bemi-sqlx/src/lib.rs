@@ -85,10 +85,21 @@
 //! few percent of transactions that do more. The `context_overhead` benchmark of this crate
 //! measures it (`cargo bench -p bemi-sqlx --all-features`; figures in `BENCHMARKS.md`).
 //!
+//! # Supported versions
+//!
+//! sqlx 0.9 (`sqlx = "0.9"`, from 0.9.0) and SeaORM 2 (`sea-orm = "2"`, from 2.0.0), on Rust
+//! 1.94 or newer (what sqlx 0.9 needs). sqlx 0.8 and SeaORM 1 are no longer supported: sqlx's
+//! types are part of this crate's API, so each major would need its own copy of it, and
+//! SeaORM 1 brings sqlx 0.8 with it. Take the drivers from [`reexports`] and their versions
+//! always match this crate's.
+//!
 //! # Feature flags
 //!
 //! - `sea-orm` (off by default): the `bemi_sqlx::sea_orm` module: `begin`,
-//!   `transaction`, `emit` (and their `_with` forms) for SeaORM 1.x connections.
+//!   `transaction`, `emit` (and their `_with` forms) for SeaORM 2 connections.
+//! - `query` (off by default): the read API (the `bemi-query` crate: history, filters, diffs,
+//!   time travel, revert) running on sqlx pools, connections and transactions (and SeaORM's
+//!   with `sea-orm`), re-exported as [`reexports::bemi_query`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -96,6 +107,18 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]
 pub mod sea_orm;
 mod transaction;
+
+/// The crates this one is built on, re-exported so that their versions always match it: write
+/// `use bemi_sqlx::reexports::sqlx;` instead of depending on sqlx at another version.
+pub mod reexports {
+    #[cfg(feature = "query")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "query")))]
+    pub use bemi_query;
+    #[cfg(feature = "sea-orm")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sea-orm")))]
+    pub use sea_orm;
+    pub use sqlx;
+}
 
 pub use bemi_context::Context;
 pub use transaction::{

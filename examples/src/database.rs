@@ -88,24 +88,34 @@ pub async fn spawn_tracker(
 
 /// The audit trail as JSON objects (`id`, `operation`, `table`, `primary_key`, `before`,
 /// `after`, `context`, `committed_at`), oldest first: the changes committed at or after `since`
-/// (a `timestamptz` text, as `SELECT now()::text` gives), of `table` or of every table.
+/// (RFC 3339, as `SELECT to_json(now()) #>> '{}'` gives), of `table` or of every table. Read
+/// with `bemi_query` on the app's own sqlx pool.
 pub async fn changes_since(
     pool: &PgPool,
     since: &str,
     table: Option<&str>,
-) -> sqlx::Result<Vec<serde_json::Value>> {
-    sqlx::query_scalar(
-        r#"SELECT jsonb_build_object(
-             'id', id, 'operation', operation, 'table', "table", 'primary_key', primary_key,
-             'before', before, 'after', after, 'context', context, 'committed_at', committed_at)
-           FROM changes
-           WHERE committed_at >= $1::timestamptz AND ($2::text IS NULL OR "table" = $2)
-           ORDER BY commit_lsn, ordinal"#,
-    )
-    .bind(since)
-    .bind(table)
-    .fetch_all(pool)
-    .await
+) -> Result<Vec<serde_json::Value>, BoxError> {
+    let since = chrono::DateTime::parse_from_rfc3339(since)?.to_utc();
+    let mut filter = bemi_query::ChangeFilter::new().since(since);
+    if let Some(table) = table {
+        filter = filter.table(table);
+    }
+    let changes = filter.query().fetch(pool).await?;
+    Ok(changes
+        .iter()
+        .map(|change| {
+            serde_json::json!({
+                "id": change.id,
+                "operation": change.operation,
+                "table": change.table,
+                "primary_key": change.primary_key,
+                "before": change.before,
+                "after": change.after,
+                "context": change.context,
+                "committed_at": change.committed_at,
+            })
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ impl TodoApp {
     ) -> Result<(), BoxError> {
         let pool = PgPool::connect_with(sqlx_options(&self.options)).await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        let since: String = sqlx::query_scalar("SELECT now()::text")
+        let since: String = sqlx::query_scalar("SELECT to_json(now()) #>> '{}'")
             .fetch_one(&pool)
             .await?;
         let tracker = spawn_tracker(&self.options, &self.slot, &self.publication).await?;
@@ -146,11 +146,11 @@ struct TodoPatch {
 }
 
 /// A database error, answered with 500.
-struct AppError(sqlx::Error);
+struct AppError(BoxError);
 
-impl From<sqlx::Error> for AppError {
-    fn from(e: sqlx::Error) -> Self {
-        AppError(e)
+impl<E: Into<BoxError>> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.into())
     }
 }
 

@@ -15,20 +15,20 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// An HTTP/1.1 response: status and body.
 #[derive(Debug)]
-struct Response {
-    status: u16,
-    body: String,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 impl Response {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("{e}: not JSON: {:?}", self.body))
     }
 }
 
 /// Sends one request on a new connection (`Connection: close`) and reads the whole response.
-async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -2,4 +2,5 @@
 //! PostgreSQL for the tests that need no server of their own).
 
 mod axum_app;
+mod readme_example;
 mod soak;
