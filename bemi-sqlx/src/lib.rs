@@ -87,8 +87,8 @@
 //!
 //! # Supported versions
 //!
-//! sqlx 0.9 (`sqlx = "0.9"`, from 0.9.0) and SeaORM 2 (`sea-orm = "2"`, from 2.0.0), on Rust
-//! 1.94 or newer (what sqlx 0.9 needs). sqlx 0.8 and SeaORM 1 are no longer supported: sqlx's
+//! sqlx 0.9 (`sqlx = "0.9"`, from 0.9.0) and SeaORM 2 (`sea-orm = "2"`), on Rust 1.95 (the
+//! workspace's pinned and tested toolchain; sqlx 0.9 itself needs 1.94). sqlx 0.8 and SeaORM 1 are no longer supported: sqlx's
 //! types are part of this crate's API, so each major would need its own copy of it, and
 //! SeaORM 1 brings sqlx 0.8 with it. Take the drivers from [`reexports`] and their versions
 //! always match this crate's.
