@@ -79,7 +79,6 @@ impl ErrorKind {
     }
 }
 
-
 /// An error from bemi-core.
 ///
 /// The error type of bemi-core.

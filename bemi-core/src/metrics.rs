@@ -15,9 +15,9 @@
 //! | `bemi_changes_stored_total` | counter | `source`, `schema`, `table`, `operation` | changes the sink stored (acknowledged durable) |
 //! | `bemi_transactions_total` | counter | `source` | source transactions handled, with or without tracked changes |
 //! | `bemi_batch_write_duration_seconds` | histogram | `source` | how long the sink took to store a batch (its count is the number of batches) |
-//! | `bemi_commit_to_stored_seconds` | histogram | `source` | from a transaction's commit on the source to its changes being stored |
+//! | `bemi_commit_to_stored_seconds` | histogram | `source` | for each stored change, from its transaction's commit on the source to its storing (its count is the number of changes) |
 //! | `bemi_replication_lag_bytes` | gauge | `source` | WAL between the server's latest position and the position confirmed to the slot |
-//! | `bemi_replication_lag_seconds` | gauge | `source` | how long ago the last stored transaction committed, when it was stored; 0 while caught up |
+//! | `bemi_replication_lag_seconds` | gauge | `source` | how long ago the last stored change was committed, when it was stored; 0 while caught up |
 //! | `bemi_slot_wal_status` | gauge | `source`, `wal_status` | 1 for the slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`), 0 for the others |
 //! | `bemi_slot_safe_wal_size_bytes` | gauge | `source` | WAL that can still be written before the slot is in danger of being invalidated (`+Inf` without `max_slot_wal_keep_size`) |
 //! | `bemi_reconnects_total` | counter | `source` | sessions ended by an error worth retrying, then started again |
@@ -83,8 +83,7 @@ pub const ERRORS: &str = "bemi_errors_total";
 
 /// Histogram buckets, in seconds, for the tracker's latency histograms: 1 ms to 5 minutes.
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// The values of `wal_status` in `pg_replication_slots`.
@@ -94,7 +93,10 @@ const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 /// `# HELP` lines). Call it after installing the recorder; recording works without it.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(BUILD_INFO, "Always 1; the label version is bemi-core's version.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the label version is bemi-core's version."
+    );
     describe_gauge!(
         TRACKER_STATE,
         "1 for the tracker's state (connecting, streaming, standby, stopped), 0 for the others."
@@ -117,7 +119,7 @@ pub fn describe() {
     describe_histogram!(
         COMMIT_TO_STORED,
         Unit::Seconds,
-        "From a transaction's commit on the source to its changes being stored."
+        "For each stored change, from its transaction's commit on the source to its storing."
     );
     describe_gauge!(
         REPLICATION_LAG_BYTES,
@@ -127,7 +129,7 @@ pub fn describe() {
     describe_gauge!(
         REPLICATION_LAG_SECONDS,
         Unit::Seconds,
-        "How long ago the last stored transaction committed, when it was stored; 0 while caught up."
+        "How long ago the last stored change was committed, when it was stored; 0 while caught up."
     );
     describe_gauge!(
         SLOT_WAL_STATUS,
@@ -267,28 +269,30 @@ impl Instruments {
                 .to_std()
                 .map_or(0.0, |elapsed| elapsed.as_secs_f64())
         };
-        for committed in &stored.commits {
-            self.commit_to_stored.record(seconds_since(*committed));
+        for (committed, changes) in &stored.commits {
+            self.commit_to_stored
+                .record_many(seconds_since(*committed), *changes);
         }
-        if let Some(last) = stored.commits.last() {
+        if let Some((last, _)) = stored.commits.last() {
             self.lag_seconds.set(seconds_since(*last));
         }
     }
 }
 
-/// What a batch holds, for the metrics of storing it: changes by table and operation, and the
-/// commit times of the transactions it completes.
+/// What a batch holds, for the metrics of storing it: changes by table and operation, and by
+/// commit time.
 #[derive(Debug, Default)]
 pub(crate) struct Stored {
     /// (schema, table, operation) and how many changes.
     counts: Vec<((String, String, &'static str), u64)>,
-    commits: Vec<DateTime<Utc>>,
+    /// Each transaction's commit time and how many of its changes, in commit order.
+    commits: Vec<(DateTime<Utc>, usize)>,
 }
 
 impl Stored {
     pub(crate) fn of(batch: &Batch) -> Self {
         let mut counts = BTreeMap::<_, u64>::new();
-        let mut commits = Vec::new();
+        let mut commits: Vec<(DateTime<Utc>, usize)> = Vec::new();
         let mut last_commit = None;
         for change in &batch.changes {
             let key = (
@@ -297,14 +301,11 @@ impl Stored {
                 change.operation.as_str(),
             );
             *counts.entry(key).or_default() += 1;
-            // A transaction is completed by the batch that records the end of its commit.
-            let completed = batch
-                .durable_through
-                .is_some_and(|through| change.commit_lsn < through);
-            if completed && last_commit != Some(change.commit_lsn) {
-                last_commit = Some(change.commit_lsn);
-                commits.push(change.committed_at);
+            match commits.last_mut() {
+                Some((_, changes)) if last_commit == Some(change.commit_lsn) => *changes += 1,
+                _ => commits.push((change.committed_at, 1)),
             }
+            last_commit = Some(change.commit_lsn);
         }
         let counts = counts
             .into_iter()
@@ -338,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_counts_its_changes_by_table_and_operation_and_its_completed_transactions() {
+    fn a_batch_counts_its_changes_by_table_and_operation_and_by_commit() {
         let batch = Batch::new(
             vec![
                 change("orders", Operation::Create, 100, 1),
@@ -347,11 +348,12 @@ mod tests {
                 change("orders", Operation::Update, 200, 2),
                 // the first part of a transaction that a later batch completes
                 change("orders", Operation::Create, 300, 3),
+                change("orders", Operation::Create, 300, 3),
             ],
             Some(Lsn(210)),
         );
         let stored = Stored::of(&batch);
-        assert_eq!(stored.changes(), 5);
+        assert_eq!(stored.changes(), 6);
         let counts: Vec<_> = stored
             .counts
             .iter()
@@ -363,11 +365,15 @@ mod tests {
             counts,
             [
                 ("public", "items", "DELETE", 1),
-                ("public", "orders", "CREATE", 3),
+                ("public", "orders", "CREATE", 4),
                 ("public", "orders", "UPDATE", 1),
             ]
         );
-        let commits: Vec<i64> = stored.commits.iter().map(|at| at.timestamp()).collect();
-        assert_eq!(commits, [1, 2], "transaction 300 is not complete yet");
+        let commits: Vec<(i64, usize)> = stored
+            .commits
+            .iter()
+            .map(|(at, changes)| (at.timestamp(), *changes))
+            .collect();
+        assert_eq!(commits, [(1, 3), (2, 1), (3, 2)]);
     }
 }

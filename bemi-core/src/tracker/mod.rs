@@ -333,8 +333,7 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                     }
                     enter(State::Streaming, progress, metrics);
                     accept_gap = false;
-                    let (returned, outcome) =
-                        session.run(&config, sink, &mut stop, progress).await;
+                    let (returned, outcome) = session.run(&config, sink, &mut stop, progress).await;
                     match returned {
                         Ok(returned) => sink = returned,
                         Err(e) => return outcome.and(Err(e)),

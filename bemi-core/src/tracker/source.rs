@@ -63,8 +63,7 @@ impl SourceIdentity {
     /// Explains an error that ended a session after a failover: a missing slot there means
     /// the changes not yet stored are gone.
     pub(super) fn explain(&self, error: Error, slot: &str) -> Error {
-        let Some((first, latest)) = self.timelines.filter(|(first, latest)| first != latest)
-        else {
+        let Some((first, latest)) = self.timelines.filter(|(first, latest)| first != latest) else {
             return error;
         };
         if error.kind() != ErrorKind::SlotMissing {
@@ -103,7 +102,10 @@ mod tests {
     }
 
     fn slot_missing() -> Error {
-        Error::new(ErrorKind::SlotMissing, "replication slot \"bemi\" is missing")
+        Error::new(
+            ErrorKind::SlotMissing,
+            "replication slot \"bemi\" is missing",
+        )
     }
 
     #[test]
@@ -122,7 +124,10 @@ mod tests {
         let error = identity.check(&system("8", 1), "bemi").unwrap_err();
         assert_eq!(error.kind(), ErrorKind::SourceChanged);
         assert!(!error.is_transient());
-        assert!(error.message().contains("system identifier 8, was 7"), "{error}");
+        assert!(
+            error.message().contains("system identifier 8, was 7"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -135,7 +140,10 @@ mod tests {
         assert!(!error.is_transient());
         assert!(error.message().contains("timeline 1 → 2"), "{error}");
         assert!(error.message().contains("--accept-gap"), "{error}");
-        assert!(error.report().contains("is missing"), "the cause is kept: {error}");
+        assert!(
+            error.report().contains("is missing"),
+            "the cause is kept: {error}"
+        );
         let other = identity.explain(Error::new(ErrorKind::Connect, "gone"), "bemi");
         assert_eq!(other.kind(), ErrorKind::Connect);
     }
