@@ -139,3 +139,35 @@ async fn a_broken_source_does_not_stop_the_others_and_is_reported() {
     let status = worker.terminate();
     assert_eq!(status.code(), Some(1), "{}", worker.log());
 }
+
+/// `bemi run --config FILE` with `env`: its exit code and what it printed.
+fn refused(file: &str, env: &[(&str, &str)]) -> String {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), file).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bemi"))
+        .args(["run", "--config"])
+        .arg(config.path())
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_config_file_that_could_be_misread_is_refused() {
+    let url = "database_url = \"postgres://bemi@127.0.0.1:1/app\"";
+    let typo = refused("[[source]]\ndatabse_url = \"postgres://x@h/db\"\n", &[]);
+    assert!(typo.contains("unknown field `databse_url`"), "{typo}");
+    let twice = refused(&format!("[[source]]\n{url}\n[[source]]\n{url}\n"), &[]);
+    assert!(twice.contains("two sources"), "{twice}");
+    assert!(twice.contains("\"bemi\""), "{twice}");
+    let none = refused("", &[]);
+    assert!(none.contains("lists no [[source]]"), "{none}");
+    let unset = refused("[[source]]\ndatabase_url_env = \"NOT_SET_HERE\"\n", &[]);
+    assert!(unset.contains("NOT_SET_HERE"), "{unset}");
+    // The flags and variables of a single source would be ignored: refused too.
+    let mixed = refused(&format!("[[source]]\n{url}\n"), &[("DB_HOST", "db")]);
+    assert!(mixed.contains("cannot be used with"), "{mixed}");
+}

@@ -340,7 +340,8 @@ impl Session {
     async fn check_slot(&self, slot: &str) -> Result<()> {
         let row = self
             .decoder
-            .catalog()
+            .keys()
+            .client()
             .query_opt(
                 "SELECT wal_status, safe_wal_size FROM pg_catalog.pg_replication_slots \
                  WHERE slot_name = $1",
