@@ -61,8 +61,8 @@ async fn a_broken_source_does_not_stop_the_others_and_is_reported() {
     for name in NAMES {
         worker.wait_for_state(name, "streaming", WAIT).await;
     }
-    let (status, _) = worker.readiness().await;
-    assert_eq!(status, 200);
+    let (status, sources) = worker.readiness().await;
+    assert_eq!(status, 200, "{sources:?}");
 
     for (_, sql) in &dbs {
         for txn in 0..10 {

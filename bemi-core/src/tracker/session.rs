@@ -98,18 +98,18 @@ impl Session {
             }
             setup.prepare(&sql).await?;
         }
-        let durable = match start.durable {
-            Some(stored) => {
-                // A slot the setup just created is read now.
-                let slot = match slot_before {
-                    Some(slot) => Some(slot),
-                    None => slot_position(&sql, &config.slot).await?,
-                };
-                Some(check_gap(config, accept_gap, slot, sink, &database, stored).await?)
-            }
-            None => None,
+        // A slot the setup just created is read now.
+        let slot = match slot_before {
+            Some(slot) => Some(slot),
+            None => slot_position(&sql, &config.slot).await?,
         };
-        let durable = durable.unwrap_or(Lsn::ZERO);
+        // Where streaming resumes: after what the sink stored, or where the slot is when the
+        // sink stored nothing yet (the server would start there anyway; starting the feedback
+        // there too keeps the reported lag true from the first moment).
+        let durable = match start.durable {
+            Some(stored) => check_gap(config, accept_gap, slot, sink, &database, stored).await?,
+            None => slot.unwrap_or(Lsn::ZERO),
+        };
         let stitcher = Stitcher::new(database).resume_after(durable);
         let (schema, table) = setup::KEY_HISTORY;
         let decoder = start

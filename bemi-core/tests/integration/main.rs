@@ -4,10 +4,12 @@
 mod auth_tls;
 mod context;
 mod decoding;
+mod failover;
 mod feedback;
 mod outage;
 mod reliability;
 mod setup_errors;
 mod setup_security;
+mod standby;
 mod tracker;
 mod values;
