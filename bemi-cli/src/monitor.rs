@@ -166,3 +166,54 @@ fn readiness(source: &Watched, max_lag_bytes: u64) -> SourceReadiness {
         error: progress.last_error.as_ref().map(Error::report),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(progress: Progress) -> (watch::Sender<Progress>, Watched) {
+        let (tx, rx) = watch::channel(progress);
+        let watched = Watched {
+            name: "app".to_owned(),
+            progress: rx,
+        };
+        (tx, watched)
+    }
+
+    fn progress(change: impl FnOnce(&mut Progress)) -> Progress {
+        let mut progress = Progress::default();
+        change(&mut progress);
+        progress
+    }
+
+    #[test]
+    fn a_source_is_ready_while_it_streams_with_little_lag_or_stands_by() {
+        let (_tx, streaming) = source(progress(|p| {
+            p.connected = true;
+            p.lag_bytes = 100;
+        }));
+        let at = |max| {
+            let r = readiness(&streaming, max);
+            (r.state, r.ready, r.lag_bytes)
+        };
+        assert_eq!(at(100), ("streaming", true, 100));
+        assert_eq!(at(99), ("streaming", false, 100), "lag above the limit");
+
+        let (_tx, standby) = source(progress(|p| p.standby = true));
+        let r = readiness(&standby, 0);
+        assert_eq!((r.state, r.ready), ("standby", true));
+
+        let (_tx, connecting) = source(progress(|p| {
+            p.last_error = Some(Error::new(ErrorKind::Connect, "refused"));
+        }));
+        let r = readiness(&connecting, u64::MAX);
+        assert_eq!((r.state, r.ready), ("connecting", false));
+        assert_eq!(r.error.as_deref(), Some("refused"));
+
+        // A tracker that stopped drops its end of the channel.
+        let (tx, stopped) = source(progress(|p| p.connected = true));
+        drop(tx);
+        let r = readiness(&stopped, u64::MAX);
+        assert_eq!((r.state, r.ready), ("stopped", false));
+    }
+}
