@@ -342,7 +342,16 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                 }
                 Err(e) => Err(e),
             };
-            let error = match outcome.map_err(|e| identity.explain(e, &config.slot)) {
+            let outcome = match outcome {
+                Err(e) if e.kind() == ErrorKind::SlotMissing => {
+                    match identity.recheck(&config.source, &config.slot).await {
+                        Ok(()) => Err(identity.explain(e, &config.slot)),
+                        Err(changed) => Err(changed),
+                    }
+                }
+                outcome => outcome,
+            };
+            let error = match outcome {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::SlotInUse => {
                     if !progress.borrow().standby {

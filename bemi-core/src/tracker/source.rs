@@ -12,8 +12,9 @@
 //! the slot is there and the tracker goes on, replaying what the old primary had not confirmed
 //! (stored once: the sink drops replays).
 
+use crate::config::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::SystemInfo;
+use crate::replication::{ReplicationClient, SystemInfo};
 
 /// What the sessions so far saw of the source.
 #[derive(Debug, Default)]
@@ -58,6 +59,23 @@ impl SourceIdentity {
             Some(_) => {}
         }
         Ok(())
+    }
+
+    /// Asks the source again who it is, after a session found the slot missing: a replica
+    /// promoted while the session started (it identified itself on the old timeline) shows
+    /// its new timeline now. Returns the error of another cluster; a source that cannot be
+    /// asked is left to the next session.
+    pub(super) async fn recheck(&mut self, source: &ConnectOptions, slot: &str) -> Result<()> {
+        let identified = async {
+            ReplicationClient::connect(source)
+                .await?
+                .identify_system()
+                .await
+        };
+        match identified.await {
+            Ok(system) => self.check(&system, slot),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Explains an error that ended a session after a failover: a missing slot there means
