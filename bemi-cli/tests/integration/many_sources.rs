@@ -127,11 +127,7 @@ async fn a_broken_source_does_not_stop_the_others_and_is_reported() {
     }
 
     // The log says which source stopped, and why.
-    let log = worker.log();
-    let stopped = log
-        .lines()
-        .find(|line| line.contains("tracker stopped") && line.contains("ERROR"))
-        .unwrap_or_else(|| panic!("no error logged:\n{log}"));
+    let stopped = worker.wait_for_log(&["ERROR", "tracker stopped"]);
     assert!(stopped.contains("source=beta"), "{stopped}");
     assert!(stopped.contains("is missing"), "{stopped}");
 

@@ -49,11 +49,7 @@ async fn a_standby_takes_over_within_5_s_of_the_active_worker_being_killed_five_
         )
     };
     assert_eq!((state("standby"), state("streaming")), (1.0, 0.0));
-    assert!(
-        second.log().contains("waiting as a standby"),
-        "{}",
-        second.log()
-    );
+    second.wait_for_log(&["waiting as a standby"]);
     let mut pair = [first, second];
 
     // The workload runs until the last takeover is done, so every kill lands during it.
@@ -94,11 +90,7 @@ async fn a_standby_takes_over_within_5_s_of_the_active_worker_being_killed_five_
             "kill {kill}: the standby took {took:?} to take over\n{}",
             pair[standby].log()
         );
-        assert!(
-            pair[standby].log().contains("took over the slot"),
-            "{}",
-            pair[standby].log()
-        );
+        pair[standby].wait_for_log(&["took over the slot"]);
         // A new worker replaces the killed one, as a standby.
         pair[active] = start();
         pair[active].wait_for_state(&source, "standby", WAIT).await;

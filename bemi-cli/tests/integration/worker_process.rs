@@ -89,6 +89,26 @@ impl Worker {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until a line of the log holds all of `words` (the log reaches the test through a
+    /// pipe, a moment after the worker wrote it); returns that line.
+    pub(crate) fn wait_for_log(&self, words: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            let line = log
+                .lines()
+                .find(|line| words.iter().all(|word| line.contains(word)));
+            if let Some(line) = line {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {words:?} in:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and waits for the process to be gone.
     pub(crate) fn kill(&mut self) {
         self.child.kill().unwrap();
