@@ -239,8 +239,9 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         self
     }
 
-    /// Spawns the tracker and waits until it streams (or waits as a standby), so that an application learns at start
-    /// whether tracking works (settings, slot, publication, privileges, sink) before going on.
+    /// Spawns the tracker and waits until it streams (or waits as a standby), so that an
+    /// application learns at start whether tracking works (settings, slot, publication,
+    /// privileges, sink) before going on.
     /// Every change committed after this returns is tracked (with a slot it had to create,
     /// changes committed while it was being created may precede the slot's starting point).
     /// When another process streams from the slot, it returns once the tracker waits as a
