@@ -1,5 +1,6 @@
 //! Command-line flags and environment variables.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -162,6 +163,32 @@ pub(crate) struct RunArgs {
     /// that keeps it for new tables (`before` of updates and deletes then holds only the key)
     #[arg(long)]
     pub(crate) no_replica_identity: bool,
+    /// Track the sources listed in this file (bemi.toml), each with its own slot and
+    /// destination, instead of the one the connection flags and variables name
+    #[arg(
+        long,
+        env = "BEMI_CONFIG",
+        help_heading = "Several databases",
+        conflicts_with_all = [
+            "database_url", "db_host", "db_port", "db_name", "db_user", "db_password",
+            "sslmode", "sslrootcert", "slot", "publication", "tables", "destination_url",
+            "destination_db_host", "destination_db_port", "destination_db_name",
+            "destination_db_user", "destination_db_password", "destination_schema",
+        ]
+    )]
+    pub(crate) config: Option<PathBuf>,
+    /// Serve metrics (Prometheus text at /metrics) and health checks (/healthz, /readyz) on
+    /// this address, e.g. 127.0.0.1:9187
+    #[arg(long, env = "BEMI_METRICS_LISTEN", help_heading = "Monitoring")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// /readyz fails while a source's replication lag is above this many bytes
+    #[arg(
+        long,
+        env = "BEMI_READY_MAX_LAG_BYTES",
+        default_value_t = 128 * 1024 * 1024,
+        help_heading = "Monitoring"
+    )]
+    pub(crate) ready_max_lag_bytes: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,7 +1,8 @@
 //! `bemi`: track a PostgreSQL database's changes into Bemi's `changes` table.
 //!
 //! ```text
-//! bemi [run]   the worker (default): stream changes with their context into `changes`
+//! bemi [run]   the worker (default): stream changes with their context into `changes`;
+//!              --config bemi.toml for several databases, --metrics-listen for Prometheus
 //! bemi setup   prepare the source database (publication, replica identity, slot)
 //! bemi status  slot state, lag and the newest stored change
 //! bemi demo    a self-contained tour on a throwaway PostgreSQL
@@ -16,10 +17,12 @@
 
 mod args;
 mod changes;
+mod config;
 mod database;
 mod demo;
 mod filter;
 mod history;
+mod monitor;
 mod output;
 mod revert;
 mod run;

@@ -1,48 +1,148 @@
-//! `bemi run`: the standalone worker.
+//! `bemi run`: the standalone worker, over one source (the connection flags and variables) or
+//! the sources of a config file, each tracked by its own tracker task.
 
+use std::time::Duration;
+
+use bemi_core::setup::Tables;
 use bemi_core::sink::PostgresSink;
-use bemi_core::{Result, Tracker};
+use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker, TrackerHandle};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::RunArgs;
+use crate::monitor::{Monitor, Watched};
+
+/// One tracked database: where it is, its slot, and where its changes go.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// The source's name in logs and metrics.
+    pub(crate) name: String,
+    pub(crate) options: ConnectOptions,
+    pub(crate) destination: ConnectOptions,
+    pub(crate) destination_schema: String,
+    pub(crate) slot: String,
+    pub(crate) publication: String,
+    pub(crate) tables: Tables,
+    pub(crate) batch_size: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) accept_gap: bool,
+    pub(crate) replica_identity: bool,
+}
+
+impl Source {
+    /// The source the connection flags and variables name.
+    fn from_args(args: &RunArgs) -> Result<Source> {
+        let options = args.source.options()?;
+        Ok(Source {
+            name: args.source.slot.clone(),
+            destination: args.destination.options(&options)?,
+            options,
+            destination_schema: args.destination.destination_schema.clone(),
+            slot: args.source.slot.clone(),
+            publication: args.source.publication.clone(),
+            tables: args.source.tables(),
+            batch_size: args.batch_size,
+            flush_interval: args.flush_interval(),
+            accept_gap: args.accept_gap,
+            replica_identity: !args.no_replica_identity,
+        })
+    }
+
+    fn spawn(self) -> Result<TrackerHandle> {
+        let sink = PostgresSink::connect(&self.destination)?.schema(&self.destination_schema);
+        let (source, destination) = (&self.options, &self.destination);
+        tracing::info!(
+            source = %self.name,
+            database = %format!("{}:{}/{}", source.host(), source.port(), source.dbname()),
+            destination = %format!("{}:{}/{}", destination.host(), destination.port(), destination.dbname()),
+            slot = %self.slot,
+            "starting a tracker"
+        );
+        Ok(Tracker::builder(self.options, sink)
+            .name(self.name)
+            .slot(self.slot)
+            .publication(self.publication)
+            .tables(self.tables)
+            .batch_size(self.batch_size)
+            .flush_interval(self.flush_interval)
+            .accept_gap(self.accept_gap)
+            .replica_identity(self.replica_identity)
+            .spawn())
+    }
+}
 
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
-    let source = args.source.options()?;
-    let destination = args.destination.options(&source)?;
-    let sink = PostgresSink::connect(&destination)?.schema(&args.destination.destination_schema);
-    tracing::info!(
-        source = %format!("{}:{}/{}", source.host(), source.port(), source.dbname()),
-        destination = %format!("{}:{}/{}", destination.host(), destination.port(), destination.dbname()),
-        slot = %args.source.slot,
-        "starting the bemi worker"
-    );
-    let tracker = Tracker::builder(source, sink)
-        .slot(&args.source.slot)
-        .publication(&args.source.publication)
-        .tables(args.source.tables())
-        .batch_size(args.batch_size)
-        .flush_interval(args.flush_interval())
-        .accept_gap(args.accept_gap)
-        .replica_identity(!args.no_replica_identity)
-        .spawn();
+    let sources = match &args.config {
+        Some(path) => crate::config::load(path, &args)?,
+        None => vec![Source::from_args(&args)?],
+    };
+    // The recorder goes in before the trackers start, so that they record into it.
+    let monitor = match args.metrics_listen {
+        Some(address) => Some(Monitor::bind(address).await?),
+        None => None,
+    };
+    tracing::info!(sources = sources.len(), "starting the bemi worker");
+    let mut trackers = Vec::with_capacity(sources.len());
+    for source in sources {
+        trackers.push((source.name.clone(), source.spawn()?));
+    }
+    let server = monitor.map(|monitor| {
+        let watched = trackers
+            .iter()
+            .map(|(name, tracker)| Watched {
+                name: name.clone(),
+                progress: tracker.subscribe(),
+            })
+            .collect();
+        monitor.serve(watched, args.ready_max_lag_bytes)
+    });
 
     let signal_error = |e: std::io::Error| {
-        bemi_core::Error::new(bemi_core::ErrorKind::Config, "could not listen for signals")
-            .with_source(e)
+        Error::new(ErrorKind::Config, "could not listen for signals").with_source(e)
     };
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    // One source stopping does not stop the others; the worker exits when all have stopped.
+    let all_stopped = futures_util::future::join_all(trackers.iter().map(|(_, t)| t.stopped()));
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: flushing and stopping"),
         _ = interrupt.recv() => tracing::info!("SIGINT: flushing and stopping"),
-        _ = tracker.stopped() => {}
+        _ = all_stopped => {}
     }
-    let progress = tracker.progress();
-    tracker.shutdown().await?;
-    tracing::info!(
-        changes = progress.changes,
-        transactions = progress.transactions,
-        "stopped"
-    );
-    Ok(())
+    let stopping = trackers.into_iter().map(|(name, tracker)| async move {
+        let progress = tracker.progress();
+        let result = tracker.shutdown().await;
+        tracing::info!(
+            source = %name,
+            changes = progress.changes,
+            transactions = progress.transactions,
+            "stopped"
+        );
+        (name, result)
+    });
+    let results = futures_util::future::join_all(stopping).await;
+    if let Some(server) = server {
+        server.abort();
+    }
+    let count = results.len();
+    let mut failed: Vec<(String, Error)> = results
+        .into_iter()
+        .filter_map(|(name, result)| result.err().map(|e| (name, e)))
+        .collect();
+    match failed.len() {
+        0 => Ok(()),
+        1 if count == 1 => Err(failed.remove(0).1),
+        _ => {
+            let names: Vec<String> = failed.iter().map(|(name, _)| format!("{name:?}")).collect();
+            let (_, first) = failed.remove(0);
+            Err(Error::new(
+                first.kind(),
+                format!(
+                    "{} of {count} sources stopped with an error ({}; each is logged), the first",
+                    names.len(),
+                    names.join(", ")
+                ),
+            )
+            .with_source(first))
+        }
+    }
 }

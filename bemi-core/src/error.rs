@@ -49,6 +49,38 @@ pub enum ErrorKind {
     /// The tracker has stopped (after an error, or a shutdown), so what is asked of it cannot
     /// happen; see [`TrackerWatch::sync`](crate::TrackerWatch::sync).
     Stopped,
+    /// The source server is not the one the tracker streamed from: it failed over to a
+    /// replica that lacks the slot, or another cluster answers at its address.
+    SourceChanged,
+}
+
+impl ErrorKind {
+    /// A short snake-case name of the kind, as in the `kind` label of `bemi_errors_total`.
+    ///
+    /// ```
+    /// assert_eq!(bemi_core::ErrorKind::SlotInUse.name(), "slot_in_use");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Db => "db",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::WalLevel => "wal_level",
+            ErrorKind::ServerVersion => "server_version",
+            ErrorKind::Privilege => "privilege",
+            ErrorKind::SlotInUse => "slot_in_use",
+            ErrorKind::SlotLost => "slot_lost",
+            ErrorKind::SlotMissing => "slot_missing",
+            ErrorKind::PublicationMissing => "publication_missing",
+            ErrorKind::Gap => "gap",
+            ErrorKind::Sink => "sink",
+            ErrorKind::Stopped => "stopped",
+            ErrorKind::SourceChanged => "source_changed",
+        }
+    }
 }
 
 /// An error from bemi-core.

@@ -48,6 +48,8 @@
 //! * [`changes_table`] and [`sql`]: the table's contract, shared with the read side
 //!   (`bemi-query`) and the `bemi` CLI.
 //! * [`ConnectOptions`]: libpq-style URLs and key/value strings, TLS with libpq's `sslmode`.
+//! * [`metrics`]: what the tracker records through the `metrics` facade, for Prometheus and
+//!   other exporters.
 //!
 //! No optional features. Unix only: the replication client connects over Unix sockets too. A
 //! throwaway PostgreSQL for your own tests and demos is in the `bemi-temp-postgres` crate.
@@ -63,6 +65,7 @@ mod error;
 mod ids;
 mod keys;
 mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 mod relation;
 pub mod replication;

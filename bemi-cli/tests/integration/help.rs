@@ -69,6 +69,9 @@ fn the_worker_documents_bemis_variables() {
         "BEMI_BATCH_SIZE",
         "BEMI_FLUSH_INTERVAL_MS",
         "DB_SSL_MODE",
+        "BEMI_CONFIG",
+        "BEMI_METRICS_LISTEN",
+        "BEMI_READY_MAX_LAG_BYTES",
     ] {
         assert!(
             run.contains(&format!("[env: {variable}")),

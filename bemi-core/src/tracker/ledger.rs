@@ -93,7 +93,9 @@ impl Ledger {
     }
 
     /// A keepalive at `wal_end`; `in_transaction` tells whether a transaction is open.
-    pub(super) fn keepalive(&mut self, wal_end: Lsn, in_transaction: bool) {
+    /// Returns whether the tracker is idle: everything received is stored or has nothing to
+    /// store.
+    pub(super) fn keepalive(&mut self, wal_end: Lsn, in_transaction: bool) -> bool {
         // The server sends a keepalive's position only once every transaction that committed
         // before it was sent whole.
         self.reached = self.reached.max(wal_end);
@@ -106,6 +108,7 @@ impl Ledger {
         if idle {
             self.pending = self.pending.max(Some(wal_end));
         }
+        idle
     }
 
     /// Whether the batch is full (by count or bytes).
@@ -274,28 +277,28 @@ mod tests {
     fn a_keepalive_counts_only_when_nothing_is_in_flight() {
         let (mut ledger, now) = start();
         // an open transaction
-        ledger.keepalive(Lsn(500), true);
+        assert!(!ledger.keepalive(Lsn(500), true));
         assert!(ledger.take_batch(now, true).is_none());
         // buffered changes
         stitch(&mut ledger, 100, 1, Some(110));
-        ledger.keepalive(Lsn(600), false);
+        assert!(!ledger.keepalive(Lsn(600), false));
         let batch = ledger.take_batch(now, true).unwrap();
         assert_eq!(batch.durable_through, Some(Lsn(110)));
         // a batch not yet acknowledged
-        ledger.keepalive(Lsn(700), false);
+        assert!(!ledger.keepalive(Lsn(700), false));
         assert!(ledger.take_batch(now, true).is_none());
         ledger.acknowledged(batch.durable_through);
         // changes handed on without their commit
         stitch(&mut ledger, 200, 3, None);
         let part = ledger.take_batch(now, false).unwrap();
         ledger.acknowledged(part.durable_through);
-        ledger.keepalive(Lsn(800), false);
+        assert!(!ledger.keepalive(Lsn(800), false));
         assert!(ledger.take_batch(now, true).is_none());
         // idle at last
         stitch(&mut ledger, 200, 0, Some(210));
         let end = ledger.take_batch(now, true).unwrap();
         ledger.acknowledged(end.durable_through);
-        ledger.keepalive(Lsn(900), false);
+        assert!(ledger.keepalive(Lsn(900), false));
         let idle = ledger.take_batch(now, true).unwrap();
         assert_eq!(
             (idle.changes.len(), idle.durable_through),
@@ -306,7 +309,7 @@ mod tests {
     #[test]
     fn only_acknowledged_positions_are_confirmed_and_never_backwards() {
         let (mut ledger, now) = start();
-        ledger.keepalive(Lsn(500), false);
+        assert!(ledger.keepalive(Lsn(500), false));
         assert!(ledger.take_batch(now, false).is_none());
         let batch = ledger.take_batch(now, true).unwrap();
         // handed on, but nothing is confirmed until the writer says it is durable

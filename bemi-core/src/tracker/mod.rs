@@ -31,11 +31,23 @@
 //!   returned by [`TrackerHandle::shutdown`] and [`TrackerHandle::join`].
 //! * **Bounded shutdown.** [`TrackerHandle::shutdown`] returns within
 //!   [`shutdown_timeout`](TrackerBuilder::shutdown_timeout), even with a hung destination.
+//! * **Standby takeover.** Several trackers (in several processes) may run against one slot:
+//!   the one that gets the slot streams, the others wait as standbys ([`Progress::standby`],
+//!   logged, and in the `bemi_tracker_state` metric) and one of them takes the slot over within
+//!   about [`standby_interval`](TrackerBuilder::standby_interval) of the active one stopping or
+//!   dying, resuming from what the sink recorded: nothing lost or doubled.
+//! * **Failover.** A new timeline on the source (a promoted replica) is logged; a slot missing
+//!   there stops the tracker with [`ErrorKind::SourceChanged`] and what was lost; another
+//!   cluster at the source's address stops it too.
+//! * **Metrics.** Recorded through the `metrics` facade, labeled with the tracker's
+//!   [`name`](TrackerBuilder::name); see [`crate::metrics`].
 //! * **Never drops a slot.**
 
 mod ledger;
 mod session;
 mod view;
+mod source;
+mod standby;
 mod writer;
 
 use std::time::Duration;
@@ -43,14 +55,17 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::config::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{Instruments, State};
 use crate::setup::Tables;
 use crate::sink::ChangeSink;
 use crate::Lsn;
 use session::Session;
 pub use view::TrackerWatch;
+use source::SourceIdentity;
 
 /// Entry point: `Tracker::builder(source, sink)`.
 #[derive(Debug)]
@@ -63,6 +78,7 @@ impl Tracker {
             sink,
             settings: Settings {
                 source,
+                name: None,
                 slot: "bemi".to_owned(),
                 publication: "bemi".to_owned(),
                 tables: Tables::All,
@@ -79,6 +95,7 @@ impl Tracker {
                 shutdown_timeout: Duration::from_secs(30),
                 min_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(30),
+                standby_interval: Duration::from_millis(500),
             },
         }
     }
@@ -95,6 +112,13 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     /// The replication slot (default `bemi`, as in Bemi's docs).
     pub fn slot(mut self, slot: impl Into<String>) -> Self {
         self.settings.slot = slot.into();
+        self
+    }
+
+    /// The name of this tracker in logs (the span `tracker{source=…}`) and metrics (the label
+    /// `source`); by default the slot's name. Give each tracker of a process its own.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = Some(name.into());
         self
     }
 
@@ -210,10 +234,22 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         self
     }
 
-    /// Spawns the tracker and waits until it streams, so that an application learns at start
-    /// whether tracking works (settings, slot, publication, privileges, sink) before going on.
+    /// How often a standby checks whether the slot is free (default 500 ms): it takes the slot
+    /// over about this long after the process streaming from it stopped, plus the time its
+    /// session takes to start. See [`Progress::standby`].
+    pub fn standby_interval(mut self, interval: Duration) -> Self {
+        self.settings.standby_interval = interval;
+        self
+    }
+
+    /// Spawns the tracker and waits until it streams (or waits as a standby), so that an
+    /// application learns at start whether tracking works (settings, slot, publication,
+    /// privileges, sink) before going on.
     /// Every change committed after this returns is tracked (with a slot it had to create,
     /// changes committed while it was being created may precede the slot's starting point).
+    /// When another process streams from the slot, it returns once the tracker waits as a
+    /// standby ([`Progress::standby`]); changes are then tracked by the other process until
+    /// this one takes over.
     ///
     /// ```no_run
     /// # async fn run(options: bemi_core::ConnectOptions) -> bemi_core::Result<()> {
@@ -230,9 +266,9 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     pub async fn start(self) -> Result<TrackerHandle> {
         let tracker = self.spawn();
         let progress = tracker
-            .wait_for(|p| p.connected || p.last_error.is_some())
+            .wait_for(|p| p.connected || p.standby || p.last_error.is_some())
             .await;
-        if progress.connected {
+        if progress.connected || progress.standby {
             return Ok(tracker);
         }
         // An error the tracker gives up on ends its task with that error; it keeps retrying
@@ -247,12 +283,28 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         })
     }
 
-    /// Spawns the tracker on the current tokio runtime.
+    /// Spawns the tracker on the current tokio runtime. Its metrics go to the recorder
+    /// installed now (see [`crate::metrics`]).
     pub fn spawn(self) -> TrackerHandle {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
         let watch = TrackerWatch::new(progress_rx, self.settings.source.clone());
-        let task = tokio::spawn(self.run(stop_rx, progress_tx));
+        let name = self.settings.name().to_owned();
+        let metrics = Instruments::new(&name);
+        let span = tracing::info_span!("tracker", source = %name);
+        let task = tokio::spawn(
+            async move {
+                metrics.state(State::Connecting);
+                let result = self.run(stop_rx, &progress_tx, &metrics).await;
+                metrics.state(State::Stopped);
+                progress_tx.send_modify(|p| {
+                    p.connected = false;
+                    p.standby = false;
+                });
+                result
+            }
+            .instrument(span),
+        );
         TrackerHandle {
             stop: stop_tx,
             watch,
@@ -263,7 +315,8 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     async fn run(
         self,
         mut stop: watch::Receiver<bool>,
-        progress: watch::Sender<Progress>,
+        progress: &watch::Sender<Progress>,
+        metrics: &Instruments,
     ) -> Result<()> {
         let TrackerBuilder {
             settings: config,
@@ -271,17 +324,21 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         } = self;
         let mut backoff = config.min_backoff;
         let mut accept_gap = config.accept_gap;
+        let mut identity = SourceIdentity::default();
         loop {
             let began = tokio::time::Instant::now();
             let started = tokio::select! {
-                started = Session::start(&config, accept_gap, &mut sink, &progress) => started,
+                started = Session::start(&config, accept_gap, &mut sink, &mut identity, metrics) => started,
                 _ = stop_requested(&mut stop) => return Ok(()),
             };
             let outcome = match started {
                 Ok(session) => {
+                    if progress.borrow().standby {
+                        tracing::info!(slot = %config.slot, "took over the slot from the process that streamed from it");
+                    }
+                    enter(State::Streaming, progress, metrics);
                     accept_gap = false;
-                    let (returned, outcome) =
-                        session.run(&config, sink, &mut stop, &progress).await;
+                    let (returned, outcome) = session.run(&config, sink, &mut stop, progress).await;
                     match returned {
                         Ok(returned) => sink = returned,
                         Err(e) => return outcome.and(Err(e)),
@@ -290,16 +347,41 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                 }
                 Err(e) => Err(e),
             };
-            progress.send_modify(|p| p.connected = false);
+            let outcome = match outcome {
+                Err(e) if e.kind() == ErrorKind::SlotMissing => {
+                    match identity.recheck(&config.source, &config.slot).await {
+                        Ok(()) => Err(identity.explain(e, &config.slot)),
+                        Err(changed) => Err(changed),
+                    }
+                }
+                outcome => outcome,
+            };
             let error = match outcome {
                 Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::SlotInUse => {
+                    if !progress.borrow().standby {
+                        tracing::info!(
+                            slot = %config.slot,
+                            reason = %e.message(),
+                            "another process streams from the slot; waiting as a standby to take over when it stops"
+                        );
+                    }
+                    enter(State::Standby, progress, metrics);
+                    backoff = config.min_backoff;
+                    if !standby::wait_until_free(&config, &mut stop).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 Err(e) if e.is_transient() => e,
                 Err(e) => {
                     tracing::error!(error = %e.report(), "tracker stopped");
+                    metrics.error(&e);
                     progress.send_modify(|p| p.record_error(&e));
                     return Err(e);
                 }
             };
+            enter(State::Connecting, progress, metrics);
             // Back off further after sessions that got nowhere (a batch that cannot be written,
             // a statement timeout): only storing something, or streaming for a while, resets it.
             let mut stored = false;
@@ -311,6 +393,8 @@ impl<S: ChangeSink> TrackerBuilder<S> {
                 backoff = config.min_backoff;
             }
             tracing::warn!(error = %error.report(), retry_in = ?backoff, "tracker session ended; reconnecting");
+            metrics.error(&error);
+            metrics.reconnected();
             progress.send_modify(|p| {
                 p.reconnects += 1;
                 p.record_error(&error);
@@ -324,12 +408,25 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     }
 }
 
+/// Moves the tracker to `state`, in its progress and its metrics.
+fn enter(state: State, progress: &watch::Sender<Progress>, metrics: &Instruments) {
+    progress.send_if_modified(|p| {
+        let (connected, standby) = (state == State::Streaming, state == State::Standby);
+        let changed = p.connected != connected || p.standby != standby;
+        p.connected = connected;
+        p.standby = standby;
+        changed
+    });
+    metrics.state(state);
+}
+
 /// A session that streamed this long counts as progress even when it had nothing to store.
 const PROGRESS_WITHOUT_STORING: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Settings {
     source: ConnectOptions,
+    name: Option<String>,
     slot: String,
     publication: String,
     tables: Tables,
@@ -346,6 +443,14 @@ struct Settings {
     shutdown_timeout: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
+    standby_interval: Duration,
+}
+
+impl Settings {
+    /// The tracker's name in logs and metrics.
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.slot)
+    }
 }
 
 /// What a running tracker has done.
@@ -381,6 +486,10 @@ pub struct Progress {
     pub reconnects: u64,
     /// Whether a replication session is streaming now.
     pub connected: bool,
+    /// Whether the tracker waits as a standby: another process streams from the slot, and
+    /// this tracker takes over when it stops (see
+    /// [`standby_interval`](TrackerBuilder::standby_interval)).
+    pub standby: bool,
     /// The error that ended the last session, if any, whole (kind, SQLSTATE, causes).
     pub last_error: Option<Error>,
     /// Whether the current session stored something (for the backoff).

@@ -8,12 +8,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ledger::{Ledger, Limits};
+use super::source::SourceIdentity;
 use super::writer::{Ack, Writer};
 use super::{stop_requested, Progress, Settings};
 use crate::change::Change;
 use crate::decoder::RowDecoder;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::CatalogKeys;
+use crate::metrics::Instruments;
 use crate::replication::{ReplicationClient, ReplicationEvent, ReplicationStream};
 use crate::setup::{self, SourceSetup};
 use crate::sink::{Batch, ChangeSink, SourceInfo};
@@ -26,7 +28,11 @@ pub(super) struct Session {
     decoder: RowDecoder,
     stitcher: Stitcher,
     ledger: Ledger,
+    metrics: Instruments,
 }
+
+/// How often the slot's `wal_status` and `safe_wal_size` are read for the metrics.
+const SLOT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Refuses a sink whose stored position is past the end of the source's WAL: its changes came
 /// from another cluster (a restored copy, another server under the same slot name), and
@@ -53,7 +59,8 @@ impl Session {
         config: &Settings,
         accept_gap: bool,
         sink: &mut S,
-        progress: &watch::Sender<Progress>,
+        identity: &mut SourceIdentity,
+        metrics: &Instruments,
     ) -> Result<Session> {
         let sql = config.source.connect().await?;
         setup::check_server(&sql).await?;
@@ -62,6 +69,7 @@ impl Session {
             .status_interval(config.status_interval)
             .receive_timeout(config.receive_timeout);
         let system = client.identify_system().await?;
+        identity.check(&system, &config.slot)?;
         let database = system
             .dbname
             .clone()
@@ -76,6 +84,11 @@ impl Session {
             .replica_identity(config.replica_identity);
         // Refuses an unusable slot before the sink creates anything.
         setup.check_slot(&sql).await?;
+        // The slot's position is read before the sink's: the slot is never confirmed past
+        // what the sink stored, so read in this order the slot is never ahead unless changes
+        // are really missing, even while another tracker of the slot (the one a standby takes
+        // over from) still confirms.
+        let slot_before = slot_position(&sql, &config.slot).await?;
         let start = sink.open(&source).await?;
         check_stored_position(start.durable, system.xlog_pos, &config.slot)?;
         if config.create_missing {
@@ -85,13 +98,18 @@ impl Session {
             }
             setup.prepare(&sql).await?;
         }
-        let durable = match start.durable {
-            Some(stored) => {
-                Some(check_gap(config, accept_gap, &sql, sink, &database, stored).await?)
-            }
-            None => None,
+        // A slot the setup just created is read now.
+        let slot = match slot_before {
+            Some(slot) => Some(slot),
+            None => slot_position(&sql, &config.slot).await?,
         };
-        let durable = durable.unwrap_or(Lsn::ZERO);
+        // Where streaming resumes: after what the sink stored, or where the slot is when the
+        // sink stored nothing yet (the server would start there anyway; starting the feedback
+        // there too keeps the reported lag true from the first moment).
+        let durable = match start.durable {
+            Some(stored) => check_gap(config, accept_gap, slot, sink, &database, stored).await?,
+            None => slot.unwrap_or(Lsn::ZERO),
+        };
         let stitcher = Stitcher::new(database).resume_after(durable);
         let (schema, table) = setup::KEY_HISTORY;
         let decoder = start
@@ -105,12 +123,12 @@ impl Session {
         let stream = client
             .start_replication(&config.slot, &[&config.publication], durable)
             .await?;
-        progress.send_modify(|p| p.connected = true);
         tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
         Ok(Session {
             stream,
             decoder,
             stitcher,
+            metrics: metrics.clone(),
             ledger: Ledger::new(
                 Limits {
                     batch_size: config.batch_size,
@@ -131,7 +149,7 @@ impl Session {
         stop: &mut watch::Receiver<bool>,
         progress: &watch::Sender<Progress>,
     ) -> (Result<S>, Result<()>) {
-        let mut writer = Writer::spawn(sink, config.write_timeout);
+        let mut writer = Writer::spawn(sink, config.write_timeout, self.metrics.clone());
         let outcome = self
             .stream_until_stopped(config, &mut writer, stop, progress)
             .await;
@@ -153,12 +171,15 @@ impl Session {
     ) -> Result<()> {
         let mut flush_timer = tokio::time::interval(config.flush_interval);
         flush_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut slot_timer = tokio::time::interval(SLOT_CHECK_INTERVAL);
+        slot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = stop_requested(stop) => return self.stop(config, writer, progress).await,
                 ack = writer.acks.recv() => self.acknowledged(ack, progress)?,
                 _ = flush_timer.tick() => self.flush(writer, false).await?,
+                _ = slot_timer.tick() => self.check_slot(&config.slot).await?,
                 event = self.stream.next_event() => {
                     let event = event?.ok_or_else(|| {
                         Error::new(ErrorKind::Connect, "the server ended the replication stream")
@@ -244,13 +265,19 @@ impl Session {
                 self.ledger
                     .stitched(from, committed.map(|committed| committed.end_lsn));
                 if let Some(committed) = committed {
-                    progress.send_modify(|p| p.transactions += u64::from(!committed.replayed));
+                    let handled = u64::from(!committed.replayed);
+                    self.metrics.transactions(handled);
+                    progress.send_modify(|p| p.transactions += handled);
                     self.report(progress);
                 }
             }
             ReplicationEvent::Keepalive { wal_end, .. } => {
-                self.ledger
-                    .keepalive(wal_end, self.stitcher.in_transaction());
+                if self
+                    .ledger
+                    .keepalive(wal_end, self.stitcher.in_transaction())
+                {
+                    self.metrics.caught_up();
+                }
                 self.report(progress);
             }
         }
@@ -310,10 +337,29 @@ impl Session {
         Ok(())
     }
 
+    /// Reads the slot's `wal_status` and `safe_wal_size` into the metrics.
+    async fn check_slot(&self, slot: &str) -> Result<()> {
+        let row = self
+            .decoder
+            .keys()
+            .client()
+            .query_opt(
+                "SELECT wal_status, safe_wal_size FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        if let Some(row) = row {
+            self.metrics.slot(row.get(0), row.get(1));
+        }
+        Ok(())
+    }
+
     fn report(&self, progress: &watch::Sender<Progress>) {
         let feedback = self.stream.feedback();
         let (confirmed, server) = (feedback.confirmed(), feedback.received());
         let stored = self.ledger.stored().max(confirmed);
+        self.metrics.lag_bytes(server.0.saturating_sub(confirmed.0));
         progress.send_if_modified(|p| {
             let changed =
                 p.confirmed_lsn != confirmed || p.server_lsn != server || p.stored_lsn < stored;
@@ -332,27 +378,14 @@ impl Session {
 async fn check_gap<S: ChangeSink>(
     config: &Settings,
     accept_gap: bool,
-    sql: &tokio_postgres::Client,
+    slot: Option<Lsn>,
     sink: &mut S,
     database: &str,
     stored: Lsn,
 ) -> Result<Lsn> {
-    let row = sql
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
-             WHERE slot_name = $1",
-            &[&config.slot],
-        )
-        .await?;
-    let Some(slot) = row.and_then(|row| row.get::<_, Option<String>>(0)) else {
+    let Some(slot) = slot.filter(|slot| *slot > stored) else {
         return Ok(stored);
     };
-    let slot: Lsn = slot
-        .parse()
-        .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))?;
-    if slot <= stored {
-        return Ok(stored);
-    }
     if !accept_gap {
         return Err(Error::new(
             ErrorKind::Gap,
@@ -375,4 +408,21 @@ async fn check_gap<S: ChangeSink>(
     })
     .await?;
     Ok(slot)
+}
+
+/// The slot's confirmed position, if the slot exists and has one.
+async fn slot_position(sql: &tokio_postgres::Client, slot: &str) -> Result<Option<Lsn>> {
+    let row = sql
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    row.and_then(|row| row.get::<_, Option<String>>(0))
+        .map(|lsn| {
+            lsn.parse()
+                .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))
+        })
+        .transpose()
 }

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{Instruments, Stored};
 use crate::sink::{Batch, ChangeSink};
 use crate::Lsn;
 
@@ -23,22 +25,28 @@ pub(super) struct Writer<S> {
 const SLOW_WRITE_WARNING: Duration = Duration::from_secs(15);
 
 impl<S: ChangeSink> Writer<S> {
-    pub(super) fn spawn(mut sink: S, write_timeout: Duration) -> Self {
+    pub(super) fn spawn(mut sink: S, write_timeout: Duration, metrics: Instruments) -> Self {
         let (jobs, mut queue) = mpsc::channel::<Batch>(1);
         let (ack, acks) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Some(batch) = queue.recv().await {
-                let (durable, count) = (batch.durable_through, batch.changes.len() as u64);
-                let result = write_watched(&mut sink, batch, write_timeout)
-                    .await
-                    .map(|()| (durable, count));
-                let failed = result.is_err();
-                if ack.send(result).is_err() || failed {
-                    break;
+        let task = tokio::spawn(
+            async move {
+                while let Some(batch) = queue.recv().await {
+                    let (durable, stored) = (batch.durable_through, Stored::of(&batch));
+                    let began = tokio::time::Instant::now();
+                    let result = write_watched(&mut sink, batch, write_timeout).await;
+                    if result.is_ok() {
+                        metrics.stored(&stored, began.elapsed(), chrono::Utc::now());
+                    }
+                    let result = result.map(|()| (durable, stored.changes()));
+                    let failed = result.is_err();
+                    if ack.send(result).is_err() || failed {
+                        break;
+                    }
                 }
+                sink
             }
-            sink
-        });
+            .in_current_span(),
+        );
         Writer { jobs, acks, task }
     }
 

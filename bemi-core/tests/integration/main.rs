@@ -4,11 +4,13 @@
 mod auth_tls;
 mod context;
 mod decoding;
+mod failover;
 mod feedback;
 mod outage;
 mod read_your_writes;
 mod reliability;
 mod setup_errors;
 mod setup_security;
+mod standby;
 mod tracker;
 mod values;

@@ -1,0 +1,164 @@
+//! `bemi.toml`: the sources one `bemi run` tracks, each with its own slot and destination.
+//!
+//! ```toml
+//! [[source]]
+//! name = "tenant_a"                       # in logs and metrics (label `source`); default: the slot
+//! database_url_env = "TENANT_A_URL"       # or database_url = "postgres://…"
+//! slot = "bemi"                           # default "bemi"
+//! publication = "bemi"                    # default "bemi"
+//! tables = ["public.orders", "billing.invoices"]   # default: all tables
+//! destination_url_env = "AUDIT_URL"       # or destination_url; default: the tracked database
+//! destination_schema = "audit"            # default "public"
+//! batch_size = 1000                       # default: --batch-size
+//! flush_interval_ms = 100                 # default: --flush-interval-ms
+//! replica_identity = true                 # default: not --no-replica-identity
+//! ```
+//!
+//! Unknown keys are refused, so a typo never goes unnoticed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bemi_core::setup::Tables;
+use bemi_core::{ConnectOptions, Error, Result};
+use bemi_query::TableName;
+use serde::Deserialize;
+
+use crate::args::RunArgs;
+use crate::run::Source;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    source: Vec<SourceEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceEntry {
+    name: Option<String>,
+    database_url: Option<String>,
+    database_url_env: Option<String>,
+    #[serde(default = "default_name")]
+    slot: String,
+    #[serde(default = "default_name")]
+    publication: String,
+    #[serde(default)]
+    tables: Vec<String>,
+    destination_url: Option<String>,
+    destination_url_env: Option<String>,
+    #[serde(default = "default_schema")]
+    destination_schema: String,
+    batch_size: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    replica_identity: Option<bool>,
+}
+
+fn default_name() -> String {
+    "bemi".to_owned()
+}
+
+fn default_schema() -> String {
+    "public".to_owned()
+}
+
+/// The sources of the file at `path`; settings a source leaves out come from `args`.
+pub(crate) fn load(path: &Path, args: &RunArgs) -> Result<Vec<Source>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!("could not read the config file {}", path.display())).with_source(e)
+    })?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        Error::config(format!("the config file {} is invalid", path.display())).with_source(e)
+    })?;
+    if file.source.is_empty() {
+        return Err(Error::config(format!(
+            "the config file {} lists no [[source]]",
+            path.display()
+        )));
+    }
+    let sources = file
+        .source
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            entry.into_source(args).map_err(|e| {
+                Error::config(format!(
+                    "source {} of the config file {}",
+                    i + 1,
+                    path.display()
+                ))
+                .with_source(e)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(Error::config(format!(
+            "two sources of the config file {} are named {:?}; give each its own `name` \
+             (it labels its logs and metrics)",
+            path.display(),
+            pair[0]
+        )));
+    }
+    Ok(sources)
+}
+
+impl SourceEntry {
+    fn into_source(self, args: &RunArgs) -> Result<Source> {
+        let options: ConnectOptions =
+            url("database_url", self.database_url, self.database_url_env)?
+                .ok_or_else(|| Error::config("set database_url or database_url_env"))?
+                .parse()?;
+        let destination = match url(
+            "destination_url",
+            self.destination_url,
+            self.destination_url_env,
+        )? {
+            Some(url) => url.parse()?,
+            None => options.clone(),
+        };
+        let tables = self
+            .tables
+            .iter()
+            .map(|table| table.parse::<TableName>())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Source {
+            name: self.name.unwrap_or_else(|| self.slot.clone()),
+            options,
+            destination,
+            destination_schema: self.destination_schema,
+            slot: self.slot,
+            publication: self.publication,
+            tables: if tables.is_empty() {
+                Tables::All
+            } else {
+                Tables::Only(tables)
+            },
+            batch_size: self.batch_size.unwrap_or(args.batch_size),
+            flush_interval: self
+                .flush_interval_ms
+                .map_or(args.flush_interval(), Duration::from_millis),
+            accept_gap: args.accept_gap,
+            replica_identity: self.replica_identity.unwrap_or(!args.no_replica_identity),
+        })
+    }
+}
+
+/// A URL given in the file, or by the name of an environment variable holding it.
+fn url(key: &str, url: Option<String>, variable: Option<String>) -> Result<Option<String>> {
+    match (url, variable) {
+        (Some(_), Some(_)) => Err(Error::config(format!(
+            "set either {key} or {key}_env, not both"
+        ))),
+        (Some(url), None) => Ok(Some(url)),
+        (None, Some(variable)) => std::env::var(&variable).map(Some).map_err(|e| {
+            Error::config(format!(
+                "{key}_env names the environment variable {variable:?}, which is not set"
+            ))
+            .with_source(e)
+        }),
+        (None, None) => Ok(None),
+    }
+}
