@@ -2,7 +2,9 @@
 //!
 //! PostgreSQL prints an LSN as two hexadecimal halves separated by a slash (`16/B374D848`);
 //! on the wire it is a big-endian 64-bit integer. See
-//! <https://www.postgresql.org/docs/current/datatype-pg-lsn.html>.
+//! <https://www.postgresql.org/docs/current/datatype-pg-lsn.html>. How an LSN is stored in the
+//! `changes` table (`int8`) is part of the table's contract, in
+//! [`changes_table`](crate::changes_table).
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,17 +20,6 @@ impl Lsn {
     /// The LSN as an integer.
     pub fn as_u64(self) -> u64 {
         self.0
-    }
-
-    /// The LSN as stored in the `int8` columns of `changes` (`position`, `commit_lsn`) and of
-    /// the progress table: the same 64 bits, read as signed (no LSN reaches 2^63).
-    pub fn to_int8(self) -> i64 {
-        self.0 as i64
-    }
-
-    /// The LSN stored as `int8` by [`to_int8`](Self::to_int8).
-    pub fn from_int8(value: i64) -> Self {
-        Lsn(value as u64)
     }
 }
 

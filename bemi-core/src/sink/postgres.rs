@@ -7,9 +7,11 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{Batch, ChangeSink, SinkStart, SourceInfo};
 use crate::change::Change;
+use crate::changes_table::ChangesTable;
 use crate::config::ConnectOptions;
 use crate::error::{retry_when_locked, Error, ErrorKind, Result};
 use crate::sql::{quote_identifier, quote_qualified};
+use crate::Lsn;
 
 const PRIMARY_KEY_CHARS: usize = 255;
 
@@ -20,9 +22,10 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// version of this crate) in place: it adds the idempotency columns `system_id`, `commit_lsn`
 /// and `ordinal` with a unique index, adds any missing index, and drops Bemi's unique key on
 /// `(position, table, schema, database, operation)`, which silently dropped rows (all rows of
-/// one COPY share a position). Existing rows are untouched. The catalog is read first, so a
-/// table that has everything is not locked at all; an upgrade waits at most a few seconds for
-/// its lock at a time (readers are never queued behind it for long) and retries.
+/// one COPY share a position); the table's contract is in [`changes_table`](crate::changes_table).
+/// Existing rows are untouched. The catalog is read first, so a table that has everything is
+/// not locked at all; an upgrade waits at most a few seconds for its lock at a time (readers
+/// are never queued behind it for long) and retries.
 ///
 /// The idempotency key is `(system_id, commit_lsn, ordinal)`: the source cluster's system
 /// identifier (as `pg_control_system()` reports it), the LSN of the transaction's commit and
@@ -53,8 +56,7 @@ const PRIMARY_KEY_CHARS: usize = 255;
 #[derive(Debug)]
 pub struct PostgresSink {
     pool: Pool,
-    schema: String,
-    table: String,
+    changes: ChangesTable,
     progress_table: String,
     /// The source being stored: system id, database, slot.
     source: Option<(i64, String, String)>,
@@ -83,8 +85,7 @@ impl PostgresSink {
     pub fn with_pool(pool: Pool) -> Self {
         let mut sink = PostgresSink {
             pool,
-            schema: "public".to_owned(),
-            table: "changes".to_owned(),
+            changes: ChangesTable::default(),
             progress_table: "_bemi_progress".to_owned(),
             source: None,
             insert_sql: String::new(),
@@ -96,20 +97,21 @@ impl PostgresSink {
 
     /// Sets the schema of the `changes` and progress tables (default `public`).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
+        self.changes = ChangesTable::new(schema, self.changes.name());
         self.build_sql();
         self
     }
 
     /// Sets the name of the changes table (default `changes`).
     pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
+        self.changes = ChangesTable::new(self.changes.schema(), table);
         self.build_sql();
         self
     }
 
-    fn qualified(&self, table: &str) -> String {
-        quote_qualified(Some(&self.schema), table)
+    /// The quoted, schema-qualified name of the progress table.
+    fn progress(&self) -> String {
+        quote_qualified(Some(self.changes.schema()), &self.progress_table)
     }
 
     fn build_sql(&mut self) {
@@ -129,7 +131,7 @@ impl PostgresSink {
              UNNEST($16::jsonb[]) WITH ORDINALITY AS c(context, i) \
              WHERE c.i = u.context_index \
              ON CONFLICT (system_id, commit_lsn, ordinal) DO NOTHING",
-            self.qualified(&self.table)
+            self.changes.qualified()
         );
         self.insert_with_progress_sql = format!(
             "WITH inserted AS ({insert} RETURNING 1) \
@@ -137,7 +139,7 @@ impl PostgresSink {
              SELECT $15, $17, $18, $19, now() FROM {DURABLE_COMMIT} \
              ON CONFLICT (system_id, database, slot) \
              DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
-            progress = self.qualified(&self.progress_table)
+            progress = self.progress()
         );
         self.insert_sql = insert;
     }
@@ -158,7 +160,7 @@ impl PostgresSink {
     /// do not race) with a short `lock_timeout`, retried, so readers of the table never wait
     /// behind it for long.
     async fn migrate(&self) -> Result<()> {
-        let what = format!("upgrading {}", self.qualified(&self.table));
+        let what = format!("upgrading {}", self.changes.qualified());
         retry_when_locked(UPGRADE_ATTEMPTS, &what, || async {
             let mut client = self.client().await?;
             if self.is_current(&client).await? {
@@ -171,20 +173,17 @@ impl PostgresSink {
 
     /// Whether both tables have every column and index this version needs.
     async fn is_current(&self, client: &deadpool_postgres::Object) -> Result<bool> {
-        let changes = self.qualified(&self.table);
-        let row = client
+        let progress_keyed = client
             .query_one(
-                "SELECT (SELECT count(*) FROM pg_catalog.pg_attribute \
-                         WHERE attrelid = to_regclass($1) AND NOT attisdropped \
-                           AND attname IN ('system_id', 'commit_lsn', 'ordinal')) = 3 \
-                    AND EXISTS (SELECT FROM pg_catalog.pg_constraint \
-                                WHERE conrelid = to_regclass($2) AND contype = 'p' \
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_constraint \
+                                WHERE conrelid = to_regclass($1) AND contype = 'p' \
                                   AND cardinality(conkey) = 3)",
-                &[&changes, &self.qualified(&self.progress_table)],
+                &[&self.progress()],
             )
-            .await?;
+            .await?
+            .get::<_, bool>(0);
         let client: &tokio_postgres::Client = client;
-        Ok(row.get::<_, bool>(0) && self.index_upgrades(client, &changes).await?.is_empty())
+        Ok(progress_keyed && self.changes.is_current(client).await?)
     }
 
     async fn upgrade(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
@@ -194,54 +193,11 @@ impl PostgresSink {
             &[],
         )
         .await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('bemi changes table ' || $1))",
-            &[&self.qualified(&self.table)],
-        )
-        .await?;
-        let changes = self.qualified(&self.table);
-        let progress = self.qualified(&self.progress_table);
-        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists;
-        // a role that only owns its schema must be enough.
-        let schema_exists: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                &[&self.schema],
-            )
-            .await?
-            .get(0);
-        if !schema_exists {
-            tx.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                quote_identifier(&self.schema)
-            ))
-            .await?;
-        }
+        self.changes.lock_for_upgrade(&*tx).await?;
+        self.changes.create_or_upgrade(&*tx).await?;
+        let progress = self.progress();
         tx.batch_execute(&format!(
-            "SET LOCAL client_min_messages = warning;
-             CREATE TABLE IF NOT EXISTS {changes} (
-               id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-               primary_key varchar(255),
-               before jsonb NOT NULL DEFAULT '{{}}',
-               after jsonb NOT NULL DEFAULT '{{}}',
-               context jsonb NOT NULL DEFAULT '{{}}',
-               database varchar(255) NOT NULL,
-               schema varchar(255) NOT NULL,
-               \"table\" varchar(255) NOT NULL,
-               operation text NOT NULL
-                 CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE', 'MESSAGE')),
-               committed_at timestamptz(6) NOT NULL,
-               queued_at timestamptz(6) NOT NULL,
-               created_at timestamptz(6) NOT NULL DEFAULT now(),
-               transaction_id bigint NOT NULL,
-               position bigint NOT NULL
-             );
-             ALTER TABLE {changes}
-               ADD COLUMN IF NOT EXISTS system_id bigint,
-               ADD COLUMN IF NOT EXISTS commit_lsn bigint,
-               ADD COLUMN IF NOT EXISTS ordinal integer;
-             ALTER TABLE {changes} ALTER COLUMN created_at SET DEFAULT now();
-             CREATE TABLE IF NOT EXISTS {progress} (
+            "CREATE TABLE IF NOT EXISTS {progress} (
                system_id bigint NOT NULL DEFAULT 0,
                database text NOT NULL DEFAULT '',
                slot text NOT NULL,
@@ -273,12 +229,8 @@ impl PostgresSink {
             ))
             .await?;
         }
-        for statement in self.index_upgrades(&*tx, &changes).await? {
-            tracing::info!(%statement, "upgrading the changes table");
-            tx.batch_execute(&statement).await?;
-        }
         tx.commit().await?;
-        tracing::info!(table = %changes, "the changes table is up to date");
+        tracing::info!(table = %self.changes.qualified(), "the changes table is up to date");
         Ok(())
     }
 
@@ -290,7 +242,7 @@ impl PostgresSink {
         system_id: i64,
         source: &SourceInfo,
     ) -> Result<tokio_postgres::Row> {
-        let progress = self.qualified(&self.progress_table);
+        let progress = self.progress();
         // A progress row of an older version, keyed by slot alone, belongs to the first source
         // that opens it; rows it stored after that position (a transaction cut short) take
         // its key, so their replay is recognised.
@@ -306,7 +258,7 @@ impl PostgresSink {
                          UPDATE {changes} SET system_id = $1
                          WHERE EXISTS (SELECT FROM adopted) AND system_id IS NULL AND database = $2
                            AND commit_lsn > (SELECT lsn FROM adopted)",
-                    changes = self.qualified(&self.table),
+                    changes = self.changes.qualified(),
                 ),
                 &[&system_id, &source.database, &source.slot],
             )
@@ -338,94 +290,7 @@ impl PostgresSink {
         }
         result
     }
-
-    /// The statements that bring the indexes of `changes` up to date (none when they are).
-    async fn index_upgrades(
-        &self,
-        client: &impl tokio_postgres::GenericClient,
-        changes: &str,
-    ) -> Result<Vec<String>> {
-        let rows = client
-            .query(
-                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique, \
-                        c.conname, \
-                        ARRAY(SELECT a.attname::text FROM pg_attribute a \
-                              WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                              ORDER BY a.attname) \
-                 FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
-                   AND c.conrelid = i.indrelid \
-                 WHERE i.indrelid = to_regclass($1)",
-                &[&changes],
-            )
-            .await?;
-        let mut statements = Vec::new();
-        let mut existing = Vec::new();
-        for row in &rows {
-            let name: String = row.get(0);
-            let definition: String = row.get(1);
-            let unique: bool = row.get(2);
-            let constraint: Option<String> = row.get(3);
-            let mut columns: Vec<String> = row.get(4);
-            columns.sort();
-            let bemi_key = ["database", "operation", "position", "schema", "table"];
-            // Bemi's key drops rows that share a position; the key before this version lacked
-            // the source cluster. Ours is (system_id, commit_lsn, ordinal).
-            if unique && (columns == bemi_key || columns == ["commit_lsn", "ordinal"]) {
-                statements.push(match constraint {
-                    Some(constraint) => format!(
-                        "ALTER TABLE {changes} DROP CONSTRAINT {}",
-                        quote_identifier(&constraint)
-                    ),
-                    None => format!("DROP INDEX {name}"),
-                });
-                continue;
-            }
-            if let Some(using) = definition.split(" USING ").nth(1) {
-                existing.push(using.to_owned());
-            }
-        }
-        for (suffix, kind, method, columns) in WANTED_INDEXES {
-            let key = columns
-                .trim_end_matches(')')
-                .trim_end_matches(" jsonb_path_ops");
-            let present = existing
-                .iter()
-                .any(|using| using.starts_with(&format!("{method} {key}")));
-            if !present {
-                statements.push(format!(
-                    "CREATE {kind} IF NOT EXISTS {} ON {changes} USING {method} {columns}",
-                    quote_identifier(&format!("{}_{suffix}", self.table))
-                ));
-            }
-        }
-        Ok(statements)
-    }
 }
-
-/// The indexes of the changes table: (name suffix, kind, method, columns). An index counts as
-/// present when one with the same method starts with the same columns (Bemi's GIN indexes may
-/// use jsonb_ops).
-const WANTED_INDEXES: [(&str, &str, &str, &str); 9] = [
-    (
-        "system_id_commit_lsn_ordinal_key",
-        "UNIQUE INDEX",
-        "btree",
-        "(system_id, commit_lsn, ordinal)",
-    ),
-    ("committed_at_index", "INDEX", "btree", "(committed_at)"),
-    ("table_index", "INDEX", "btree", "(\"table\")"),
-    ("primary_key_index", "INDEX", "btree", "(primary_key)"),
-    ("operation_index", "INDEX", "btree", "(operation)"),
-    ("before_index", "INDEX", "gin", "(before jsonb_path_ops)"),
-    ("after_index", "INDEX", "gin", "(after jsonb_path_ops)"),
-    ("context_index", "INDEX", "gin", "(context jsonb_path_ops)"),
-    (
-        "table_primary_key_committed_at_index",
-        "INDEX",
-        "btree",
-        "(\"table\", primary_key, committed_at)",
-    ),
-];
 
 /// A one-row subquery that makes the statement's transaction commit durably: a database or
 /// role with `synchronous_commit = off` would acknowledge a commit still in memory, and the
@@ -451,16 +316,17 @@ impl ChangeSink for PostgresSink {
         let durable: Option<i64> = row.get(0);
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
-        let mut start = SinkStart::at(durable.map(|lsn| crate::Lsn(lsn as u64)));
+        let mut start = SinkStart::at(durable.map(Lsn::from_int8));
         if destination_system == system_id && destination_database == source.database {
+            let schema = self.changes.schema().to_owned();
             start.ignore_tables = vec![
-                (self.schema.clone(), self.table.clone()),
-                (self.schema.clone(), self.progress_table.clone()),
+                (schema.clone(), self.changes.name().to_owned()),
+                (schema, self.progress_table.clone()),
             ];
         }
         self.source = Some((system_id, source.database.clone(), source.slot.clone()));
         tracing::info!(
-            table = %self.qualified(&self.table),
+            table = %self.changes.qualified(),
             durable = ?start.durable,
             same_database = !start.ignore_tables.is_empty(),
             "postgres sink ready"
@@ -480,7 +346,7 @@ impl ChangeSink for PostgresSink {
         };
         let columns = Columns::new(&batch.changes)?;
         let client = self.client().await?;
-        let lsn = batch.durable_through.map(|l| l.0 as i64);
+        let lsn = batch.durable_through.map(Lsn::to_int8);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &columns.primary_key,
             &columns.before,
@@ -596,8 +462,8 @@ impl<'a> Columns<'a> {
             c.committed_at.push(change.committed_at);
             c.queued_at.push(change.queued_at);
             c.transaction_id.push(i64::from(change.transaction_id));
-            c.position.push(change.position.0 as i64);
-            c.commit_lsn.push(change.commit_lsn.0 as i64);
+            c.position.push(change.position.to_int8());
+            c.commit_lsn.push(change.commit_lsn.to_int8());
             c.ordinal.push(i32::try_from(change.ordinal).map_err(|_| {
                 Error::new(
                     ErrorKind::Sink,
