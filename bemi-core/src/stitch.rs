@@ -91,10 +91,19 @@ impl Stitcher {
         }
     }
 
-    /// Never records changes of this table (the tracker's own `changes` table, for one).
+    /// Never records changes of this table (the tracker's own `changes` table, for one), nor
+    /// of its partitions as [`changes_table`](crate::changes_table) names them, which a
+    /// publication that publishes partitions under their own names sends as themselves.
     pub fn ignore_table(mut self, schema: impl Into<String>, table: impl Into<String>) -> Self {
         self.ignored_tables.push((schema.into(), table.into()));
         self
+    }
+
+    fn is_ignored(&self, schema: &str, table: &str) -> bool {
+        let parent = crate::changes_table::partition_parent(table);
+        self.ignored_tables
+            .iter()
+            .any(|(s, t)| s == schema && (t == table || parent == Some(t.as_str())))
     }
 
     /// Drops transactions already stored: those whose commit ends at or before `durable`.
@@ -266,11 +275,7 @@ impl Stitcher {
         received_at: DateTime<Utc>,
         out: &mut Vec<Change>,
     ) {
-        if self
-            .ignored_tables
-            .iter()
-            .any(|(schema, table)| *schema == relation.schema && *table == relation.table)
-        {
+        if self.is_ignored(&relation.schema, &relation.table) {
             return;
         }
         let Some(txn) = self.txn.as_mut() else {
@@ -550,12 +555,16 @@ mod tests {
             .message(true, "_bemi", r#"{"a":1}"#)
             .insert("t", "1")
             .commit(0x2000);
-        // the next one is new; the tracker's own table is never recorded
+        // the next one is new; the tracker's own table is never recorded, nor its partitions
+        // (published under their own names), but a table that only looks like one is
         feed.begin(0x2000)
             .insert("changes", "9")
+            .insert("changes_p20261101", "10")
+            .insert("changes_default", "11")
             .insert("t", "2")
+            .insert("changes_log", "3")
             .commit(0x2010);
-        assert_eq!(feed.stitched(), pairs(&[("2", "{}")]));
+        assert_eq!(feed.stitched(), pairs(&[("2", "{}"), ("3", "{}")]));
         assert_eq!(
             feed.commits,
             [
@@ -566,7 +575,7 @@ mod tests {
                 },
                 Committed {
                     end_lsn: Lsn(0x2010),
-                    changes: 1,
+                    changes: 2,
                     replayed: false
                 },
             ]
