@@ -349,7 +349,7 @@ impl PartitionMigration {
         bound: &str,
         boundary: DateTime<Utc>,
         indexes: &[ExistingIndex],
-        grants: &[String],
+        grants: &[(String, String)],
     ) -> Result<Vec<String>> {
         let table = &self.table;
         let parent = table.qualified();
@@ -448,7 +448,7 @@ impl PartitionMigration {
         statements.extend(
             grants
                 .iter()
-                .map(|grant| format!("GRANT {grant} ON {parent}")),
+                .map(|(privilege, to)| format!("GRANT {privilege} ON {parent} TO {to}")),
         );
         let next = self.interval.next_period(boundary);
         statements.push(format!(
@@ -470,11 +470,11 @@ impl PartitionMigration {
     }
 
     /// The privileges granted on the table to roles other than its owner, to grant on the
-    /// partitioned table too (`SELECT TO "reader"`).
-    async fn grants(&self, client: &Client) -> Result<Vec<String>> {
+    /// partitioned table too: (privilege, grantee with its grant option).
+    async fn grants(&self, client: &Client) -> Result<Vec<(String, String)>> {
         let rows = client
             .query(
-                "SELECT a.privilege_type || ' TO ' || \
+                "SELECT a.privilege_type, \
                         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END || \
                         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END \
                  FROM pg_catalog.pg_class c \
@@ -485,7 +485,7 @@ impl PartitionMigration {
                 &[&self.table.qualified()],
             )
             .await?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Runs the [plan](Self::plan): each step in order, a transactional one retried when it

@@ -6,6 +6,7 @@ mod context;
 mod decoding;
 mod feedback;
 mod outage;
+mod partitions;
 mod reliability;
 mod setup_errors;
 mod setup_security;
