@@ -201,7 +201,7 @@ async fn a_replay_after_a_crash_across_the_boundary_stores_nothing_twice() {
     let mut sql = items(&db).await;
     let mut sink = FakeClock::new(PostgresSink::connect(&db.options()).unwrap());
     sink.crash_across = Some(at("2031-02-01T00:00:00Z"));
-    let (crashed, forwarded) = (sink.crashed.clone(), sink.forwarded.clone());
+    let (crashed, forwarded) = (Arc::clone(&sink.crashed), Arc::clone(&sink.forwarded));
     let tracker = start(&db, sink).await;
 
     // Both transactions reach the sink in one batch (2 s flush interval): it crashes there.
