@@ -287,7 +287,7 @@ impl PartitionMigration {
                 )],
             });
         }
-        if bound.as_ref().map_or(true, |row| !row.get::<_, bool>(0)) {
+        if bound.as_ref().is_none_or(|row| !row.get::<_, bool>(0)) {
             plan.steps.push(MigrationStep {
                 title: "validate the constraint".to_owned(),
                 locks: format!(
@@ -534,7 +534,7 @@ fn thousands(n: i64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 && c.is_ascii_digit() && out != "-" {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) && c.is_ascii_digit() && out != "-" {
             out.push(',');
         }
         out.push(c);

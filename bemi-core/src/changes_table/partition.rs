@@ -145,8 +145,8 @@ impl Partition {
     /// Whether the partition's range holds `at` (never for the default partition).
     pub fn holds(&self, at: DateTime<Utc>) -> bool {
         !self.is_default
-            && self.from.map_or(true, |from| from <= at)
-            && self.to.map_or(true, |to| at < to)
+            && self.from.is_none_or(|from| from <= at)
+            && self.to.is_none_or(|to| at < to)
     }
 }
 

@@ -103,7 +103,7 @@ impl Upkeep {
         }
         let due = self
             .retained_at
-            .map_or(true, |at| at.elapsed() >= RETENTION_EVERY);
+            .is_none_or(|at| at.elapsed() >= RETENTION_EVERY);
         if due {
             self.retain(&*client, Utc::now()).await;
         }
