@@ -1,5 +1,6 @@
 //! `bemi run`: the standalone worker.
 
+use bemi_core::changes_table::Layout;
 use bemi_core::sink::PostgresSink;
 use bemi_core::{Result, Tracker};
 use tokio::signal::unix::{signal, SignalKind};
@@ -9,7 +10,12 @@ use crate::args::RunArgs;
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let source = args.source.options()?;
     let destination = args.destination.options(&source)?;
-    let sink = PostgresSink::connect(&destination)?.schema(&args.destination.destination_schema);
+    let mut sink = PostgresSink::connect(&destination)?
+        .schema(&args.destination.destination_schema)
+        .layout(Layout::Partitioned(args.partitions.partition_interval));
+    if let Some(retention) = args.retention.retention()? {
+        sink = sink.retention(retention);
+    }
     tracing::info!(
         source = %format!("{}:{}/{}", source.host(), source.port(), source.dbname()),
         destination = %format!("{}:{}/{}", destination.host(), destination.port(), destination.dbname()),

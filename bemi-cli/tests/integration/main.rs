@@ -5,5 +5,6 @@ mod crash;
 mod help;
 mod history;
 mod least_privilege;
+mod partitions;
 mod secrets;
 mod worker;

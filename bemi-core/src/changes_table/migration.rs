@@ -87,7 +87,7 @@ pub struct MigrationPlan {
     pub partitioned: bool,
     /// The interval of the partitions that follow the old table.
     pub interval: PartitionInterval,
-    /// The planner's estimate of its rows.
+    /// Its rows: the planner's estimate, or counted when the table was never analyzed.
     pub rows: i64,
     /// Its size with its indexes, in bytes.
     pub bytes: i64,
@@ -150,8 +150,10 @@ impl PartitionMigration {
         let facts = client
             .query_one(
                 &format!(
-                    "SELECT c.reltuples::int8, pg_catalog.pg_total_relation_size(c.oid), \
-                            (SELECT max(committed_at) FROM {}), now(), \
+                    "SELECT CASE WHEN c.reltuples < 0 THEN (SELECT count(*) FROM {0}) \
+                                 ELSE c.reltuples::int8 END, \
+                            pg_catalog.pg_total_relation_size(c.oid), \
+                            (SELECT max(committed_at) FROM {0}), now(), \
                             (SELECT count(*) = 3 FROM pg_catalog.pg_attribute \
                              WHERE attrelid = c.oid AND NOT attisdropped \
                                AND attname IN ('system_id', 'commit_lsn', 'ordinal')), \
