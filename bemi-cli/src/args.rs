@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bemi_core::changes_table::{PartitionInterval, Retention};
 use bemi_core::setup::Tables;
 use bemi_core::{ConnectOptions, Result, SslMode};
 use bemi_query::TableName;
@@ -68,6 +69,12 @@ pub(crate) enum Command {
     /// Undo the changes that match filters (a transaction, a request's context, a time range)
     /// in one transaction with its own context; refuses on conflicting later edits
     Revert(crate::revert::RevertArgs),
+    /// Partition an unpartitioned `changes` table (Bemi's, or an earlier version's) on
+    /// committed_at, keeping every row; says what it locks and for how long
+    Migrate(crate::migrate::MigrateArgs),
+    /// Drop (or archive) the partitions of `changes` older than the retention window, as the
+    /// worker does hourly; --dry-run shows them
+    Retention(crate::retention::RetentionCommandArgs),
 }
 
 /// How to connect to the tracked database.
@@ -142,12 +149,51 @@ pub(crate) struct DestinationArgs {
     pub(crate) destination_schema: String,
 }
 
+/// How the partitions of a `changes` table the worker creates span time.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PartitionArgs {
+    /// Time each partition of `changes` spans, in UTC: day, week or month (a table the worker
+    /// creates is partitioned on committed_at)
+    #[arg(long, env = "BEMI_PARTITION_INTERVAL", default_value = "month")]
+    pub(crate) partition_interval: PartitionInterval,
+}
+
+/// How long `changes` keeps changes.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RetentionArgs {
+    /// Keep changes this long, then drop their partition whole (e.g. 90d, 12w, 36h; default:
+    /// keep everything). Never deletes rows one by one
+    #[arg(long, env = "BEMI_RETENTION")]
+    pub(crate) retention: Option<Retention>,
+    /// Detach expired partitions into this schema instead of dropping them
+    #[arg(long, env = "BEMI_ARCHIVE_SCHEMA")]
+    pub(crate) archive_schema: Option<String>,
+}
+
+impl RetentionArgs {
+    /// The retention, with its archive schema; an archive schema without a window is refused.
+    pub(crate) fn retention(&self) -> Result<Option<Retention>> {
+        match (&self.retention, &self.archive_schema) {
+            (Some(retention), Some(schema)) => Ok(Some(retention.clone().archive_to(schema))),
+            (retention, None) => Ok(retention.clone()),
+            (None, Some(_)) => Err(bemi_core::Error::config(
+                "--archive-schema (BEMI_ARCHIVE_SCHEMA) needs --retention (BEMI_RETENTION): \
+                 partitions go to the archive once they are past the retention window",
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) source: SourceArgs,
     #[command(flatten)]
     pub(crate) destination: DestinationArgs,
+    #[command(flatten)]
+    pub(crate) partitions: PartitionArgs,
+    #[command(flatten)]
+    pub(crate) retention: RetentionArgs,
     /// Most changes written to `changes` in one statement
     #[arg(long, env = "BEMI_BATCH_SIZE", default_value_t = 1000)]
     pub(crate) batch_size: usize,
@@ -210,6 +256,8 @@ pub(crate) struct StatusArgs {
     pub(crate) source: SourceArgs,
     #[command(flatten)]
     pub(crate) destination: DestinationArgs,
+    #[command(flatten)]
+    pub(crate) retention: RetentionArgs,
     /// Print JSON for scripts
     #[arg(long)]
     pub(crate) json: bool,

@@ -19,6 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use bemi_core::changes_table::Layout;
 use bemi_core::setup::Tables;
 use bemi_core::{ConnectOptions, Error, Result};
 use bemi_query::TableName;
@@ -142,6 +143,8 @@ impl SourceEntry {
                 .map_or(args.flush_interval(), Duration::from_millis),
             accept_gap: args.accept_gap,
             replica_identity: self.replica_identity.unwrap_or(!args.no_replica_identity),
+            layout: Layout::Partitioned(args.partitions.partition_interval),
+            retention: args.retention.retention()?,
         })
     }
 }

@@ -9,6 +9,8 @@
 //! bemi history TABLE PK [--at TIME]   a record's changes, or the record as it was
 //! bemi changes [filters]              the changes that match filters, a page at a time
 //! bemi revert [filters] [--dry-run]   undo changes in one transaction with its own context
+//! bemi migrate --partition [--print-sql]  partition an existing `changes` table, keeping every row
+//! bemi retention [--dry-run]          drop the partitions of `changes` past the retention window
 //! ```
 //!
 //! Settings come from flags or from Bemi's variables (`DB_HOST`, `DB_PORT`, `DB_NAME`,
@@ -22,8 +24,10 @@ mod database;
 mod demo;
 mod filter;
 mod history;
+mod migrate;
 mod monitor;
 mod output;
+mod retention;
 mod revert;
 mod run;
 mod setup;
@@ -47,6 +51,7 @@ async fn main() -> ExitCode {
             | Command::History(_)
             | Command::Changes(_)
             | Command::Revert(_)
+            | Command::Retention(_)
     );
     if let Err(e) = init_logging(cli.log_level.as_deref(), quiet) {
         eprintln!("error: {e}");
@@ -60,6 +65,8 @@ async fn main() -> ExitCode {
         Command::History(args) => history::history(args).await,
         Command::Changes(args) => changes::changes(args).await,
         Command::Revert(args) => revert::revert(args).await,
+        Command::Migrate(args) => migrate::migrate(args).await,
+        Command::Retention(args) => retention::retention(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

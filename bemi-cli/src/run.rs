@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bemi_core::changes_table::{Layout, Retention};
 use bemi_core::setup::Tables;
 use bemi_core::sink::PostgresSink;
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker, TrackerHandle};
@@ -26,6 +27,10 @@ pub(crate) struct Source {
     pub(crate) flush_interval: Duration,
     pub(crate) accept_gap: bool,
     pub(crate) replica_identity: bool,
+    /// How a `changes` table the worker creates is laid out.
+    pub(crate) layout: Layout,
+    /// How long `changes` keeps changes (none: forever).
+    pub(crate) retention: Option<Retention>,
 }
 
 impl Source {
@@ -44,11 +49,18 @@ impl Source {
             flush_interval: args.flush_interval(),
             accept_gap: args.accept_gap,
             replica_identity: !args.no_replica_identity,
+            layout: Layout::Partitioned(args.partitions.partition_interval),
+            retention: args.retention.retention()?,
         })
     }
 
     fn spawn(self) -> Result<TrackerHandle> {
-        let sink = PostgresSink::connect(&self.destination)?.schema(&self.destination_schema);
+        let mut sink = PostgresSink::connect(&self.destination)?
+            .schema(&self.destination_schema)
+            .layout(self.layout);
+        if let Some(retention) = self.retention {
+            sink = sink.retention(retention);
+        }
         let (source, destination) = (&self.options, &self.destination);
         tracing::info!(
             source = %self.name,

@@ -1,6 +1,9 @@
-//! `bemi status`: the slot, the lag and the newest stored change.
+//! `bemi status`: the slot, the lag, the newest stored change, the partitions of `changes` and
+//! the retention window.
 
+use bemi_core::changes_table::{Partition, Retention};
 use bemi_core::Result;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::args::StatusArgs;
@@ -16,12 +19,35 @@ struct Status {
     current_wal_lsn: String,
     lag_bytes: Option<i64>,
     changes: Option<Changes>,
+    retention: Option<RetentionStatus>,
 }
 
 #[derive(Debug, Serialize)]
 struct Changes {
     rows: i64,
     newest: Option<Newest>,
+    partitioned: bool,
+    /// Oldest range first, the default partition last; empty when not partitioned.
+    partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartitionStatus {
+    #[serde(flatten)]
+    partition: Partition,
+    rows: i64,
+    /// `bytes` as PostgreSQL prints sizes.
+    size: String,
+    /// Whether retention removes it at its next run.
+    expired: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RetentionStatus {
+    window: String,
+    /// Changes committed before this go, with their partition once it is wholly before it.
+    cutoff: DateTime<Utc>,
+    archive_schema: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,12 +74,21 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         .await?
         .get(0);
     let destination = args.destination.options(&source_options)?.connect().await?;
-    let table = args.destination.changes_table().qualified();
+    let changes_table = args.destination.changes_table();
+    let table = changes_table.qualified();
+    let retention = args.retention.retention()?;
+    let now = Utc::now();
     let changes = match destination
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .query(
+            &format!(
+                "SELECT c.relname::text, count(*) FROM {table} x \
+                 JOIN pg_catalog.pg_class c ON c.oid = x.tableoid GROUP BY 1"
+            ),
+            &[],
+        )
         .await
     {
-        Ok(row) => {
+        Ok(counts) => {
             let newest = destination
                 .query_opt(
                     &format!(
@@ -70,9 +105,19 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
                     primary_key: r.get(2),
                     committed_at: r.get(3),
                 });
+            let partitions = changes_table.partitions(&destination).await?;
             Some(Changes {
-                rows: row.get(0),
+                rows: counts.iter().map(|row| row.get::<_, i64>(1)).sum(),
                 newest,
+                partitioned: changes_table.is_partitioned(&destination).await? == Some(true),
+                partitions: partition_status(
+                    &destination,
+                    partitions,
+                    &counts,
+                    retention.as_ref(),
+                    now,
+                )
+                .await?,
             })
         }
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
@@ -88,6 +133,11 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         current_wal_lsn,
         lag_bytes: slot.as_ref().and_then(|r| r.get(4)),
         changes,
+        retention: retention.map(|r| RetentionStatus {
+            window: r.to_string(),
+            cutoff: r.cutoff(now),
+            archive_schema: r.archive_schema().map(str::to_owned),
+        }),
     };
     if args.json {
         crate::output::print_json(&status)?;
@@ -95,6 +145,47 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
         print_human(&status);
     }
     Ok(())
+}
+
+/// The partitions with their rows, sizes as PostgreSQL prints them, and whether they expire.
+async fn partition_status(
+    client: &tokio_postgres::Client,
+    partitions: Vec<Partition>,
+    counts: &[tokio_postgres::Row],
+    retention: Option<&Retention>,
+    now: DateTime<Utc>,
+) -> Result<Vec<PartitionStatus>> {
+    let bytes: Vec<i64> = partitions.iter().map(|p| p.bytes).collect();
+    let sizes: Vec<String> = client
+        .query(
+            "SELECT pg_size_pretty(b) FROM unnest($1::int8[]) WITH ORDINALITY AS u(b, i) ORDER BY i",
+            &[&bytes],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let expired: Vec<String> = retention
+        .map(|r| {
+            r.expired(&partitions, now)
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(partitions
+        .into_iter()
+        .zip(sizes)
+        .map(|(partition, size)| PartitionStatus {
+            rows: counts
+                .iter()
+                .find(|row| row.get::<_, String>(0) == partition.name)
+                .map_or(0, |row| row.get(1)),
+            size,
+            expired: expired.contains(&partition.name),
+            partition,
+        })
+        .collect())
 }
 
 fn print_human(s: &Status) {
@@ -120,7 +211,11 @@ fn print_human(s: &Status) {
     match &s.changes {
         None => println!("changes: no table yet"),
         Some(c) => {
-            println!("changes: {} rows", c.rows);
+            let layout = match c.partitioned {
+                true => "partitioned on committed_at",
+                false => "not partitioned (`bemi migrate --partition` partitions it)",
+            };
+            println!("changes: {} rows, {layout}", c.rows);
             if let Some(n) = &c.newest {
                 println!(
                     "  newest:       {} {} {} at {}",
@@ -130,6 +225,31 @@ fn print_human(s: &Status) {
                     n.committed_at
                 );
             }
+            for p in &c.partitions {
+                println!(
+                    "  {:<28} {:<36} {:>12} rows {:>10}{}",
+                    p.partition.name,
+                    crate::retention::range(&p.partition),
+                    p.rows,
+                    p.size,
+                    if p.expired {
+                        "  (past the retention window)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
+    }
+    match &s.retention {
+        None => println!("retention: keep everything (set --retention / BEMI_RETENTION)"),
+        Some(r) => println!(
+            "retention: {} (partitions wholly before {} go{})",
+            r.window,
+            r.cutoff.format("%Y-%m-%d %H:%M UTC"),
+            r.archive_schema
+                .as_deref()
+                .map_or(String::new(), |schema| format!(", to schema {schema:?}"))
+        ),
     }
 }

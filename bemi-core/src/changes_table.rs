@@ -1,11 +1,37 @@
 //! The contract of the `changes` table that the sink writes and every reader reads: where it
 //! is ([`ChangesTable`]), its columns and indexes and how a table made by Bemi's worker or an
-//! earlier version is brought up to date, the text form of primary keys ([`format_key`]), and
-//! positions stored as `int8` ([`Lsn::to_int8`]).
+//! earlier version is brought up to date, the text form of primary keys ([`format_key`]),
+//! positions stored as `int8` ([`Lsn::to_int8`]), and the ids of new rows ([`RowIds`]).
+//!
+//! # Layout
+//!
+//! A table the tracker creates is range-partitioned on `committed_at` ([`Layout`], monthly by
+//! default), with Bemi's columns, so Bemi's readers (bemi-django, the Rails helpers, plain SQL)
+//! read it unchanged; its [`Partition`]s are created ahead of the commit times the tracker
+//! stores, with a default partition for anything else. Its primary key is `(id, committed_at)`
+//! and its idempotency key `(system_id, commit_lsn, ordinal, committed_at)`: a partitioned
+//! table's unique keys must hold the partition key, and a transaction's commit time is the same
+//! at every replay. [`Retention`] drops whole partitions past a window, and
+//! [`PartitionMigration`] (`bemi migrate --partition`) turns an unpartitioned table, made by
+//! Bemi's worker or an earlier version, into a partitioned one.
 
 use std::borrow::Cow;
 
 use tokio_postgres::GenericClient;
+
+mod migration;
+mod partition;
+mod retention;
+mod row_id;
+mod upkeep;
+
+pub use migration::{MigrationPlan, MigrationStep, PartitionMigration};
+use partition::missing_ranges;
+pub use partition::{partition_parent, Layout, Partition, PartitionInterval};
+pub use retention::Retention;
+pub use row_id::RowIds;
+pub(crate) use row_id::{IdClock, RowId};
+pub(crate) use upkeep::Upkeep;
 
 use crate::error::Result;
 use crate::sql::{quote_identifier, quote_qualified};
@@ -64,8 +90,8 @@ impl ChangesTable {
         Ok(row.get::<_, bool>(0) && self.index_upgrades(client).await?.is_empty())
     }
 
-    /// Takes the transaction-level advisory lock under which the table is created or upgraded,
-    /// so that two trackers starting together do not race.
+    /// Takes the transaction-level advisory lock under which the table is created, upgraded or
+    /// given partitions, so that two trackers (or a tracker and `bemi migrate`) do not race.
     pub(crate) async fn lock_for_upgrade(&self, tx: &impl GenericClient) -> Result<()> {
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('bemi changes table ' || $1))",
@@ -76,13 +102,18 @@ impl ChangesTable {
     }
 
     /// Creates the schema and the table with Bemi's columns and indexes when they are missing,
-    /// or upgrades a table created by Bemi's own worker (or by an older version of this crate)
-    /// in place: adds the idempotency columns `system_id`, `commit_lsn` and `ordinal` with a
-    /// unique index, adds any missing index, and drops Bemi's unique key on `(position, table,
-    /// schema, database, operation)`, which silently dropped rows (all rows of one COPY share a
-    /// position). Existing rows are untouched. Runs in the caller's transaction, after
+    /// laid out as `layout` says, or upgrades a table created by Bemi's own worker (or by an
+    /// older version of this crate) in place: adds the idempotency columns `system_id`,
+    /// `commit_lsn` and `ordinal` with a unique index, adds any missing index, and drops Bemi's
+    /// unique key on `(position, table, schema, database, operation)`, which silently dropped
+    /// rows (all rows of one COPY share a position). Existing rows are untouched, and an
+    /// existing table keeps its layout. Runs in the caller's transaction, after
     /// [`lock_for_upgrade`](Self::lock_for_upgrade).
-    pub(crate) async fn create_or_upgrade(&self, tx: &impl GenericClient) -> Result<()> {
+    pub(crate) async fn create_or_upgrade(
+        &self,
+        tx: &impl GenericClient,
+        layout: Layout,
+    ) -> Result<()> {
         // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists;
         // a role that only owns its schema must be enough.
         let schema_exists: bool = tx
@@ -100,10 +131,22 @@ impl ChangesTable {
             .await?;
         }
         let changes = self.qualified();
+        // A partitioned table's unique keys must hold its partition key.
+        let (id, primary_key, partition_by) = match layout {
+            Layout::Unpartitioned => ("PRIMARY KEY", "", ""),
+            Layout::Partitioned(_) => {
+                self.check_partition_names()?;
+                (
+                    "NOT NULL",
+                    ",\n               PRIMARY KEY (id, committed_at)",
+                    " PARTITION BY RANGE (committed_at)",
+                )
+            }
+        };
         tx.batch_execute(&format!(
             "SET LOCAL client_min_messages = warning;
              CREATE TABLE IF NOT EXISTS {changes} (
-               id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+               id uuid {id} DEFAULT gen_random_uuid(),
                primary_key varchar(255),
                before jsonb NOT NULL DEFAULT '{{}}',
                after jsonb NOT NULL DEFAULT '{{}}',
@@ -117,8 +160,8 @@ impl ChangesTable {
                queued_at timestamptz(6) NOT NULL,
                created_at timestamptz(6) NOT NULL DEFAULT now(),
                transaction_id bigint NOT NULL,
-               position bigint NOT NULL
-             );
+               position bigint NOT NULL{primary_key}
+             ){partition_by};
              ALTER TABLE {changes}
                ADD COLUMN IF NOT EXISTS system_id bigint,
                ADD COLUMN IF NOT EXISTS commit_lsn bigint,
@@ -133,90 +176,194 @@ impl ChangesTable {
         Ok(())
     }
 
-    /// The statements that bring the indexes of the table up to date (none when they are).
-    async fn index_upgrades(&self, client: &impl GenericClient) -> Result<Vec<String>> {
-        let changes = self.qualified();
+    /// The indexes of the table, as the catalog describes them.
+    pub(super) async fn indexes(&self, client: &impl GenericClient) -> Result<Vec<ExistingIndex>> {
         let rows = client
             .query(
-                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), i.indisunique, \
-                        c.conname, \
+                "SELECT ic.relname::text, pg_get_indexdef(i.indexrelid), i.indisunique, \
+                        i.indisvalid, c.conname::text, c.contype::text, \
                         ARRAY(SELECT a.attname::text FROM pg_attribute a \
                               WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                               ORDER BY a.attname) \
-                 FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
+                 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+                 LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
                    AND c.conrelid = i.indrelid \
-                 WHERE i.indrelid = to_regclass($1)",
-                &[&changes],
+                 WHERE i.indrelid = to_regclass($1) \
+                 ORDER BY 1",
+                &[&self.qualified()],
             )
             .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let definition: String = row.get(1);
+                ExistingIndex {
+                    name: row.get(0),
+                    using: definition
+                        .split_once(" USING ")
+                        .map(|(_, using)| using.to_owned())
+                        .unwrap_or_default(),
+                    unique: row.get(2),
+                    valid: row.get(3),
+                    constraint: row.get(4),
+                    is_primary_key: row.get::<_, Option<String>>(5).as_deref() == Some("p"),
+                    columns: row.get(6),
+                }
+            })
+            .collect())
+    }
+
+    /// The statements that bring the indexes of the table up to date (none when they are).
+    async fn index_upgrades(&self, client: &impl GenericClient) -> Result<Vec<String>> {
+        let partitioned = self.is_partitioned(client).await? == Some(true);
         let mut statements = Vec::new();
         let mut existing = Vec::new();
-        for row in &rows {
-            let name: String = row.get(0);
-            let definition: String = row.get(1);
-            let unique: bool = row.get(2);
-            let constraint: Option<String> = row.get(3);
-            let mut columns: Vec<String> = row.get(4);
-            columns.sort();
-            let bemi_key = ["database", "operation", "position", "schema", "table"];
-            // Bemi's key drops rows that share a position; the key before this version lacked
-            // the source cluster. Ours is (system_id, commit_lsn, ordinal).
-            if unique && (columns == bemi_key || columns == ["commit_lsn", "ordinal"]) {
-                statements.push(match constraint {
-                    Some(constraint) => format!(
-                        "ALTER TABLE {changes} DROP CONSTRAINT {}",
-                        quote_identifier(&constraint)
-                    ),
-                    None => format!("DROP INDEX {name}"),
-                });
-                continue;
-            }
-            if let Some(using) = definition.split(" USING ").nth(1) {
-                existing.push(using.to_owned());
+        for index in self.indexes(client).await? {
+            if index.is_obsolete_key() {
+                statements.push(self.drop_index_sql(&index));
+            } else {
+                existing.push(index);
             }
         }
-        for (suffix, kind, method, columns) in WANTED_INDEXES {
-            let key = columns
-                .trim_end_matches(')')
-                .trim_end_matches(" jsonb_path_ops");
-            let present = existing
-                .iter()
-                .any(|using| using.starts_with(&format!("{method} {key}")));
-            if !present {
-                statements.push(format!(
-                    "CREATE {kind} IF NOT EXISTS {} ON {changes} USING {method} {columns}",
-                    quote_identifier(&format!("{}_{suffix}", self.name))
-                ));
+        for wanted in wanted_indexes(partitioned) {
+            if !existing.iter().any(|index| wanted.served_by(index)) {
+                statements.push(wanted.create_sql(self, false));
             }
         }
         Ok(statements)
     }
+
+    /// The statement that drops `index` (or the constraint it backs).
+    pub(super) fn drop_index_sql(&self, index: &ExistingIndex) -> String {
+        match &index.constraint {
+            Some(constraint) => format!(
+                "ALTER TABLE {} DROP CONSTRAINT {}",
+                self.qualified(),
+                quote_identifier(constraint)
+            ),
+            None => format!("DROP INDEX {}", self.sibling(&index.name)),
+        }
+    }
 }
 
-/// The indexes of the changes table: (name suffix, kind, method, columns). An index counts as
-/// present when one with the same method starts with the same columns (Bemi's GIN indexes may
-/// use jsonb_ops).
-const WANTED_INDEXES: [(&str, &str, &str, &str); 9] = [
-    (
-        "system_id_commit_lsn_ordinal_key",
-        "UNIQUE INDEX",
-        "btree",
-        "(system_id, commit_lsn, ordinal)",
-    ),
-    ("committed_at_index", "INDEX", "btree", "(committed_at)"),
-    ("table_index", "INDEX", "btree", "(\"table\")"),
-    ("primary_key_index", "INDEX", "btree", "(primary_key)"),
-    ("operation_index", "INDEX", "btree", "(operation)"),
-    ("before_index", "INDEX", "gin", "(before jsonb_path_ops)"),
-    ("after_index", "INDEX", "gin", "(after jsonb_path_ops)"),
-    ("context_index", "INDEX", "gin", "(context jsonb_path_ops)"),
-    (
+/// An index of the table, from the catalog.
+#[derive(Debug, Clone)]
+pub(super) struct ExistingIndex {
+    pub(super) name: String,
+    /// Its definition after `USING`: `btree (committed_at)`.
+    pub(super) using: String,
+    pub(super) unique: bool,
+    /// False for an index whose `CREATE INDEX CONCURRENTLY` did not finish.
+    pub(super) valid: bool,
+    /// The constraint it backs, if any.
+    pub(super) constraint: Option<String>,
+    pub(super) is_primary_key: bool,
+    /// Its columns, sorted.
+    pub(super) columns: Vec<String>,
+}
+
+impl ExistingIndex {
+    /// Bemi's unique key, which drops rows that share a position (every row of one COPY), or
+    /// the key of versions before the source cluster was part of it.
+    pub(super) fn is_obsolete_key(&self) -> bool {
+        let bemi_key = ["database", "operation", "position", "schema", "table"];
+        self.unique && (self.columns == bemi_key || self.columns == ["commit_lsn", "ordinal"])
+    }
+}
+
+/// An index the table needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WantedIndex {
+    /// Its name after the table's: `changes_committed_at_index`.
+    pub(super) suffix: &'static str,
+    pub(super) unique: bool,
+    /// Its definition after `USING`, as `pg_get_indexdef` prints it.
+    pub(super) using: &'static str,
+}
+
+impl WantedIndex {
+    /// Whether `index` serves as this one. The idempotency key must be exactly it (`ON
+    /// CONFLICT` names its columns); another index counts when it has the same method and
+    /// starts with the same columns, whatever its operator class (Bemi's GIN indexes may use
+    /// `jsonb_ops`).
+    pub(super) fn served_by(&self, index: &ExistingIndex) -> bool {
+        if !index.valid {
+            return false;
+        }
+        if self.unique {
+            return index.unique && index.using == self.using;
+        }
+        let leading = self
+            .using
+            .trim_end_matches(')')
+            .trim_end_matches(" jsonb_path_ops");
+        index
+            .using
+            .strip_prefix(leading)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',', ')']))
+    }
+
+    /// The index's name for `table`.
+    pub(super) fn name(&self, table: &ChangesTable) -> String {
+        format!("{}_{}", table.name(), self.suffix)
+    }
+
+    /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS … ON table USING …`.
+    pub(super) fn create_sql(&self, table: &ChangesTable, concurrently: bool) -> String {
+        format!(
+            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} USING {}",
+            if self.unique { "UNIQUE " } else { "" },
+            if concurrently { "CONCURRENTLY " } else { "" },
+            quote_identifier(&self.name(table)),
+            table.qualified(),
+            self.using
+        )
+    }
+}
+
+/// The idempotency key of an unpartitioned table.
+const KEY: WantedIndex = WantedIndex {
+    suffix: "system_id_commit_lsn_ordinal_key",
+    unique: true,
+    using: "btree (system_id, commit_lsn, ordinal)",
+};
+
+/// The idempotency key of a partitioned table: a unique index must hold the partition key, and
+/// a transaction's commit time is the same at every replay.
+const PARTITIONED_KEY: WantedIndex = WantedIndex {
+    suffix: "system_id_commit_lsn_ordinal_committed_at_key",
+    unique: true,
+    using: "btree (system_id, commit_lsn, ordinal, committed_at)",
+};
+
+/// Bemi's indexes, and one on `(table, primary_key, committed_at)` for a record's history.
+const INDEXES: [WantedIndex; 8] = [
+    plain_index("committed_at_index", "btree (committed_at)"),
+    plain_index("table_index", "btree (\"table\")"),
+    plain_index("primary_key_index", "btree (primary_key)"),
+    plain_index("operation_index", "btree (operation)"),
+    plain_index("before_index", "gin (before jsonb_path_ops)"),
+    plain_index("after_index", "gin (after jsonb_path_ops)"),
+    plain_index("context_index", "gin (context jsonb_path_ops)"),
+    plain_index(
         "table_primary_key_committed_at_index",
-        "INDEX",
-        "btree",
-        "(\"table\", primary_key, committed_at)",
+        "btree (\"table\", primary_key, committed_at)",
     ),
 ];
+
+const fn plain_index(suffix: &'static str, using: &'static str) -> WantedIndex {
+    WantedIndex {
+        suffix,
+        unique: false,
+        using,
+    }
+}
+
+/// The indexes a table of the layout needs, its key first.
+pub(super) fn wanted_indexes(partitioned: bool) -> impl Iterator<Item = WantedIndex> {
+    let key = if partitioned { PARTITIONED_KEY } else { KEY };
+    std::iter::once(key).chain(INDEXES)
+}
 
 impl Lsn {
     /// The LSN as stored in the `int8` columns of `changes` (`position`, `commit_lsn`) and of

@@ -52,8 +52,9 @@ impl<K: KeyLookup> RowDecoder<K> {
         }
     }
 
-    /// Never records changes of this table (the tracker's own `changes` table, for one): they
-    /// are dropped before their values are converted, so a sink writing into the tracked
+    /// Never records changes of this table (the tracker's own `changes` table, for one), nor of
+    /// its partitions as [`changes_table`](crate::changes_table) names them: they are dropped
+    /// before their values are converted, so a sink writing into the tracked
     /// database does not pay for decoding its own writes.
     pub fn ignore_table(mut self, schema: impl Into<String>, table: impl Into<String>) -> Self {
         self.ignored_tables.push((schema.into(), table.into()));
@@ -76,10 +77,13 @@ impl<K: KeyLookup> RowDecoder<K> {
             Message::Relation(relation) => {
                 let primary_key = self.keys.primary_key(relation.oid, self.commit_lsn).await?;
                 let info = RelationInfo::new(&relation, &primary_key, &self.user_arrays);
-                let ignored = self
-                    .ignored_tables
-                    .iter()
-                    .any(|(schema, table)| *schema == info.schema && *table == info.table);
+                // A partition of an ignored `changes` table, published under its own name
+                // (without publish_via_partition_root), is ignored with it.
+                let parent = crate::changes_table::partition_parent(&info.table);
+                let ignored = self.ignored_tables.iter().any(|(schema, table)| {
+                    *schema == info.schema
+                        && (*table == info.table || parent == Some(table.as_str()))
+                });
                 match ignored {
                     true => self.ignored.insert(relation.oid),
                     false => self.ignored.remove(&relation.oid),
@@ -384,7 +388,13 @@ mod tests {
     async fn changes_of_ignored_tables_are_dropped_before_their_values_are_converted() {
         let mut decoder = RowDecoder::new(|_: Oid, _: Lsn| vec!["id".to_owned()])
             .ignore_table("public", "changes");
-        for message in [relation_message(1, "t"), relation_message(2, "changes")] {
+        for message in [
+            relation_message(1, "t"),
+            relation_message(2, "changes"),
+            relation_message(3, "changes_p20261101"),
+            relation_message(4, "changes_default"),
+            relation_message(5, "changes_log"),
+        ] {
             assert_eq!(decoder.decode(message).await.unwrap(), None);
         }
         // Two values for a one-column table: converting it would be an error.
@@ -396,8 +406,13 @@ mod tests {
                 },
             })
         };
-        assert_eq!(decoder.decode(malformed(2)).await.unwrap(), None);
-        assert!(decoder.decode(malformed(1)).await.is_err());
+        // The table, its partitions: dropped. Others, even one that looks like a partition: not.
+        for ignored in [2, 3, 4] {
+            assert_eq!(decoder.decode(malformed(ignored)).await.unwrap(), None);
+        }
+        for kept in [1, 5] {
+            assert!(decoder.decode(malformed(kept)).await.is_err());
+        }
         let truncate = Message::Truncate(crate::pgoutput::Truncate {
             options: 0,
             relations: vec![Oid(1), Oid(2)],

@@ -82,8 +82,8 @@ pub struct SourceSetup {
     publication: String,
     tables: Tables,
     resume_after: Option<Lsn>,
-    /// `schema.table` of tables never recorded, left out of the replica identity steps.
-    ignored_tables: Vec<String>,
+    /// (schema, table) of tables never recorded, left out of the replica identity steps.
+    ignored_tables: Vec<(String, String)>,
     replica_identity: bool,
 }
 
@@ -139,8 +139,8 @@ impl SourceSetup {
     }
 
     /// Tables the tracker never records (its own `changes` and progress tables when they are in
-    /// the tracked database): their replica identity does not matter, so [`prepare`](Self::prepare)
-    /// does not warn about it.
+    /// the tracked database, and the partitions of `changes`): their replica identity does not
+    /// matter, so [`prepare`](Self::prepare) neither sets nor warns about it.
     pub fn ignore_tables<I, S, T>(mut self, tables: I) -> Self
     where
         I: IntoIterator<Item = (S, T)>,
@@ -149,7 +149,7 @@ impl SourceSetup {
     {
         self.ignored_tables = tables
             .into_iter()
-            .map(|(schema, table)| format!("{}.{}", schema.as_ref(), table.as_ref()))
+            .map(|(schema, table)| (schema.as_ref().to_owned(), table.as_ref().to_owned()))
             .collect();
         self
     }
@@ -234,10 +234,19 @@ impl SourceSetup {
         Ok(tables)
     }
 
-    /// Whether `schema.table` is never recorded: the tracker's own tables.
+    /// Whether `schema.table` is never recorded: the tracker's own tables, and the partitions
+    /// of its `changes` table.
     fn is_ignored(&self, table: &str) -> bool {
         let (schema, name) = KEY_HISTORY;
-        self.ignored_tables.iter().any(|t| t == table) || table == format!("{schema}.{name}")
+        let ignored = |(s, t): &(String, String)| {
+            let rest = table
+                .strip_prefix(s.as_str())
+                .and_then(|r| r.strip_prefix('.'));
+            rest.is_some_and(|rest| {
+                rest == t || crate::changes_table::partition_parent(rest) == Some(t.as_str())
+            })
+        };
+        self.ignored_tables.iter().any(ignored) || table == format!("{schema}.{name}")
     }
 
     /// Sets `REPLICA IDENTITY FULL` on the published tables lacking it, one table at a time,

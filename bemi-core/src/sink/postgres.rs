@@ -7,7 +7,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{Batch, ChangeSink, SinkStart, SourceInfo};
 use crate::change::Change;
-use crate::changes_table::ChangesTable;
+use crate::changes_table::{ChangesTable, IdClock, Layout, Retention, RowId, RowIds, Upkeep};
 use crate::config::ConnectOptions;
 use crate::error::{retry_when_locked, Error, ErrorKind, Result};
 use crate::sql::{quote_identifier, quote_qualified};
@@ -27,12 +27,21 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// not locked at all; an upgrade waits at most a few seconds for its lock at a time (readers
 /// are never queued behind it for long) and retries.
 ///
-/// The idempotency key is `(system_id, commit_lsn, ordinal)`: the source cluster's system
-/// identifier (as `pg_control_system()` reports it), the LSN of the transaction's commit and
-/// the change's position in it. WAL positions of different clusters overlap, so one table can
-/// serve several source clusters only with the cluster in the key. The durable position is
-/// kept per source too, in the progress table (`_bemi_progress`, one row per system id,
-/// database and slot).
+/// A table the sink creates is partitioned by month on `committed_at` unless
+/// [`layout`](Self::layout) says otherwise; an existing table keeps its layout (`bemi migrate
+/// --partition` changes it). For a partitioned table the sink creates each partition before
+/// the first row that needs it (the period of each row it writes, and the period after the
+/// newest), without blocking inserts or queries, with a default partition for anything else;
+/// and drops (or archives) partitions past the [`retention`](Self::retention) window, at start
+/// and then hourly. New rows get time-ordered ids ([`RowIds`]).
+///
+/// The idempotency key is `(system_id, commit_lsn, ordinal)`, with `committed_at` in a
+/// partitioned table (a transaction's commit time is the same at every replay): the source
+/// cluster's system identifier (as `pg_control_system()` reports it), the LSN of the
+/// transaction's commit and the change's position in it. WAL positions of different clusters
+/// overlap, so one table can serve several source clusters only with the cluster in the key.
+/// The durable position is kept per source too, in the progress table (`_bemi_progress`, one
+/// row per system id, database and slot).
 ///
 /// Each batch is one SQL statement, so one round trip and one transaction: the rows go in
 /// through `UNNEST` of column arrays (each distinct context once, however many rows share it)
@@ -50,7 +59,9 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// ```no_run
 /// # async fn run() -> bemi_core::Result<()> {
 /// let destination: bemi_core::ConnectOptions = "postgres://bemi@audit-db/audit".parse()?;
-/// let sink = bemi_core::sink::PostgresSink::connect(&destination)?.schema("audit");
+/// let sink = bemi_core::sink::PostgresSink::connect(&destination)?
+///     .schema("audit")
+///     .retention("90d".parse()?);
 /// # drop(sink); Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -58,8 +69,14 @@ pub struct PostgresSink {
     pool: Pool,
     changes: ChangesTable,
     progress_table: String,
+    layout: Layout,
+    row_ids: RowIds,
+    retention: Option<Retention>,
     /// The source being stored: system id, database, slot.
     source: Option<(i64, String, String)>,
+    /// The upkeep of the table's partitions, when it is partitioned (known after `open`).
+    upkeep: Option<Upkeep>,
+    ids: IdClock,
     insert_sql: String,
     insert_with_progress_sql: String,
 }
@@ -87,25 +104,50 @@ impl PostgresSink {
             pool,
             changes: ChangesTable::default(),
             progress_table: "_bemi_progress".to_owned(),
+            layout: Layout::default(),
+            row_ids: RowIds::default(),
+            retention: None,
             source: None,
+            upkeep: None,
+            ids: IdClock::new(),
             insert_sql: String::new(),
             insert_with_progress_sql: String::new(),
         };
-        sink.build_sql();
+        sink.build_sql(false);
         sink
     }
 
     /// Sets the schema of the `changes` and progress tables (default `public`).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.changes = ChangesTable::new(schema, self.changes.name());
-        self.build_sql();
         self
     }
 
     /// Sets the name of the changes table (default `changes`).
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.changes = ChangesTable::new(self.changes.schema(), table);
-        self.build_sql();
+        self
+    }
+
+    /// How a table the sink creates is laid out (default: partitioned by month). An existing
+    /// table keeps its layout; an existing partitioned table gets new partitions of this
+    /// interval (monthly when this says [`Layout::Unpartitioned`]).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// How new rows get their `id` (default: time-ordered UUIDs, version 7).
+    pub fn row_ids(mut self, ids: RowIds) -> Self {
+        self.row_ids = ids;
+        self
+    }
+
+    /// Drops (or archives) the partitions of a partitioned table whose every row is older than
+    /// the window, at start and then hourly, logging each (default: keep everything). An
+    /// unpartitioned table is left alone, with a warning: retention never deletes rows.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = Some(retention);
         self
     }
 
@@ -114,31 +156,46 @@ impl PostgresSink {
         quote_qualified(Some(self.changes.schema()), &self.progress_table)
     }
 
-    fn build_sql(&mut self) {
+    /// The statements of `write`, for the table's layout: with `committed_at` in the conflict
+    /// target of a partitioned table, and the ids made here unless the column's default makes
+    /// them.
+    fn build_sql(&mut self, partitioned: bool) {
+        let ids = self.row_ids == RowIds::TimeOrdered;
+        let (id_column, id_value, id_array, id_alias) = match ids {
+            true => ("id, ", "u.id, ", ", $17::uuid[]", ", id"),
+            false => ("", "", "", ""),
+        };
+        let key = match partitioned {
+            true => "system_id, commit_lsn, ordinal, committed_at",
+            false => "system_id, commit_lsn, ordinal",
+        };
         let insert = format!(
-            "INSERT INTO {} (primary_key, before, after, context, database, schema, \"table\", \
-             operation, committed_at, queued_at, transaction_id, position, system_id, commit_lsn, \
-             ordinal) \
-             SELECT u.primary_key, u.before, u.after, c.context, u.database, u.schema, u.tbl, \
-             u.operation, u.committed_at, u.queued_at, u.transaction_id, u.position, $15, \
+            "INSERT INTO {} ({id_column}primary_key, before, after, context, database, schema, \
+             \"table\", operation, committed_at, queued_at, transaction_id, position, system_id, \
+             commit_lsn, ordinal) \
+             SELECT {id_value}u.primary_key, u.before, u.after, c.context, u.database, u.schema, \
+             u.tbl, u.operation, u.committed_at, u.queued_at, u.transaction_id, u.position, $15, \
              u.commit_lsn, u.ordinal \
              FROM {DURABLE_COMMIT}, \
              UNNEST($1::text[], $2::jsonb[], $3::jsonb[], $4::int4[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
-             $11::int8[], $12::int8[], $13::int8[], $14::int4[]) \
+             $11::int8[], $12::int8[], $13::int8[], $14::int4[]{id_array}) \
              AS u(primary_key, before, after, context_index, database, schema, tbl, operation, \
-             committed_at, queued_at, transaction_id, position, commit_lsn, ordinal), \
+             committed_at, queued_at, transaction_id, position, commit_lsn, ordinal{id_alias}), \
              UNNEST($16::jsonb[]) WITH ORDINALITY AS c(context, i) \
              WHERE c.i = u.context_index \
-             ON CONFLICT (system_id, commit_lsn, ordinal) DO NOTHING",
+             ON CONFLICT ({key}) DO NOTHING",
             self.changes.qualified()
         );
+        let next = if ids { 18 } else { 17 };
         self.insert_with_progress_sql = format!(
             "WITH inserted AS ({insert} RETURNING 1) \
              INSERT INTO {progress} AS p (system_id, database, slot, lsn, updated_at) \
-             SELECT $15, $17, $18, $19, now() FROM {DURABLE_COMMIT} \
+             SELECT $15, ${next}, ${}, ${}, now() FROM {DURABLE_COMMIT} \
              ON CONFLICT (system_id, database, slot) \
              DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
+            next + 1,
+            next + 2,
             progress = self.progress()
         );
         self.insert_sql = insert;
@@ -194,7 +251,7 @@ impl PostgresSink {
         )
         .await?;
         self.changes.lock_for_upgrade(&*tx).await?;
-        self.changes.create_or_upgrade(&*tx).await?;
+        self.changes.create_or_upgrade(&*tx, self.layout).await?;
         let progress = self.progress();
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {progress} (
@@ -310,6 +367,17 @@ impl ChangeSink for PostgresSink {
             Error::protocol("the server reported an invalid system identifier").with_source(e)
         })? as i64;
         self.migrate().await?;
+        let mut client = self.client().await?;
+        let upkeep = upkeep_of(
+            &self.changes,
+            self.layout,
+            self.retention.clone(),
+            &mut client,
+        )
+        .await;
+        let upkeep = self.discard_if_failed(client, upkeep)?;
+        self.build_sql(upkeep.is_some());
+        self.upkeep = upkeep;
         let client = self.client().await?;
         let found = self.stored_position(&client, system_id, source).await;
         let row = self.discard_if_failed(client, found)?;
@@ -344,8 +412,16 @@ impl ChangeSink for PostgresSink {
                 "PostgresSink::write was called before open",
             ));
         };
+        let ids: Vec<RowId> = match self.row_ids {
+            RowIds::TimeOrdered => batch.changes.iter().map(|_| self.ids.next_id()).collect(),
+            RowIds::Random => Vec::new(),
+        };
         let columns = Columns::new(&batch.changes)?;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        if let Some(upkeep) = &mut self.upkeep {
+            let committed = batch.changes.iter().map(|change| change.committed_at);
+            upkeep.before_write(&mut client, committed).await;
+        }
         let lsn = batch.durable_through.map(Lsn::to_int8);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &columns.primary_key,
@@ -365,6 +441,9 @@ impl ChangeSink for PostgresSink {
             system_id,
             &columns.contexts,
         ];
+        if self.row_ids == RowIds::TimeOrdered {
+            params.push(&ids);
+        }
         let sql = match &lsn {
             Some(lsn) => {
                 params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
@@ -380,6 +459,17 @@ impl ChangeSink for PostgresSink {
         self.discard_if_failed(client, written.map_err(Error::from))
             .map_err(|e| match e.kind() {
                 ErrorKind::Connect => e,
+                _ if layout_changed(&e) => Error::new(
+                    ErrorKind::Sink,
+                    format!(
+                        "the changes table changed under the sink ({}); it reopens on the new \
+                         layout and stores the batch again",
+                        e.message()
+                    ),
+                )
+                .with_code(e.code().unwrap_or_default().to_owned())
+                .with_transient(true)
+                .with_source(e),
                 _ => Error::new(
                     ErrorKind::Sink,
                     format!(
@@ -393,6 +483,43 @@ impl ChangeSink for PostgresSink {
             })?;
         Ok(())
     }
+}
+
+/// The upkeep of the table's partitions when it is partitioned: its partitions for now and the
+/// next period exist, and retention ran. An unpartitioned table has none, and retention
+/// leaves it alone with a warning.
+async fn upkeep_of(
+    changes: &ChangesTable,
+    layout: Layout,
+    retention: Option<Retention>,
+    client: &mut tokio_postgres::Client,
+) -> Result<Option<Upkeep>> {
+    if changes.is_partitioned(&*client).await? != Some(true) {
+        if let Some(retention) = retention {
+            tracing::warn!(
+                table = %changes.qualified(),
+                %retention,
+                "retention is set but the changes table is not partitioned, and retention only \
+                 drops whole partitions: nothing is removed; partition it with `bemi migrate \
+                 --partition`"
+            );
+        }
+        return Ok(None);
+    }
+    let interval = match layout {
+        Layout::Partitioned(interval) => interval,
+        Layout::Unpartitioned => Default::default(),
+    };
+    let mut upkeep = Upkeep::new(changes.clone(), interval, retention);
+    upkeep.open(client, chrono::Utc::now()).await?;
+    Ok(Some(upkeep))
+}
+
+/// Whether a write failed because the table is not the one the statement was made for: its
+/// conflict target has no unique index (an unpartitioned table became partitioned under a
+/// running tracker), or it is gone.
+fn layout_changed(error: &Error) -> bool {
+    matches!(error.code(), Some("42P10" | "42P01"))
 }
 
 /// The batch as one array per column, for `UNNEST`.

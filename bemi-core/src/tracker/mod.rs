@@ -45,9 +45,9 @@
 
 mod ledger;
 mod session;
-mod view;
 mod source;
 mod standby;
+mod view;
 mod writer;
 
 use std::time::Duration;
@@ -64,8 +64,8 @@ use crate::setup::Tables;
 use crate::sink::ChangeSink;
 use crate::Lsn;
 use session::Session;
-pub use view::TrackerWatch;
 use source::SourceIdentity;
+pub use view::TrackerWatch;
 
 /// Entry point: `Tracker::builder(source, sink)`.
 #[derive(Debug)]

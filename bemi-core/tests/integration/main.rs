@@ -7,6 +7,7 @@ mod decoding;
 mod failover;
 mod feedback;
 mod outage;
+mod partitions;
 mod read_your_writes;
 mod reliability;
 mod setup_errors;
