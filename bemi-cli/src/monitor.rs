@@ -2,11 +2,11 @@
 //!
 //! * `/metrics`: the trackers' metrics ([`bemi_core::metrics`]) in Prometheus's text format.
 //! * `/healthz`: 200 while the process serves requests (a liveness probe).
-//! * `/readyz`: 200 when every source is ready, 503 otherwise, with a JSON body naming each
-//!   source's state. A source is ready while it streams with its replication lag at most
-//!   `--ready-max-lag-bytes`, and while it waits as a standby (ready to take over; the metric
-//!   `bemi_tracker_state` tells standbys apart). Connecting, reconnecting and stopped sources
-//!   are not ready.
+//! * `/readyz`: 200 when every source is ready, 503 otherwise, with a JSON body giving each
+//!   source's state and its tracker's whole [`Progress`]. A source is ready while it streams
+//!   with its replication lag at most `--ready-max-lag-bytes`, and while it waits as a standby
+//!   (ready to take over; the metric `bemi_tracker_state` tells standbys apart). Connecting,
+//!   reconnecting and stopped sources are not ready.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +17,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use bemi_core::{Error, ErrorKind, Progress, Result};
+use bemi_core::{Error, ErrorKind, Progress, Result, TrackerWatch};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The listener, with the Prometheus recorder installed for the trackers to record into.
@@ -31,11 +30,11 @@ pub(crate) struct Monitor {
     metrics: PrometheusHandle,
 }
 
-/// A source's name and its tracker's progress.
+/// A source's name and its tracker.
 #[derive(Debug)]
 pub(crate) struct Watched {
     pub(crate) name: String,
-    pub(crate) progress: watch::Receiver<Progress>,
+    pub(crate) tracker: TrackerWatch,
 }
 
 /// How often histogram samples are folded in while nobody scrapes.
@@ -123,16 +122,24 @@ struct SourceReadiness {
     source: String,
     state: &'static str,
     ready: bool,
-    lag_bytes: u64,
-    /// The error that stopped the source, or ended its last session.
-    error: Option<String>,
+    progress: Progress,
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let sources: Vec<SourceReadiness> = shared
         .sources
         .iter()
-        .map(|source| readiness(source, shared.max_lag_bytes))
+        .map(|source| {
+            let progress = source.tracker.progress();
+            let (state, ready) =
+                readiness(&progress, source.tracker.is_stopped(), shared.max_lag_bytes);
+            SourceReadiness {
+                source: source.name.clone(),
+                state,
+                ready,
+                progress,
+            }
+        })
         .collect();
     let ready = sources.iter().all(|source| source.ready);
     let body = Readiness { ready, sources };
@@ -145,11 +152,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (status, [(header::CONTENT_TYPE, "application/json")], json)
 }
 
-fn readiness(source: &Watched, max_lag_bytes: u64) -> SourceReadiness {
-    // The tracker's task drops its end of the channel when it stops.
-    let stopped = source.progress.has_changed().is_err();
-    let progress = source.progress.borrow();
-    let (state, ready) = if stopped {
+/// A source's state and whether it is ready.
+fn readiness(progress: &Progress, stopped: bool, max_lag_bytes: u64) -> (&'static str, bool) {
+    if stopped {
         ("stopped", false)
     } else if progress.connected {
         ("streaming", progress.lag_bytes <= max_lag_bytes)
@@ -157,28 +162,12 @@ fn readiness(source: &Watched, max_lag_bytes: u64) -> SourceReadiness {
         ("standby", true)
     } else {
         ("connecting", false)
-    };
-    SourceReadiness {
-        source: source.name.clone(),
-        state,
-        ready,
-        lag_bytes: progress.lag_bytes,
-        error: progress.last_error.as_ref().map(Error::report),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn source(progress: Progress) -> (watch::Sender<Progress>, Watched) {
-        let (tx, rx) = watch::channel(progress);
-        let watched = Watched {
-            name: "app".to_owned(),
-            progress: rx,
-        };
-        (tx, watched)
-    }
 
     fn progress(change: impl FnOnce(&mut Progress)) -> Progress {
         let mut progress = Progress::default();
@@ -188,32 +177,25 @@ mod tests {
 
     #[test]
     fn a_source_is_ready_while_it_streams_with_little_lag_or_stands_by() {
-        let (_tx, streaming) = source(progress(|p| {
+        let streaming = progress(|p| {
             p.connected = true;
             p.lag_bytes = 100;
-        }));
-        let at = |max| {
-            let r = readiness(&streaming, max);
-            (r.state, r.ready, r.lag_bytes)
-        };
-        assert_eq!(at(100), ("streaming", true, 100));
-        assert_eq!(at(99), ("streaming", false, 100), "lag above the limit");
-
-        let (_tx, standby) = source(progress(|p| p.standby = true));
-        let r = readiness(&standby, 0);
-        assert_eq!((r.state, r.ready), ("standby", true));
-
-        let (_tx, connecting) = source(progress(|p| {
+        });
+        assert_eq!(readiness(&streaming, false, 100), ("streaming", true));
+        assert_eq!(
+            readiness(&streaming, false, 99),
+            ("streaming", false),
+            "lag above the limit"
+        );
+        let standby = progress(|p| p.standby = true);
+        assert_eq!(readiness(&standby, false, 0), ("standby", true));
+        let connecting = progress(|p| {
             p.last_error = Some(Error::new(ErrorKind::Connect, "refused"));
-        }));
-        let r = readiness(&connecting, u64::MAX);
-        assert_eq!((r.state, r.ready), ("connecting", false));
-        assert_eq!(r.error.as_deref(), Some("refused"));
-
-        // A tracker that stopped drops its end of the channel.
-        let (tx, stopped) = source(progress(|p| p.connected = true));
-        drop(tx);
-        let r = readiness(&stopped, u64::MAX);
-        assert_eq!((r.state, r.ready), ("stopped", false));
+        });
+        assert_eq!(
+            readiness(&connecting, false, u64::MAX),
+            ("connecting", false)
+        );
+        assert_eq!(readiness(&streaming, true, u64::MAX), ("stopped", false));
     }
 }

@@ -102,7 +102,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
             .iter()
             .map(|(name, tracker)| Watched {
                 name: name.clone(),
-                progress: tracker.subscribe(),
+                tracker: tracker.watch(),
             })
             .collect();
         monitor.serve(watched, args.ready_max_lag_bytes)

@@ -95,7 +95,9 @@ async fn a_broken_source_does_not_stop_the_others_and_is_reported() {
     assert_eq!(sources["alpha"]["state"], "streaming");
     assert_eq!(sources["gamma"]["state"], "streaming");
     assert_eq!(sources["beta"]["ready"], false);
-    let error = sources["beta"]["error"].as_str().expect("the error");
+    let error = &sources["beta"]["progress"]["last_error"];
+    assert_eq!(error["kind"], "SlotMissing", "{error}");
+    let error = error["message"].as_str().expect("the error's message");
     assert!(error.contains("is missing"), "{error}");
 
     // The metrics, labeled by source.
