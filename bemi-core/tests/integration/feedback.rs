@@ -21,12 +21,12 @@ async fn walsender_pid(sql: &tokio_postgres::Client, slot: &str) -> Option<i32> 
 async fn a_slow_consumer_keeps_its_stream_and_confirmed_positions_reach_the_slot() {
     let pg = tokio::task::spawn_blocking(|| {
         TempPostgres::builder()
-            .setting("wal_sender_timeout", "2s")
+            .setting("wal_sender_timeout", "5s")
             .start()
     })
     .await
     .unwrap()
-    .expect("server with wal_sender_timeout = 2s");
+    .expect("server with wal_sender_timeout = 5s");
     let admin: ConnectOptions = pg.url("postgres").parse().unwrap();
     let db = TestDatabase::create_on(&admin).await.expect("database");
     let sql = db.connect().await.unwrap();
@@ -38,7 +38,9 @@ async fn a_slow_consumer_keeps_its_stream_and_confirmed_positions_reach_the_slot
         .await
         .expect("an active walsender");
 
-    // Enough data to fill the socket buffers, then 10 s of not reading at all.
+    // Enough data to fill the socket buffers, then 10 s of not reading at all: twice the
+    // walsender's timeout (5 s, not less, so that a loaded machine's scheduling hiccup is not
+    // taken for a dead consumer).
     sql.batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
         .await
         .unwrap();
