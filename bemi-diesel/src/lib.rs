@@ -85,11 +85,11 @@
 //!
 //! # Supported versions
 //!
-//! Diesel 2.3 and later 2.x (`diesel = "2.3"`; 2.2 works too without `async`), and
-//! diesel-async 0.9 (`diesel-async = "0.9"`, which itself needs Diesel 2.3.9 or a later 2.3),
-//! on Rust 1.95 (the workspace's pinned and tested toolchain; async closures need 1.85). diesel-async 0.5 (with its `scope_boxed` bodies) is no longer
-//! supported: its transaction API differs, and keeping both would double this crate's async
-//! half. Take the drivers from [`reexports`] and their versions always match this crate's.
+//! Diesel 2.3 (`diesel = "2.3"`, tested with 2.3.14), and diesel-async 0.9
+//! (`diesel-async = "0.9"`, tested with 0.9.2, which itself needs Diesel 2.3.9 or a later
+//! 2.3), on Rust 1.95 (the workspace's pinned and tested toolchain; async closures need 1.85).
+//! diesel-async 0.5 (with its `scope_boxed` bodies) is no longer supported: its transaction
+//! API differs, and keeping both would double this crate's async half. Take the drivers from [`reexports`] and their versions always match this crate's.
 //!
 //! # Feature flags
 //!
