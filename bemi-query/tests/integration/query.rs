@@ -225,10 +225,7 @@ async fn history_filters_diff_and_pagination() {
         .await
         .unwrap();
     assert!(!plan.contains("Seq Scan"), "{plan}");
-    assert!(
-        plan.contains("table_primary_key_committed_at"),
-        "{plan}"
-    );
+    assert!(plan.contains("table_primary_key_committed_at"), "{plan}");
     let history = ChangeQuery::history("bulk".parse().unwrap(), "2500")
         .fetch(&sql)
         .await
