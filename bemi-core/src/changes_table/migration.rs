@@ -1,19 +1,4 @@
-//! `bemi migrate --partition`: an unpartitioned `changes` table (made by Bemi's worker or by an
-//! earlier version) becomes the partitioned layout without a row copied, lost or doubled. The
-//! old table itself becomes a partition, for every commit time before a boundary a day or more
-//! ahead; new partitions follow it.
-//!
-//! The slow work runs while the tracker keeps writing: the partitioned layout's indexes are
-//! built with `CREATE INDEX CONCURRENTLY`, and a `CHECK (committed_at < boundary)` constraint is
-//! added `NOT VALID` and then validated, which reads the table without blocking writes. What
-//! remains is one short transaction of catalog changes under an `ACCESS EXCLUSIVE` lock on the
-//! table: rename it, make `(id, committed_at)` its primary key with the index built before,
-//! create the partitioned table with its columns and indexes, and attach the old one, which the
-//! constraint spares a scan. A tracker still running waits for that moment, then finds the new
-//! layout, reconnects once and goes on from its stored position.
-//!
-//! Every step checks the catalog first, so the migration can be run again after an
-//! interruption, or on a table that is partitioned already (it then does nothing).
+//! `bemi migrate --partition`: see [`PartitionMigration`].
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -26,8 +11,24 @@ use super::{wanted_indexes, ChangesTable, ExistingIndex, PartitionInterval, Want
 use crate::error::{retry_when_locked, Error, Result};
 use crate::sql::quote_identifier;
 
-/// Turns an unpartitioned `changes` table into the partitioned layout; see the
-/// [module docs](self) for how.
+/// Turns an unpartitioned `changes` table into the partitioned layout (`bemi migrate
+/// --partition`).
+///
+/// An unpartitioned `changes` table (made by Bemi's worker or by an earlier version) becomes the partitioned layout without a row copied, lost or doubled. The
+/// old table itself becomes a partition, for every commit time before a boundary a day or more
+/// ahead; new partitions follow it.
+///
+/// The slow work runs while the tracker keeps writing: the partitioned layout's indexes are
+/// built with `CREATE INDEX CONCURRENTLY`, and a `CHECK (committed_at < boundary)` constraint is
+/// added `NOT VALID` and then validated, which reads the table without blocking writes. What
+/// remains is one short transaction of catalog changes under an `ACCESS EXCLUSIVE` lock on the
+/// table: rename it, make `(id, committed_at)` its primary key with the index built before,
+/// create the partitioned table with its columns and indexes, and attach the old one, which the
+/// constraint spares a scan. A tracker still running waits for that moment, then finds the new
+/// layout, reconnects once and goes on from its stored position.
+///
+/// Every step checks the catalog first, so the migration can be run again after an
+/// interruption, or on a table that is partitioned already (it then does nothing).
 ///
 /// ```no_run
 /// use bemi_core::changes_table::{ChangesTable, PartitionMigration};
