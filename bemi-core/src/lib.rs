@@ -51,7 +51,8 @@
 //! * [`metrics`]: what the tracker records through the `metrics` facade, for Prometheus and
 //!   other exporters.
 //!
-//! No optional features. Unix only: the replication client connects over Unix sockets too. A
+//! One optional feature: `nats`, the NATS JetStream sink (`sink::NatsSink`), for one capture
+//! feeding many consumers. Unix only: the replication client connects over Unix sockets too. A
 //! throwaway PostgreSQL for your own tests and demos is in the `bemi-temp-postgres` crate.
 #![forbid(unsafe_code)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
