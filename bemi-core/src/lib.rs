@@ -96,6 +96,8 @@ pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle, TrackerWatch
 /// The crates whose types appear in bemi-core's public API, re-exported so that their versions
 /// always match.
 pub mod reexports {
+    #[cfg(feature = "nats")]
+    pub use async_nats;
     pub use bemi_context;
     pub use chrono;
     pub use deadpool_postgres;

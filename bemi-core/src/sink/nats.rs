@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, message::PublishMessage, stream};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -188,8 +188,9 @@ struct StreamSettings {
 ///
 /// **Durable.** A batch is durable once JetStream acknowledged each of its messages (stored on
 /// the stream's file storage and, with replicas, by a quorum). The sink then stores the
-/// batch's `durable_through` and the sequence reached there in the key-value bucket
-/// `bemi_progress` (file storage, one value per source `<system_id>.<database>.<slot>`), and
+/// batch's `durable_through` and the sequence reached there in the stream `<stream>_PROGRESS`
+/// (file storage, the last message of each source's subject
+/// `_bemi_progress.<stream>.<system_id>.<database>.<slot>` kept), and
 /// reports it from [`open`](ChangeSink::open), so a restarted tracker resumes right after what
 /// the stream holds. Messages between that position and a crash are published again: dropped
 /// by the duplicate window if it has not passed, otherwise stored twice with the same key and
@@ -220,15 +221,13 @@ struct StreamSettings {
 pub struct NatsSink {
     options: NatsOptions,
     stream: StreamSettings,
-    progress_bucket: String,
     connection: Option<Connection>,
     source: Option<Source>,
 }
 
-/// An open connection: JetStream and the progress bucket.
+/// An open connection to JetStream.
 struct Connection {
     jetstream: jetstream::Context,
-    progress: kv::Store,
 }
 
 impl std::fmt::Debug for Connection {
@@ -242,8 +241,8 @@ impl std::fmt::Debug for Connection {
 struct Source {
     system_id: String,
     slot: String,
-    /// The progress bucket's key.
-    key: String,
+    /// The subject of the source's position in the progress stream.
+    progress_subject: String,
     /// The sequence of the next message.
     next_sequence: u64,
     /// The sequence of the last message at or before the durable position.
@@ -253,7 +252,7 @@ struct Source {
     open: VecDeque<(Lsn, u64)>,
 }
 
-/// The durable position of a source, as stored in the progress bucket.
+/// The durable position of a source, as stored in the progress stream.
 #[derive(Debug, Serialize, Deserialize)]
 struct Progress {
     lsn: Lsn,
@@ -273,7 +272,6 @@ impl NatsSink {
                 max_age: Duration::ZERO,
                 replicas: 1,
             },
-            progress_bucket: "bemi_progress".to_owned(),
             connection: None,
             source: None,
         }
@@ -308,12 +306,6 @@ impl NatsSink {
     /// Sets the replicas of a stream the sink creates (default 1; 3 on a cluster).
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.stream.replicas = replicas;
-        self
-    }
-
-    /// Sets the key-value bucket of the durable positions (default `bemi_progress`).
-    pub fn progress_bucket(mut self, bucket: impl Into<String>) -> Self {
-        self.progress_bucket = bucket.into();
         self
     }
 
@@ -372,37 +364,22 @@ impl NatsSink {
         }
     }
 
-    /// Opens the progress bucket, creating it when missing.
-    async fn progress_store(&self, jetstream: &jetstream::Context) -> Result<kv::Store> {
-        if let Ok(store) = jetstream.get_key_value(&self.progress_bucket).await {
-            return Ok(store);
-        }
-        let created = jetstream
-            .create_key_value(kv::Config {
-                bucket: self.progress_bucket.clone(),
-                description: "Bemi: the durable position of each source".to_owned(),
-                history: 1,
+    /// The stream of durable positions (`<stream>_PROGRESS`), created when missing: one
+    /// message per source, the last one kept.
+    async fn progress_stream(&self, jetstream: &jetstream::Context) -> Result<stream::Stream> {
+        let name = format!("{}_PROGRESS", self.stream.name);
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("Bemi: the durable position of each source".to_owned()),
+                subjects: vec![format!("_bemi_progress.{}.>", self.stream.name)],
                 storage: stream::StorageType::File,
+                max_messages_per_subject: 1,
                 num_replicas: self.stream.replicas,
-                ..kv::Config::default()
+                ..stream::Config::default()
             })
-            .await;
-        match created {
-            Ok(store) => Ok(store),
-            // Another tracker made it meanwhile.
-            Err(e) => jetstream
-                .get_key_value(&self.progress_bucket)
-                .await
-                .map_err(|_| {
-                    nats_error(
-                        format!(
-                            "could not create the key-value bucket {}",
-                            self.progress_bucket
-                        ),
-                        e,
-                    )
-                }),
-        }
+            .await
+            .map_err(|e| nats_error(format!("could not create the stream {name}"), e))
     }
 
     /// Publishes `changes` and waits for every acknowledgement.
@@ -475,10 +452,12 @@ impl NatsSink {
         let value = serde_json::to_vec(&Progress { lsn, sequence }).map_err(|e| {
             Error::new(ErrorKind::Sink, "could not serialize the position").with_source(e)
         })?;
-        connection
-            .progress
-            .put(&source.key, value.into())
+        let ack = connection
+            .jetstream
+            .publish(source.progress_subject.clone(), value.into())
             .await
+            .map_err(|e| nats_error("could not store the durable position in NATS", e))?;
+        ack.await
             .map_err(|e| nats_error("could not store the durable position in NATS", e))?;
         Ok(())
     }
@@ -492,43 +471,44 @@ impl ChangeSink for NatsSink {
         let client = self.options.connect().await?;
         let jetstream = jetstream::new(client);
         self.ensure_stream(&jetstream).await?;
-        let progress = self.progress_store(&jetstream).await?;
-        let key = format!(
-            "{}.{}.{}",
+        let progress = self.progress_stream(&jetstream).await?;
+        let progress_subject = format!(
+            "_bemi_progress.{}.{}.{}.{}",
+            self.stream.name,
             subject_token(&source.system_id),
             subject_token(&source.database),
             subject_token(&source.slot)
-        )
-        .replace('%', "=");
-        let stored = progress
-            .get(key.as_str())
+        );
+        let stored = match progress
+            .get_last_raw_message_by_subject(&progress_subject)
             .await
-            .map_err(|e| nats_error("could not read the durable position from NATS", e))?;
-        let stored: Option<Progress> = stored
-            .map(|value| serde_json::from_slice(&value))
-            .transpose()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Sink,
-                    format!(
-                        "the durable position {key} in the bucket {} is not Bemi's",
-                        self.progress_bucket
-                    ),
-                )
-                .with_source(e)
-            })?;
+        {
+            Ok(message) => Some(
+                serde_json::from_slice::<Progress>(&message.payload).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Sink,
+                        format!("the durable position on {progress_subject} is not Bemi's"),
+                    )
+                    .with_source(e)
+                })?,
+            ),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => {
+                return Err(nats_error(
+                    "could not read the durable position from NATS",
+                    e,
+                ))
+            }
+        };
         self.source = Some(Source {
             system_id: source.system_id.clone(),
             slot: source.slot.clone(),
-            key,
+            progress_subject,
             next_sequence: stored.as_ref().map_or(1, |p| p.sequence + 1),
             durable_sequence: stored.as_ref().map_or(0, |p| p.sequence),
             open: VecDeque::new(),
         });
-        self.connection = Some(Connection {
-            jetstream,
-            progress,
-        });
+        self.connection = Some(Connection { jetstream });
         tracing::info!(
             stream = %self.stream.name,
             durable = ?stored.as_ref().map(|p| p.lsn),
