@@ -25,6 +25,10 @@ pub(crate) struct StoreArgs {
     /// stream); fixed when the consumer is created
     #[arg(long, env = "BEMI_NATS_FILTER_SUBJECT")]
     pub(crate) filter_subject: Option<String>,
+    /// How long, in milliseconds, a fetched change may stay unacknowledged before NATS hands
+    /// it to another process (the consumer's ack wait, fixed when it is created)
+    #[arg(long, env = "BEMI_NATS_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub(crate) ack_wait_ms: u64,
     /// Most changes stored in one transaction
     #[arg(long, env = "BEMI_BATCH_SIZE", default_value_t = 1000)]
     pub(crate) batch_size: usize,
@@ -123,7 +127,7 @@ async fn consumer(
                 durable_name: Some(args.consumer.clone()),
                 description: Some("bemi store: changes into the changes table".to_owned()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(60),
+                ack_wait: Duration::from_millis(args.ack_wait_ms),
                 filter_subject: args.filter_subject.clone().unwrap_or_default(),
                 ..pull::Config::default()
             },
