@@ -35,7 +35,7 @@ pub(crate) struct NatsArgs {
         help_heading = "NATS"
     )]
     pub(crate) stream: String,
-    /// Subject prefix: changes go to <prefix>.<database>.<schema>.<table>
+    /// Subject prefix: changes go to PREFIX.DATABASE.SCHEMA.TABLE
     #[arg(
         long,
         env = "BEMI_NATS_SUBJECT_PREFIX",
