@@ -42,12 +42,14 @@ async fn run(one_row: i64, bulk: i64) {
     let nats = NatsServer::start();
     let source: ConnectOptions = pg.url("postgres").parse().expect("url");
     let sql = source.connect().await.expect("connect");
-    sql.batch_execute(
-        "CREATE DATABASE direct; CREATE DATABASE stored;
-         CREATE TABLE t (id int8 PRIMARY KEY, label text, n int4, at timestamptz);",
-    )
-    .await
-    .expect("schema");
+    // One statement each: CREATE DATABASE cannot run in the implicit transaction of a batch.
+    for statement in [
+        "CREATE DATABASE direct",
+        "CREATE DATABASE stored",
+        "CREATE TABLE t (id int8 PRIMARY KEY, label text, n int4, at timestamptz)",
+    ] {
+        sql.batch_execute(statement).await.expect(statement);
+    }
     // The direct reference reads everything, from before the first workload.
     SourceSetup::new("direct", "bench")
         .prepare(&sql)
@@ -86,7 +88,7 @@ async fn run(one_row: i64, bulk: i64) {
             .expect("bulk");
         } else {
             let insert = sql
-                .prepare("INSERT INTO t VALUES ($1, md5($1::text), 1, now())")
+                .prepare("INSERT INTO t VALUES ($1::int8, md5($1::int8::text), 1, now())")
                 .await
                 .expect("prepare");
             for id in first + 1..=first + count {
