@@ -1,8 +1,9 @@
 //! Capture → NATS JetStream → `bemi store`, against references measured in the same run:
 //! the tracker publishing to JetStream against `pg_recvlogical` draining the same WAL through
-//! its own slot (one-row transactions, then one bulk transaction), and the `bemi` binary's
-//! `store` draining the stream into a `changes` table against the tracker storing the same
-//! changes directly (`PostgresSink`).
+//! its own slot (one-row transactions, then one bulk transaction) and against JetStream taking
+//! the very messages the tracker published from a bare publisher (the server's own limit on
+//! this machine), and the `bemi` binary's `store` draining the stream into a `changes` table
+//! against the tracker storing the same changes directly (`PostgresSink`).
 //!
 //! ```text
 //! cargo bench -p bemi-cli --bench nats                  # 20,000 one-row transactions, 200,000-row bulk
@@ -13,6 +14,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bemi_core::reexports::async_nats::{self, jetstream};
 use bemi_core::setup::SourceSetup;
 use bemi_core::sink::{ChangeSink, NatsOptions, NatsSink, PostgresSink};
 use bemi_core::{ConnectOptions, Tracker};
@@ -119,7 +121,8 @@ async fn run(one_row: i64, bulk: i64) {
             count,
         )
         .await;
-        rows.push((name, count, reference, published));
+        let ingest = time_bare_publisher(&nats.url(), slot, count as usize).await;
+        rows.push((name, count, reference, published, ingest));
     }
 
     let total = one_row + bulk;
@@ -150,15 +153,19 @@ async fn run(one_row: i64, bulk: i64) {
     let _ = process.wait();
     assert_eq!(count(&stored_db).await, total);
 
-    for (name, changes, reference, published) in rows {
+    for (name, changes, reference, published, ingest) in rows {
         println!(
-            "{name}: {changes} changes; pg_recvlogical {:.2?} ({:.0}/s); tracker → JetStream \
-             {:.2?} ({:.0}/s): {:.2}× the reference's rate",
+            "{name}: {changes} changes; pg_recvlogical {:.2?} ({:.0}/s); JetStream from a bare \
+             publisher {:.2?} ({:.0}/s); tracker → JetStream {:.2?} ({:.0}/s): {:.2}× \
+             pg_recvlogical, {:.2}× the bare publisher",
             reference,
             rate(changes, reference),
+            ingest,
+            rate(changes, ingest),
             published,
             rate(changes, published),
-            rate(changes, published) / rate(changes, reference)
+            rate(changes, published) / rate(changes, reference),
+            rate(changes, published) / rate(changes, ingest),
         );
     }
     println!(
@@ -193,6 +200,69 @@ async fn time_tracker(
     let elapsed = started.elapsed();
     assert_eq!(progress.changes, changes as u64, "{progress:?}");
     elapsed
+}
+
+/// How long JetStream takes to store the last `changes` messages of the tracker's stream when a
+/// bare publisher sends them (same subjects under another prefix, same headers and message ids,
+/// batches of the tracker's size with every acknowledgement awaited) into a stream made like
+/// the tracker's: the server's own limit for this workload on this machine.
+async fn time_bare_publisher(url: &str, name: &str, changes: usize) -> Duration {
+    let client = async_nats::connect(url).await.expect("NATS");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream("BEMI").await.expect("the tracker's stream");
+    let last = stream.info().await.expect("stream info").state.last_sequence;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1 - changes as u64,
+            },
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = Vec::with_capacity(changes);
+    while messages.len() < changes {
+        let mut batch = consumer
+            .fetch()
+            .max_messages((changes - messages.len()).min(10_000))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(message) = futures_util::StreamExt::next(&mut batch).await {
+            messages.push(message.expect("message").message);
+        }
+    }
+    let prefix = format!("bare_{name}");
+    js.create_stream(jetstream::stream::Config {
+        name: prefix.to_uppercase(),
+        subjects: vec![format!("{prefix}.>")],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+
+    let started = Instant::now();
+    for batch in messages.chunks(1_000) {
+        let mut acks = Vec::with_capacity(batch.len());
+        for message in batch {
+            let subject = message.subject.replacen("bemi", &prefix, 1);
+            let mut publish = async_nats::jetstream::context::Publish::build()
+                .payload(message.payload.clone());
+            for (header, values) in message.headers.iter().flat_map(|h| h.iter()) {
+                for value in values {
+                    publish = publish.header(header.clone(), value.clone());
+                }
+            }
+            acks.push(js.send_publish(subject, publish).await.expect("publish"));
+        }
+        for ack in acks {
+            ack.await.expect("acknowledged");
+        }
+    }
+    started.elapsed()
 }
 
 async fn count(db: &ConnectOptions) -> i64 {

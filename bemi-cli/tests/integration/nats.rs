@@ -1,12 +1,14 @@
 //! Capture → NATS JetStream → `bemi store`, with the real `bemi` binary and a real
 //! `nats-server`: every change lands in `changes` exactly once with its context, through a
-//! SIGKILLed tracker, a restarted nats-server, and a killed one of two store processes.
+//! SIGKILLed tracker (also one killed inside a large transaction, which it then publishes
+//! again), a restarted nats-server, and a killed one of two store processes.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bemi_core::reexports::async_nats::{self, jetstream};
 use bemi_core::Host;
 use bemi_testkit::nats::NatsServer;
 use bemi_testkit::TestDatabase;
@@ -49,8 +51,8 @@ impl Pipeline {
         }
     }
 
-    /// `bemi run --destination nats://…` on the source.
-    fn tracker(&self) -> Child {
+    /// `bemi run --destination nats://…` on the source; with `log`, logging at `info` into it.
+    fn tracker(&self, log: Option<std::fs::File>) -> Child {
         let options = self.source.options();
         let Host::Tcp(host) = options.host() else {
             panic!("tests connect over TCP");
@@ -65,8 +67,9 @@ impl Pipeline {
             .env("BEMI_SLOT", self.source.slot())
             .env("BEMI_PUBLICATION", self.source.publication())
             .env("BEMI_BATCH_SIZE", "300")
-            .env("LOG_LEVEL", "warn")
+            .env("LOG_LEVEL", if log.is_some() { "info" } else { "warn" })
             .stdout(Stdio::null())
+            .stderr(log.map_or_else(Stdio::inherit, Stdio::from))
             .spawn()
             .expect("bemi run starts")
     }
@@ -210,7 +213,7 @@ fn kill(child: &mut Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_the_changes_table_once_with_its_context() {
     let pipeline = Pipeline::new().await;
-    let tracker = pipeline.tracker();
+    let tracker = pipeline.tracker(None);
     let store = pipeline.store_process(false);
     let (workload, _) = pipeline.workload(300).await;
     workload.await.unwrap();
@@ -224,7 +227,7 @@ async fn a_tracker_killed_mid_stream_stores_nothing_twice() {
     const TRANSACTIONS: i64 = 1_200;
     let pipeline = Pipeline::new().await;
     let store = pipeline.store_process(false);
-    let mut tracker = pipeline.tracker();
+    let mut tracker = pipeline.tracker(None);
     let (workload, written) = pipeline.workload(TRANSACTIONS).await;
     for at in [250, 550, 850] {
         Pipeline::wait_for_written(&written, at).await;
@@ -234,7 +237,7 @@ async fn a_tracker_killed_mid_stream_stores_nothing_twice() {
             "tracker killed at transaction {at}: {} stored",
             pipeline.count().await
         );
-        tracker = pipeline.tracker();
+        tracker = pipeline.tracker(None);
     }
     workload.await.unwrap();
     pipeline.assert_exactly_once(TRANSACTIONS).await;
@@ -246,7 +249,7 @@ async fn a_tracker_killed_mid_stream_stores_nothing_twice() {
 async fn a_restarted_nats_server_loses_nothing() {
     const TRANSACTIONS: i64 = 1_000;
     let mut pipeline = Pipeline::new().await;
-    let tracker = pipeline.tracker();
+    let tracker = pipeline.tracker(None);
     let store = pipeline.store_process(false);
     let (workload, written) = pipeline.workload(TRANSACTIONS).await;
     Pipeline::wait_for_written(&written, 300).await;
@@ -265,7 +268,7 @@ async fn a_restarted_nats_server_loses_nothing() {
 async fn two_stores_share_the_work_and_one_killed_loses_nothing() {
     const TRANSACTIONS: i64 = 1_000;
     let pipeline = Pipeline::new().await;
-    let tracker = pipeline.tracker();
+    let tracker = pipeline.tracker(None);
     let mut first = pipeline.store_process(false);
     let second = pipeline.store_process(true);
     let (workload, _) = pipeline.workload(TRANSACTIONS).await;
@@ -296,5 +299,73 @@ async fn two_stores_share_the_work_and_one_killed_loses_nothing() {
     assert!(
         stored > 0 && stored < TRANSACTIONS * PER_TRANSACTION,
         "the second store stored {stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_killed_inside_a_large_transaction_publishes_it_again_and_it_is_stored_once() {
+    const ROWS: u64 = 20_000;
+    let pipeline = Pipeline::new().await;
+    let store = pipeline.store_process(false);
+    let mut tracker = pipeline.tracker(None);
+    let sql = pipeline.source.connect().await.unwrap();
+    sql.batch_execute(&format!(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, '_bemi', '{{\"job\": \"import\"}}');
+         INSERT INTO items SELECT g, 0, 0 FROM generate_series(1, {ROWS}) g;
+         COMMIT;"
+    ))
+    .await
+    .unwrap();
+
+    // The tracker publishes the transaction in batches of 300, and confirms it only after its
+    // last one: killed once part of it is in the stream, it must publish all of it again.
+    let js = jetstream::new(async_nats::connect(pipeline.nats.url()).await.unwrap());
+    let in_stream = || async {
+        match js.get_stream("BEMI").await {
+            Ok(mut stream) => stream.info().await.unwrap().state.messages,
+            Err(_) => 0,
+        }
+    };
+    let published = loop {
+        let published = in_stream().await;
+        if published >= 1_000 {
+            break published;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(published < ROWS / 2, "the kill came too late: {published}");
+    kill(&mut tracker);
+    println!("tracker killed with {published} of {ROWS} changes published");
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let tracker = pipeline.tracker(Some(log.reopen().unwrap()));
+    pipeline.wait_for_stored("the transaction", ROWS as i64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let count = |query: &'static str| {
+        let stored = &pipeline.stored;
+        async move { stored.query_one(query, &[]).await.expect(query).get::<_, i64>(0) as u64 }
+    };
+    assert_eq!(count("SELECT count(*) FROM changes").await, ROWS);
+    assert_eq!(
+        count("SELECT count(DISTINCT primary_key) FROM changes WHERE context->>'job' = 'import'")
+            .await,
+        ROWS
+    );
+    // The stream kept one message per change, though more were published.
+    assert_eq!(in_stream().await, ROWS);
+    assert_eq!(terminate(tracker), Some(0));
+    assert_eq!(terminate(store), Some(0));
+
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    let duplicates: u64 = log
+        .lines()
+        .filter_map(|line| line.split("duplicates=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    println!("published again and dropped by the stream: {duplicates}");
+    assert!(
+        duplicates >= published,
+        "{published} changes were in the stream before the kill, {duplicates} came again:\n{log}"
     );
 }

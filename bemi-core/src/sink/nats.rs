@@ -420,6 +420,7 @@ impl NatsSink {
                 .map_err(|e| publish_error(&subject, e))?;
             acks.push((subject, ack));
         }
+        let mut duplicates = 0_usize;
         for (subject, ack) in acks {
             let ack = ack.await.map_err(|e| publish_error(&subject, e))?;
             if ack.stream != self.stream.name {
@@ -428,6 +429,15 @@ impl NatsSink {
                     ack.stream, self.stream.name
                 )));
             }
+            duplicates += usize::from(ack.duplicate);
+        }
+        if duplicates > 0 {
+            tracing::info!(
+                duplicates,
+                published = changes.len(),
+                "the stream already held some of these changes (published again after a \
+                 restart); it kept one copy of each"
+            );
         }
         Ok(())
     }
