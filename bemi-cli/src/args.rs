@@ -66,6 +66,9 @@ pub(crate) enum Command {
     /// The changes that match filters (table, key, operation, time, JSON containment), a page
     /// at a time
     Changes(crate::changes::ChangesArgs),
+    /// Write the changes a `bemi run --destination nats://…` publishes into `changes`, exactly
+    /// once; several processes share the work
+    Store(crate::store::StoreArgs),
     /// Undo the changes that match filters (a transaction, a request's context, a time range)
     /// in one transaction with its own context; refuses on conflicting later edits
     Revert(crate::revert::RevertArgs),
@@ -220,6 +223,7 @@ pub(crate) struct RunArgs {
             "sslmode", "sslrootcert", "slot", "publication", "tables", "destination_url",
             "destination_db_host", "destination_db_port", "destination_db_name",
             "destination_db_user", "destination_db_password", "destination_schema",
+            "nats_destination",
         ]
     )]
     pub(crate) config: Option<PathBuf>,
@@ -235,6 +239,25 @@ pub(crate) struct RunArgs {
         help_heading = "Monitoring"
     )]
     pub(crate) ready_max_lag_bytes: u64,
+    /// Publish to NATS JetStream instead of a `changes` table: nats://host:4222 (several
+    /// comma-separated; tls://… for TLS); `bemi store` then writes the stream into `changes`
+    #[arg(long = "destination", env = "BEMI_DESTINATION", value_parser = parse_nats_url)]
+    pub(crate) nats_destination: Option<String>,
+    #[command(flatten)]
+    pub(crate) nats: crate::nats::NatsArgs,
+}
+
+/// A NATS URL (nats:// or tls://); anything else is refused with where it belongs.
+fn parse_nats_url(text: &str) -> Result<String, String> {
+    if crate::nats::is_nats_url(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "expected a NATS URL (nats://… or tls://…); a PostgreSQL destination is \
+             --destination-url"
+                .to_owned(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Args)]

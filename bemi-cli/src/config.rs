@@ -145,6 +145,8 @@ impl SourceEntry {
             replica_identity: self.replica_identity.unwrap_or(!args.no_replica_identity),
             layout: Layout::Partitioned(args.partitions.partition_interval),
             retention: args.retention.retention()?,
+            // A config file's sources store into their `changes` tables.
+            nats: None,
         })
     }
 }

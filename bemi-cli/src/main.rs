@@ -11,6 +11,7 @@
 //! bemi revert [filters] [--dry-run]   undo changes in one transaction with its own context
 //! bemi migrate --partition [--print-sql]  partition an existing `changes` table, keeping every row
 //! bemi retention [--dry-run]          drop the partitions of `changes` past the retention window
+//! bemi store --from nats://…          write the changes on NATS JetStream into `changes`
 //! ```
 //!
 //! Settings come from flags or from Bemi's variables (`DB_HOST`, `DB_PORT`, `DB_NAME`,
@@ -26,12 +27,14 @@ mod filter;
 mod history;
 mod migrate;
 mod monitor;
+mod nats;
 mod output;
 mod retention;
 mod revert;
 mod run;
 mod setup;
 mod status;
+mod store;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -67,6 +70,7 @@ async fn main() -> ExitCode {
         Command::Revert(args) => revert::revert(args).await,
         Command::Migrate(args) => migrate::migrate(args).await,
         Command::Retention(args) => retention::retention(args).await,
+        Command::Store(args) => store::store(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

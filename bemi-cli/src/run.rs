@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bemi_core::changes_table::{Layout, Retention};
 use bemi_core::setup::Tables;
-use bemi_core::sink::PostgresSink;
+use bemi_core::sink::{ChangeSink, NatsSink, PostgresSink};
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker, TrackerHandle};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -31,6 +31,8 @@ pub(crate) struct Source {
     pub(crate) layout: Layout,
     /// How long `changes` keeps changes (none: forever).
     pub(crate) retention: Option<Retention>,
+    /// Publish to NATS JetStream instead of `destination` (`--destination nats://…`).
+    pub(crate) nats: Option<NatsSink>,
 }
 
 impl Source {
@@ -51,21 +53,37 @@ impl Source {
             replica_identity: !args.no_replica_identity,
             layout: Layout::Partitioned(args.partitions.partition_interval),
             retention: args.retention.retention()?,
+            nats: args
+                .nats_destination
+                .as_ref()
+                .map(|url| args.nats.sink(url)),
         })
     }
 
     fn spawn(self) -> Result<TrackerHandle> {
-        let mut sink = PostgresSink::connect(&self.destination)?
-            .schema(&self.destination_schema)
-            .layout(self.layout);
-        if let Some(retention) = self.retention {
-            sink = sink.retention(retention);
-        }
         let (source, destination) = (&self.options, &self.destination);
+        let (sink, destination): (Box<dyn ChangeSink>, String) = match self.nats {
+            Some(nats) => (Box::new(nats), "NATS JetStream".to_owned()),
+            None => {
+                let mut sink = PostgresSink::connect(destination)?
+                    .schema(&self.destination_schema)
+                    .layout(self.layout);
+                if let Some(retention) = self.retention {
+                    sink = sink.retention(retention);
+                }
+                let at = format!(
+                    "{}:{}/{}",
+                    destination.host(),
+                    destination.port(),
+                    destination.dbname()
+                );
+                (Box::new(sink), at)
+            }
+        };
         tracing::info!(
             source = %self.name,
             database = %format!("{}:{}/{}", source.host(), source.port(), source.dbname()),
-            destination = %format!("{}:{}/{}", destination.host(), destination.port(), destination.dbname()),
+            %destination,
             slot = %self.slot,
             "starting a tracker"
         );

@@ -105,6 +105,17 @@ impl fmt::Debug for ContextJson {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ContextJson {
+    /// A JSON object, kept as its text.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        if !raw.get().starts_with('{') {
+            return Err(serde::de::Error::custom("a context must be a JSON object"));
+        }
+        Ok(ContextJson::from_validated(raw.get().to_owned()))
+    }
+}
+
 impl Serialize for ContextJson {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let raw: &serde_json::value::RawValue =
@@ -119,7 +130,10 @@ impl Serialize for ContextJson {
 /// The key `(commit_lsn, ordinal)` is unique for every change ever made: the LSN of the
 /// transaction's commit record and the change's position within the transaction, counting
 /// from 0. A change's own `position` is not unique (every row of a COPY shares one).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Its JSON form (`serde_json::to_string`) reads back into the same change (the rows and the
+/// context keep their exact JSON text), for sinks that hand changes to other processes.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Change {
     /// The changed row's primary key as text; composite keys as a JSON array (`[1,"a"]`).

@@ -51,7 +51,8 @@
 //! * [`metrics`]: what the tracker records through the `metrics` facade, for Prometheus and
 //!   other exporters.
 //!
-//! No optional features. Unix only: the replication client connects over Unix sockets too. A
+//! One optional feature: `nats`, the NATS JetStream sink (`sink::NatsSink`), for one capture
+//! feeding many consumers. Unix only: the replication client connects over Unix sockets too. A
 //! throwaway PostgreSQL for your own tests and demos is in the `bemi-temp-postgres` crate.
 #![forbid(unsafe_code)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
@@ -95,6 +96,8 @@ pub use tracker::{Progress, Tracker, TrackerBuilder, TrackerHandle, TrackerWatch
 /// The crates whose types appear in bemi-core's public API, re-exported so that their versions
 /// always match.
 pub mod reexports {
+    #[cfg(feature = "nats")]
+    pub use async_nats;
     pub use bemi_context;
     pub use chrono;
     pub use deadpool_postgres;

@@ -16,7 +16,10 @@ use crate::Xid;
 /// Values follow the conversion table of [`crate::value`]. A column whose value the stream did
 /// not carry (an unchanged TOAST value without the old row) is left out of the object, never
 /// set to `null`.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Rows compare by their JSON text. A row read back from JSON (a [`Change`](crate::Change)
+/// deserialized) has its text only: [`Row::value`] finds nothing in it.
+#[derive(Clone)]
 pub struct Row {
     json: String,
     /// Per column of the relation: where its value sits in `json`, and its text form for key
@@ -56,9 +59,20 @@ impl Row {
 
     /// Whether the row has no columns.
     pub fn is_empty(&self) -> bool {
-        self.values.iter().all(Option::is_none)
+        self.json
+            .strip_prefix('{')
+            .and_then(|inner| inner.strip_suffix('}'))
+            .is_some_and(|inner| inner.trim().is_empty())
     }
 }
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Eq for Row {}
 
 impl fmt::Debug for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,6 +84,20 @@ impl serde::Serialize for Row {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let raw: &RawValue = serde_json::from_str(&self.json).map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Row {
+    /// A JSON object, kept as its text.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        if !raw.get().starts_with('{') {
+            return Err(serde::de::Error::custom("a row must be a JSON object"));
+        }
+        Ok(Row {
+            json: raw.get().to_owned(),
+            values: Vec::new(),
+        })
     }
 }
 

@@ -7,6 +7,7 @@ mod history;
 mod least_privilege;
 mod many_sources;
 mod monitoring;
+mod nats;
 mod partitions;
 mod secrets;
 mod standby;

@@ -361,23 +361,8 @@ const DURABLE_COMMIT: &str = "(SELECT set_config('synchronous_commit', \
 #[async_trait]
 impl ChangeSink for PostgresSink {
     async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart> {
-        // IDENTIFY_SYSTEM prints the identifier unsigned; pg_control_system() and the tables
-        // hold it as bigint.
-        let system_id = source.system_id.parse::<u64>().map_err(|e| {
-            Error::protocol("the server reported an invalid system identifier").with_source(e)
-        })? as i64;
-        self.migrate().await?;
-        let mut client = self.client().await?;
-        let upkeep = upkeep_of(
-            &self.changes,
-            self.layout,
-            self.retention.clone(),
-            &mut client,
-        )
-        .await;
-        let upkeep = self.discard_if_failed(client, upkeep)?;
-        self.build_sql(upkeep.is_some());
-        self.upkeep = upkeep;
+        let system_id = parse_system_id(&source.system_id)?;
+        self.ready().await?;
         let client = self.client().await?;
         let found = self.stored_position(&client, system_id, source).await;
         let row = self.discard_if_failed(client, found)?;
@@ -412,17 +397,69 @@ impl ChangeSink for PostgresSink {
                 "PostgresSink::write was called before open",
             ));
         };
+        let (system_id, progress) = (
+            *system_id,
+            batch
+                .durable_through
+                .map(|lsn| (database.clone(), slot.clone(), lsn.to_int8())),
+        );
+        self.insert(system_id, &batch.changes, progress).await
+    }
+}
+
+impl PostgresSink {
+    /// Creates or upgrades the `changes` table and readies its partitions' upkeep, as
+    /// [`open`](ChangeSink::open) does, for [`store`](Self::store) without a tracker; again
+    /// after a transient failure of `store`.
+    pub async fn prepare(&mut self) -> Result<()> {
+        self.ready().await
+    }
+
+    /// Stores changes of the source cluster `system_id` (as `IDENTIFY_SYSTEM` prints it)
+    /// exactly once, without a position: for a consumer of changes that a tracker published
+    /// elsewhere (`bemi store` reading NATS). The rows are those [`write`](ChangeSink::write)
+    /// stores; a change whose key the table holds is skipped. One transaction, committed
+    /// durably when this returns.
+    pub async fn store(&mut self, system_id: &str, changes: &[Change]) -> Result<()> {
+        self.insert(parse_system_id(system_id)?, changes, None)
+            .await
+    }
+
+    /// The table is up to date, and the statements and upkeep match its layout.
+    async fn ready(&mut self) -> Result<()> {
+        self.migrate().await?;
+        let mut client = self.client().await?;
+        let upkeep = upkeep_of(
+            &self.changes,
+            self.layout,
+            self.retention.clone(),
+            &mut client,
+        )
+        .await;
+        let upkeep = self.discard_if_failed(client, upkeep)?;
+        self.build_sql(upkeep.is_some());
+        self.upkeep = upkeep;
+        Ok(())
+    }
+
+    /// Inserts `changes`, and the position (database, slot, LSN) with them when given, in one
+    /// statement.
+    async fn insert(
+        &mut self,
+        system_id: i64,
+        changes: &[Change],
+        progress: Option<(String, String, i64)>,
+    ) -> Result<()> {
         let ids: Vec<RowId> = match self.row_ids {
-            RowIds::TimeOrdered => batch.changes.iter().map(|_| self.ids.next_id()).collect(),
+            RowIds::TimeOrdered => changes.iter().map(|_| self.ids.next_id()).collect(),
             RowIds::Random => Vec::new(),
         };
-        let columns = Columns::new(&batch.changes)?;
+        let columns = Columns::new(changes)?;
         let mut client = self.client().await?;
         if let Some(upkeep) = &mut self.upkeep {
-            let committed = batch.changes.iter().map(|change| change.committed_at);
+            let committed = changes.iter().map(|change| change.committed_at);
             upkeep.before_write(&mut client, committed).await;
         }
-        let lsn = batch.durable_through.map(Lsn::to_int8);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &columns.primary_key,
             &columns.before,
@@ -438,14 +475,14 @@ impl ChangeSink for PostgresSink {
             &columns.position,
             &columns.commit_lsn,
             &columns.ordinal,
-            system_id,
+            &system_id,
             &columns.contexts,
         ];
         if self.row_ids == RowIds::TimeOrdered {
             params.push(&ids);
         }
-        let sql = match &lsn {
-            Some(lsn) => {
+        let sql = match &progress {
+            Some((database, slot, lsn)) => {
                 params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
                 &self.insert_with_progress_sql
             }
@@ -472,17 +509,22 @@ impl ChangeSink for PostgresSink {
                 .with_source(e),
                 _ => Error::new(
                     ErrorKind::Sink,
-                    format!(
-                        "could not store {} changes: {}",
-                        batch.changes.len(),
-                        e.message()
-                    ),
+                    format!("could not store {} changes: {}", changes.len(), e.message()),
                 )
                 .with_code(e.code().unwrap_or_default().to_owned())
                 .with_source(e),
             })?;
         Ok(())
     }
+}
+
+/// The system identifier as the tables hold it: `IDENTIFY_SYSTEM` prints it unsigned,
+/// `pg_control_system()` and the tables hold it as bigint.
+fn parse_system_id(text: &str) -> Result<i64> {
+    let id = text.parse::<u64>().map_err(|e| {
+        Error::protocol(format!("invalid system identifier {text:?}")).with_source(e)
+    })?;
+    Ok(id as i64)
 }
 
 /// The upkeep of the table's partitions when it is partitioned: its partitions for now and the

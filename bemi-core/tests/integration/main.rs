@@ -6,6 +6,8 @@ mod context;
 mod decoding;
 mod failover;
 mod feedback;
+#[cfg(feature = "nats")]
+mod nats;
 mod outage;
 mod partitions;
 mod read_your_writes;
