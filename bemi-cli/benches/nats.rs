@@ -210,7 +210,12 @@ async fn time_bare_publisher(url: &str, name: &str, changes: usize) -> Duration 
     let client = async_nats::connect(url).await.expect("NATS");
     let js = jetstream::new(client);
     let mut stream = js.get_stream("BEMI").await.expect("the tracker's stream");
-    let last = stream.info().await.expect("stream info").state.last_sequence;
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -249,7 +254,7 @@ async fn time_bare_publisher(url: &str, name: &str, changes: usize) -> Duration 
         let mut acks = Vec::with_capacity(batch.len());
         for message in batch {
             let subject = message.subject.replacen("bemi", &prefix, 1);
-            let mut publish = async_nats::jetstream::context::Publish::build()
+            let mut publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(message.payload.clone());
             for (header, values) in message.headers.iter().flat_map(|h| h.iter()) {
                 for value in values {

@@ -340,11 +340,19 @@ async fn a_tracker_killed_inside_a_large_transaction_publishes_it_again_and_it_i
 
     let log = tempfile::NamedTempFile::new().unwrap();
     let tracker = pipeline.tracker(Some(log.reopen().unwrap()));
-    pipeline.wait_for_stored("the transaction", ROWS as i64).await;
+    pipeline
+        .wait_for_stored("the transaction", ROWS as i64)
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let count = |query: &'static str| {
         let stored = &pipeline.stored;
-        async move { stored.query_one(query, &[]).await.expect(query).get::<_, i64>(0) as u64 }
+        async move {
+            stored
+                .query_one(query, &[])
+                .await
+                .expect(query)
+                .get::<_, i64>(0) as u64
+        }
     };
     assert_eq!(count("SELECT count(*) FROM changes").await, ROWS);
     assert_eq!(
