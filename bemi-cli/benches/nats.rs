@@ -2,8 +2,10 @@
 //! the tracker publishing to JetStream against `pg_recvlogical` draining the same WAL through
 //! its own slot (one-row transactions, then one bulk transaction) and against JetStream taking
 //! the very messages the tracker published from a bare publisher (the server's own limit on
-//! this machine), and the `bemi` binary's `store` draining the stream into a `changes` table
-//! against the tracker storing the same changes directly (`PostgresSink`).
+//! this machine) and against the tracker writing the same changes as JSON lines to nowhere (its
+//! own limit: decoding and stitching, the sink costing next to nothing), and the `bemi` binary's
+//! `store` draining the stream into a `changes` table against the tracker storing the same
+//! changes directly (`PostgresSink`).
 //!
 //! ```text
 //! cargo bench -p bemi-cli --bench nats                  # 20,000 one-row transactions, 200,000-row bulk
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bemi_core::reexports::async_nats::{self, jetstream};
 use bemi_core::setup::SourceSetup;
-use bemi_core::sink::{ChangeSink, NatsOptions, NatsSink, PostgresSink};
+use bemi_core::sink::{ChangeSink, JsonLinesSink, NatsOptions, NatsSink, PostgresSink};
 use bemi_core::{ConnectOptions, Tracker};
 use bemi_temp_postgres::TempPostgres;
 use bemi_testkit::nats::NatsServer;
@@ -63,10 +65,12 @@ async fn run(one_row: i64, bulk: i64) {
         ("one-row transactions", "one_row", one_row, false),
         ("one bulk transaction", "bulk", bulk, true),
     ] {
-        SourceSetup::new(format!("nats_{slot}"), "bench")
-            .prepare(&sql)
-            .await
-            .expect("slot");
+        for tracker_slot in [format!("nats_{slot}"), format!("nowhere_{slot}")] {
+            SourceSetup::new(tracker_slot, "bench")
+                .prepare(&sql)
+                .await
+                .expect("slot");
+        }
         sql.query(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&format!("reference_{slot}")],
@@ -122,7 +126,14 @@ async fn run(one_row: i64, bulk: i64) {
         )
         .await;
         let ingest = time_bare_publisher(&nats.url(), slot, count as usize).await;
-        rows.push((name, count, reference, published, ingest));
+        let nowhere = time_tracker(
+            &source,
+            &format!("nowhere_{slot}"),
+            JsonLinesSink::new(tokio::io::sink()),
+            count,
+        )
+        .await;
+        rows.push((name, count, reference, published, ingest, nowhere));
     }
 
     let total = one_row + bulk;
@@ -153,19 +164,23 @@ async fn run(one_row: i64, bulk: i64) {
     let _ = process.wait();
     assert_eq!(count(&stored_db).await, total);
 
-    for (name, changes, reference, published, ingest) in rows {
+    for (name, changes, reference, published, ingest, nowhere) in rows {
         println!(
             "{name}: {changes} changes; pg_recvlogical {:.2?} ({:.0}/s); JetStream from a bare \
-             publisher {:.2?} ({:.0}/s); tracker → JetStream {:.2?} ({:.0}/s): {:.2}× \
-             pg_recvlogical, {:.2}× the bare publisher",
+             publisher {:.2?} ({:.0}/s); tracker → JSON lines to nowhere {:.2?} ({:.0}/s); \
+             tracker → JetStream {:.2?} ({:.0}/s): {:.2}× pg_recvlogical, {:.2}× the bare \
+             publisher, {:.2}× the tracker to nowhere",
             reference,
             rate(changes, reference),
             ingest,
             rate(changes, ingest),
+            nowhere,
+            rate(changes, nowhere),
             published,
             rate(changes, published),
             rate(changes, published) / rate(changes, reference),
             rate(changes, published) / rate(changes, ingest),
+            rate(changes, published) / rate(changes, nowhere),
         );
     }
     println!(
