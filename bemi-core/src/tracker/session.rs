@@ -1,6 +1,7 @@
 //! One replication session: connect, set up, stream, hand batches to the writer, confirm.
 //! The positions it hands on and confirms are decided by its [`Ledger`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -62,6 +63,7 @@ impl Session {
         identity: &mut SourceIdentity,
         metrics: &Instruments,
     ) -> Result<Session> {
+        config.rules.check()?;
         let sql = config.source.connect().await?;
         setup::check_server(&sql).await?;
         let mut client = ReplicationClient::connect(&config.source)
@@ -116,7 +118,7 @@ impl Session {
             .ignore_tables
             .into_iter()
             .fold(
-                RowDecoder::new(CatalogKeys::new(sql)),
+                RowDecoder::new(CatalogKeys::new(sql)).rules(Arc::clone(&config.rules)),
                 |decoder, (schema, table)| decoder.ignore_table(schema, table),
             )
             .ignore_table(schema, table);
@@ -262,6 +264,18 @@ impl Session {
                 let committed =
                     self.stitcher
                         .push(event, wal_start, Utc::now(), self.ledger.changes());
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    for change in &self.ledger.changes()[from..] {
+                        tracing::trace!(
+                            table = %format!("{}.{}", change.schema, change.table),
+                            operation = %change.operation,
+                            primary_key = ?change.primary_key,
+                            before = %change.before.as_json(),
+                            after = %change.after.as_json(),
+                            "change"
+                        );
+                    }
+                }
                 self.ledger
                     .stitched(from, committed.map(|committed| committed.end_lsn));
                 if let Some(committed) = committed {
