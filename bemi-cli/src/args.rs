@@ -78,6 +78,9 @@ pub(crate) enum Command {
     /// Drop (or archive) the partitions of `changes` older than the retention window, as the
     /// worker does hourly; --dry-run shows them
     Retention(crate::retention::RetentionCommandArgs),
+    /// Validate a bemi.toml: errors (with their line) for what cannot work, warnings for table
+    /// patterns and columns of the rules that match nothing in a source it can reach
+    CheckConfig(crate::check_config::CheckConfigArgs),
 }
 
 /// How to connect to the tracked database.
@@ -284,6 +287,9 @@ pub(crate) struct StatusArgs {
     /// Print JSON for scripts
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also print the rules of this file (bemi.toml): those a worker started with it applies
+    #[arg(long, env = "BEMI_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

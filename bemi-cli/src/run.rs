@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bemi_core::changes_table::{Layout, Retention};
+use bemi_core::rules::Rules;
 use bemi_core::setup::Tables;
 use bemi_core::sink::{ChangeSink, NatsSink, PostgresSink};
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker, TrackerHandle};
@@ -33,6 +34,8 @@ pub(crate) struct Source {
     pub(crate) retention: Option<Retention>,
     /// Publish to NATS JetStream instead of `destination` (`--destination nats://…`).
     pub(crate) nats: Option<NatsSink>,
+    /// What is recorded.
+    pub(crate) rules: Rules,
 }
 
 impl Source {
@@ -57,6 +60,7 @@ impl Source {
                 .nats_destination
                 .as_ref()
                 .map(|url| args.nats.sink(url)),
+            rules: Rules::new(),
         })
     }
 
@@ -96,6 +100,7 @@ impl Source {
             .flush_interval(self.flush_interval)
             .accept_gap(self.accept_gap)
             .replica_identity(self.replica_identity)
+            .rules(self.rules)
             .spawn())
     }
 }

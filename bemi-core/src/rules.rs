@@ -163,6 +163,33 @@ impl Rules {
         Ok(())
     }
 
+    /// The rules in words, a line each, as `bemi status` prints them (never the hash key).
+    ///
+    /// ```
+    /// use bemi_core::rules::{Rules, TableRule};
+    ///
+    /// let rules = Rules::new().ignore_table("public.sessions").table(TableRule::new("users").mask(["password_digest"]));
+    /// assert_eq!(
+    ///     rules.describe(),
+    ///     ["tables: all", "ignored tables: public.sessions", "public.users: mask password_digest"]
+    /// );
+    /// ```
+    pub fn describe(&self) -> Vec<String> {
+        let list = |patterns: &[TablePattern]| {
+            let names: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+            names.join(", ")
+        };
+        let mut lines = vec![match self.track.is_empty() {
+            true => "tables: all".to_owned(),
+            false => format!("tables: {}", list(&self.track)),
+        }];
+        if !self.ignore.is_empty() {
+            lines.push(format!("ignored tables: {}", list(&self.ignore)));
+        }
+        lines.extend(self.tables.iter().map(TableRule::describe));
+        lines
+    }
+
     /// Whether changes of `schema.table` are recorded.
     pub fn tracks(&self, schema: &str, table: &str) -> bool {
         (self.track.is_empty() || self.track.iter().any(|p| p.matches(schema, table)))
@@ -274,6 +301,17 @@ impl TableRule {
         }
         format!("{}: {}", self.pattern, parts.join("; "))
     }
+}
+
+/// Whether the column `name` matches `pattern`, a column name of a rule, where `*` matches any
+/// run of characters.
+///
+/// ```
+/// assert!(bemi_core::rules::column_matches("*_token", "api_token"));
+/// assert!(!bemi_core::rules::column_matches("email", "emails"));
+/// ```
+pub fn column_matches(pattern: &str, name: &str) -> bool {
+    glob(pattern, name)
 }
 
 /// Whether `column` is one of `names` (names or globs).

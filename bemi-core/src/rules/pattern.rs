@@ -30,6 +30,16 @@ impl TablePattern {
         }
     }
 
+    /// The schema part.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table part.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     /// Whether the table `schema.table` matches.
     pub fn matches(&self, schema: &str, table: &str) -> bool {
         glob(&self.schema, schema) && glob(&self.table, table)
