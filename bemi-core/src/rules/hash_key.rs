@@ -1,7 +1,6 @@
 //! The key of the keyed hash that `hash` columns are replaced with.
 
 use std::fmt;
-use std::fmt::Write as _;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -67,10 +66,13 @@ impl HashKey {
     pub(crate) fn push_hash(&self, value: &[u8], json: &mut String) {
         let mut mac = self.0.clone();
         mac.update(value);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        json.reserve(HASH_PREFIX.len() + 66);
         json.push('"');
         json.push_str(HASH_PREFIX);
         for byte in mac.finalize().into_bytes() {
-            let _ = write!(json, "{byte:02x}");
+            json.push(char::from(HEX[usize::from(byte >> 4)]));
+            json.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
         json.push('"');
     }
