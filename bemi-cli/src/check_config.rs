@@ -23,7 +23,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn check_config(args: CheckConfigArgs) -> Result<()> {
     let (text, file) = crate::config::parse(&args.file)?;
     let invalid = |e: Error| {
-        Error::config(format!("the config file {} is invalid", args.file.display())).with_source(e)
+        Error::config(format!(
+            "the config file {} is invalid",
+            args.file.display()
+        ))
+        .with_source(e)
     };
     let rules = file.rules.to_rules(&text).map_err(invalid)?;
     let sources = file.connections().map_err(invalid)?;
@@ -51,7 +55,10 @@ pub(crate) async fn check_config(args: CheckConfigArgs) -> Result<()> {
         };
         for problem in named.iter().flat_map(|n| unknown(n, &tables)) {
             let (line, column) = position(&text, problem.0);
-            println!("warning: line {line}, column {column}: {} in source {name:?}", problem.1);
+            println!(
+                "warning: line {line}, column {column}: {} in source {name:?}",
+                problem.1
+            );
             warnings += 1;
         }
     }
@@ -108,7 +115,9 @@ fn unknown(named: &NamedInFile<'_>, tables: &Tables) -> Vec<(usize, String)> {
         .map(|column| {
             (
                 named.offset,
-                format!("the rule for {pattern} names column {column:?}, which no table it matches has"),
+                format!(
+                    "the rule for {pattern} names column {column:?}, which no table it matches has"
+                ),
             )
         })
         .collect()

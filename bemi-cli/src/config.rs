@@ -131,9 +131,9 @@ impl File {
             .iter()
             .enumerate()
             .map(|(i, entry)| {
-                let options = entry.options().map_err(|e| {
-                    Error::config(format!("source {}", i + 1)).with_source(e)
-                })?;
+                let options = entry
+                    .options()
+                    .map_err(|e| Error::config(format!("source {}", i + 1)).with_source(e))?;
                 Ok((entry.name().to_owned(), options))
             })
             .collect()

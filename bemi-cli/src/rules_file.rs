@@ -71,18 +71,27 @@ impl RulesEntry {
     /// The rules, checked; `text` is the file, for the lines of errors. The hash key is read
     /// from its environment variable now.
     pub(crate) fn to_rules(&self, text: &str) -> Result<Rules> {
-        let at = |spanned: &Spanned<String>, e: Error| error_at(text, spanned.span().start, e.report());
+        let at =
+            |spanned: &Spanned<String>, e: Error| error_at(text, spanned.span().start, e.report());
         let hash_key = match &self.hash_key_env {
-            Some(variable) => Some(HashKey::from_env(variable.get_ref()).map_err(|e| at(variable, e))?),
+            Some(variable) => {
+                Some(HashKey::from_env(variable.get_ref()).map_err(|e| at(variable, e))?)
+            }
             None => None,
         };
         let mut rules = Rules::new();
         for pattern in &self.track {
-            Rules::new().track(pattern.get_ref()).check().map_err(|e| at(pattern, e))?;
+            Rules::new()
+                .track(pattern.get_ref())
+                .check()
+                .map_err(|e| at(pattern, e))?;
             rules = rules.track(pattern.get_ref());
         }
         for pattern in &self.ignore_tables {
-            Rules::new().ignore_table(pattern.get_ref()).check().map_err(|e| at(pattern, e))?;
+            Rules::new()
+                .ignore_table(pattern.get_ref())
+                .check()
+                .map_err(|e| at(pattern, e))?;
             rules = rules.ignore_table(pattern.get_ref());
         }
         for entry in &self.table {
@@ -103,11 +112,15 @@ impl RulesEntry {
     /// The table patterns and column names of the file with their positions, for
     /// `bemi check-config` to look them up in a database.
     pub(crate) fn names(&self) -> Vec<NamedInFile<'_>> {
-        let tables = self.track.iter().chain(&self.ignore_tables).map(|p| NamedInFile {
-            pattern: p.get_ref(),
-            offset: p.span().start,
-            columns: Vec::new(),
-        });
+        let tables = self
+            .track
+            .iter()
+            .chain(&self.ignore_tables)
+            .map(|p| NamedInFile {
+                pattern: p.get_ref(),
+                offset: p.span().start,
+                columns: Vec::new(),
+            });
         let rules = self.table.iter().map(|entry| NamedInFile {
             pattern: entry.name.get_ref(),
             offset: entry.name.span().start,

@@ -13,11 +13,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use std::sync::Arc;
 
-use bemi_core::rules::{HashKey, Rules, TableRule};
 use bemi_core::pgoutput::{
     decode, encode, Begin, ColumnValue, Commit, Insert, LogicalMessage, Message, PgTimestamp,
     Relation, RelationColumn, ReplicaIdentity, TupleData,
 };
+use bemi_core::rules::{HashKey, Rules, TableRule};
 use bemi_core::stitch::Stitcher;
 use bemi_core::value::text_to_json;
 use bemi_core::{Change, Lsn, Oid, Operation, RowDecoder, Xid};
@@ -217,7 +217,11 @@ fn ten_rules(orders: Orders) -> Rules {
             Operation::Update,
             Operation::Delete,
         ]))
-        .table(TableRule::new("public.users").mask(["password_digest"]).hash(["email"]))
+        .table(
+            TableRule::new("public.users")
+                .mask(["password_digest"])
+                .hash(["email"]),
+        )
         .table(TableRule::new("billing.*").mask(["card_*"]))
         .table(TableRule::new("*.audit_log").operations([Operation::Create]))
         .hash_key(HashKey::new("a benchmark key of 32 bytes ....").expect("a key"))
@@ -255,7 +259,10 @@ fn rules(c: &mut Criterion) {
     let cases = [
         ("no rules", Rules::new()),
         ("ten rules, rows unchanged", ten_rules(Orders::Unchanged)),
-        ("ten rules, a column ignored and one masked", ten_rules(Orders::Filtered)),
+        (
+            "ten rules, a column ignored and one masked",
+            ten_rules(Orders::Filtered),
+        ),
         ("ten rules, also a column hashed", ten_rules(Orders::Hashed)),
     ];
     let mut decoders: Vec<(&str, RowDecoder<_>)> = cases

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::keys::{CatalogKeys, KeyLookup};
 use crate::pgoutput::{ColumnValue, Message, OldTuple, PgTimestamp, TupleData};
 use crate::relation::RelationInfo;
-use crate::rules::{ColumnRule, RelationRules, Rules, MASKED};
 use crate::row::{Row, RowEvent};
+use crate::rules::{ColumnRule, RelationRules, Rules, MASKED};
 use crate::value::{push_json_string, text_to_json, user_array_to_json};
 use crate::{Lsn, Oid};
 
@@ -482,7 +482,14 @@ mod tests {
                 ColumnValue::Text(Bytes::from_static(b"caf\xe9")),
             ],
         };
-        let row = row(&relation(), &RelationRules::everything(), &tuple, None, false).unwrap();
+        let row = row(
+            &relation(),
+            &RelationRules::everything(),
+            &tuple,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x636166e9"}"#);
     }
 
@@ -494,12 +501,26 @@ mod tests {
                 ColumnValue::Binary(Bytes::from_static(&[0, 255])),
             ],
         };
-        let row = row(&relation(), &RelationRules::everything(), &tuple, None, false).unwrap();
+        let row = row(
+            &relation(),
+            &RelationRules::everything(),
+            &tuple,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x00ff"}"#);
         let short = TupleData {
             columns: vec![ColumnValue::Null],
         };
-        assert!(super::row(&relation(), &RelationRules::everything(), &short, None, false).is_err());
+        assert!(super::row(
+            &relation(),
+            &RelationRules::everything(),
+            &short,
+            None,
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -63,7 +63,9 @@ async fn the_worker_records_under_the_rules_of_its_file() {
         ("RUST_LOG", "trace,tokio_postgres=trace".to_owned()),
     ];
     let mut worker = Worker::start(&["--config", &path], &env);
-    worker.wait_for_state(&db.slot(), "streaming", crate::worker_process::WAIT).await;
+    worker
+        .wait_for_state(&db.slot(), "streaming", crate::worker_process::WAIT)
+        .await;
     sql.batch_execute(&format!(
         "INSERT INTO users VALUES (1, 'ann', 'ann@example.com', '{SECRET}-1', 100);
          UPDATE users SET updated_at = 101 WHERE id = 1;
@@ -82,8 +84,14 @@ async fn the_worker_records_under_the_rules_of_its_file() {
     assert!(worker.terminate().success(), "{}", worker.log());
     let log = worker.log();
     assert!(log.contains("tokio_postgres"), "the driver's log is on");
-    assert!(!log.contains(SECRET), "the log shows a masked value:\n{log}");
-    assert!(!log.contains("ann@example.com"), "the log shows a hashed value");
+    assert!(
+        !log.contains(SECRET),
+        "the log shows a masked value:\n{log}"
+    );
+    assert!(
+        !log.contains("ann@example.com"),
+        "the log shows a hashed value"
+    );
 
     let rows: Vec<(String, String, Value, Value)> = sql
         .query(
@@ -99,12 +107,18 @@ async fn the_worker_records_under_the_rules_of_its_file() {
     assert!(!all.contains(SECRET), "{all}");
     let email = rows[0].3["email"].clone();
     assert!(email.as_str().unwrap().starts_with("hmac-sha256:"), "{all}");
-    let user = |name: &str| json!({"id": 1, "name": name, "email": email, "password_digest": "[masked]"});
+    let user =
+        |name: &str| json!({"id": 1, "name": name, "email": email, "password_digest": "[masked]"});
     let expected = vec![
         ("users", "CREATE", json!({}), user("ann")),
         ("users", "UPDATE", user("ann"), user("Ann")),
         ("users", "UPDATE", user("Ann"), user("Ann")),
-        ("audit_log", "CREATE", json!({}), json!({"id": 1, "msg": "kept"})),
+        (
+            "audit_log",
+            "CREATE",
+            json!({}),
+            json!({"id": 1, "msg": "kept"}),
+        ),
         ("users", "DELETE", user("Ann"), json!({})),
     ];
     let expected: Vec<(String, String, Value, Value)> = expected
@@ -122,7 +136,11 @@ async fn the_worker_records_under_the_rules_of_its_file() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{text}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     assert!(
         text.contains("public.users: ignore updated_at; mask password_digest; hash email"),
         "{text}"
@@ -163,7 +181,11 @@ async fn an_invalid_file_stops_the_worker_with_its_line_and_check_config_warns()
     let valid = config(&db);
     let cases = [
         // A syntax error on line 6.
-        ("syntax.toml", valid.replacen("[rules]", "[rules", 1), "line 6, column 7"),
+        (
+            "syntax.toml",
+            valid.replacen("[rules]", "[rules", 1),
+            "line 6, column 7",
+        ),
         // An operation that does not exist, on line 18.
         (
             "operation.toml",
@@ -189,7 +211,10 @@ async fn an_invalid_file_stops_the_worker_with_its_line_and_check_config_warns()
     let path = write("valid.toml", &valid);
     let (ok, out) = bemi(&["check-config", &path], &env);
     assert!(ok, "{out}");
-    assert!(out.contains("line 7, column 18: public.sessions matches no table"), "{out}");
+    assert!(
+        out.contains("line 7, column 18: public.sessions matches no table"),
+        "{out}"
+    );
     assert!(
         out.contains("names column \"password_digest\", which no table it matches has"),
         "{out}"

@@ -101,7 +101,10 @@ impl RelationRules {
             })
             .collect();
         if let Some(index) = relation.primary_key.iter().find(|&&index| {
-            matches!(columns.get(index), Some(ColumnRule::Mask | ColumnRule::Hash))
+            matches!(
+                columns.get(index),
+                Some(ColumnRule::Mask | ColumnRule::Hash)
+            )
         }) {
             tracing::warn!(
                 table = %format!("{schema}.{table}"),

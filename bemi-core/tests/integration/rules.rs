@@ -136,9 +136,7 @@ async fn rules_apply_before_the_sink() {
         hashed.as_str().unwrap().starts_with("hmac-sha256:"),
         "{hashed}"
     );
-    let user = |name: &str| {
-        serde_json::json!({"id": 1, "name": name, "email": hashed, "password_digest": "[masked]"})
-    };
+    let user = |name: &str| serde_json::json!({"id": 1, "name": name, "email": hashed, "password_digest": "[masked]"});
     let empty = serde_json::json!({});
     let changes = summary(&lines);
     let expected = [
@@ -148,14 +146,39 @@ async fn rules_apply_before_the_sink() {
         // A masked column that changed: stored, both sides masked.
         ("users", "UPDATE", user("Ann"), user("Ann")),
         // sessions: ignored. audit_log: only CREATE.
-        ("audit_log", "CREATE", empty.clone(), serde_json::json!({"id": 1, "msg": "kept"})),
-        ("profiles", "CREATE", empty.clone(), serde_json::json!({"id": 1, "a": "a1"})),
-        ("plain", "CREATE", empty.clone(), serde_json::json!({"id": 1, "note": "n"})),
+        (
+            "audit_log",
+            "CREATE",
+            empty.clone(),
+            serde_json::json!({"id": 1, "msg": "kept"}),
+        ),
+        (
+            "profiles",
+            "CREATE",
+            empty.clone(),
+            serde_json::json!({"id": 1, "a": "a1"}),
+        ),
+        (
+            "plain",
+            "CREATE",
+            empty.clone(),
+            serde_json::json!({"id": 1, "note": "n"}),
+        ),
         // REPLICA IDENTITY DEFAULT: no old row, so what changed is unknown: stored, without
         // the ignored column.
-        ("plain", "UPDATE", empty.clone(), serde_json::json!({"id": 1, "note": "n"})),
+        (
+            "plain",
+            "UPDATE",
+            empty.clone(),
+            serde_json::json!({"id": 1, "note": "n"}),
+        ),
         ("users", "DELETE", user("Ann"), empty.clone()),
-        ("audit_log", "CREATE", empty.clone(), serde_json::json!({"id": 2, "msg": "last"})),
+        (
+            "audit_log",
+            "CREATE",
+            empty.clone(),
+            serde_json::json!({"id": 2, "msg": "last"}),
+        ),
     ];
     let expected: Vec<(String, String, Value, Value)> = expected
         .into_iter()
@@ -171,7 +194,10 @@ async fn rules_apply_before_the_sink() {
     let lines = lines_through(&path, "users", "2").await;
     restarted.shutdown().await.unwrap();
     assert_eq!(lines.last().unwrap()["after"]["email"], hashed);
-    assert_eq!(lines.last().unwrap()["after"]["password_digest"], Value::Null);
+    assert_eq!(
+        lines.last().unwrap()["after"]["password_digest"],
+        Value::Null
+    );
 
     let other_key = track(&db, &path, rules(KEY_B)).await;
     sql.batch_execute("INSERT INTO users VALUES (3, 'ann3', 'ann@example.com', NULL, 1)")
@@ -180,7 +206,10 @@ async fn rules_apply_before_the_sink() {
     let lines = lines_through(&path, "users", "3").await;
     other_key.shutdown().await.unwrap();
     let other = &lines.last().unwrap()["after"]["email"];
-    assert!(other.as_str().unwrap().starts_with("hmac-sha256:"), "{other}");
+    assert!(
+        other.as_str().unwrap().starts_with("hmac-sha256:"),
+        "{other}"
+    );
     assert_ne!(*other, hashed);
 }
 
