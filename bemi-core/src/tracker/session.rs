@@ -264,14 +264,15 @@ impl Session {
                 let committed =
                     self.stitcher
                         .push(event, wal_start, Utc::now(), self.ledger.changes());
+                // Which changes were handed on, never their values (the log is no copy of the
+                // audit trail).
                 if tracing::enabled!(tracing::Level::TRACE) {
                     for change in &self.ledger.changes()[from..] {
                         tracing::trace!(
                             table = %format!("{}.{}", change.schema, change.table),
                             operation = %change.operation,
-                            primary_key = ?change.primary_key,
-                            before = %change.before.as_json(),
-                            after = %change.after.as_json(),
+                            commit_lsn = %change.commit_lsn,
+                            ordinal = change.ordinal,
                             "change"
                         );
                     }
