@@ -233,3 +233,27 @@ fn url(key: &str, url: Option<String>, variable: Option<String>) -> Result<Optio
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_track_names_narrow_the_publication_and_globs_keep_all_tables() {
+        let plain = Rules::new()
+            .track("users")
+            .track("billing.invoices")
+            .track("public.sessions")
+            .ignore_table("public.sess*");
+        assert_eq!(
+            published_tables(&plain),
+            Tables::Only(vec![
+                TableName::qualified("public", "users"),
+                TableName::qualified("billing", "invoices"),
+            ])
+        );
+        assert_eq!(published_tables(&Rules::new()), Tables::All);
+        let glob = Rules::new().track("users").track("billing.*");
+        assert_eq!(published_tables(&glob), Tables::All);
+    }
+}
