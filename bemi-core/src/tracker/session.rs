@@ -83,7 +83,8 @@ impl Session {
         };
         let setup = SourceSetup::new(&config.slot, &config.publication)
             .tables(config.tables.clone())
-            .replica_identity(config.replica_identity);
+            .replica_identity(config.replica_identity)
+            .rules(Arc::clone(&config.rules));
         // Refuses an unusable slot before the sink creates anything.
         setup.check_slot(&sql).await?;
         // The slot's position is read before the sink's: the slot is never confirmed past

@@ -227,3 +227,38 @@ async fn rules_that_cannot_work_stop_the_tracker_at_start() {
     assert_eq!(error.kind(), bemi_core::ErrorKind::Config, "{error}");
     assert!(error.report().contains("no hash key"), "{}", error.report());
 }
+
+#[tokio::test]
+async fn the_setup_leaves_the_replica_identity_of_ignored_tables_alone() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
+         CREATE TABLE sessions (id int PRIMARY KEY, token text);",
+    )
+    .await
+    .unwrap();
+    let tracker = db
+        .tracker_builder()
+        .unwrap()
+        .rules(Rules::new().ignore_table("public.sess*"))
+        .start()
+        .await
+        .unwrap();
+    tracker.shutdown().await.unwrap();
+    let identity = |table: &'static str| {
+        let sql = &sql;
+        async move {
+            let row = sql
+                .query_one(
+                    "SELECT relreplident::text FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&table],
+                )
+                .await
+                .unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    assert_eq!(identity("users").await, "f");
+    assert_eq!(identity("sessions").await, "d");
+}
