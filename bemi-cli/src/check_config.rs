@@ -31,11 +31,13 @@ pub(crate) async fn check_config(args: CheckConfigArgs) -> Result<()> {
     };
     let rules = file.rules.to_rules(&text).map_err(invalid)?;
     let sources = file.connections().map_err(invalid)?;
-    println!(
-        "{}: valid, {} source(s); rules:",
-        args.file.display(),
-        sources.len()
-    );
+    match sources.len() {
+        0 => println!(
+            "{}: valid rules for --rules (BEMI_RULES), no [[source]] to check them against:",
+            args.file.display()
+        ),
+        n => println!("{}: valid, {n} source(s); rules:", args.file.display()),
+    }
     for line in rules.describe() {
         println!("  {line}");
     }

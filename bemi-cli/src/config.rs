@@ -74,28 +74,56 @@ fn default_schema() -> String {
 /// The text of the file at `path` and what it says, with the line and column of a syntax
 /// error (and of a key or value that is not allowed where it is).
 pub(crate) fn parse(path: &Path) -> Result<(String, File)> {
-    let invalid = |e: Error| {
-        Error::config(format!("the config file {} is invalid", path.display())).with_source(e)
-    };
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::config(format!("could not read the config file {}", path.display())).with_source(e)
     })?;
     let file: File = toml::from_str(&text).map_err(|e: toml::de::Error| {
         let offset = e.span().map_or(0, |span| span.start);
-        invalid(error_at(&text, offset, e.message().trim_end()))
+        invalid(path, error_at(&text, offset, e.message().trim_end()))
     })?;
-    if file.source.is_empty() {
-        return Err(invalid(Error::config("it lists no [[source]]")));
-    }
     Ok((text, file))
+}
+
+/// The error for an invalid config file.
+fn invalid(path: &Path, e: Error) -> Error {
+    Error::config(format!("the config file {} is invalid", path.display())).with_source(e)
+}
+
+impl File {
+    /// Whether the file lists sources (a file for `--config`), or only rules (`--rules`).
+    pub(crate) fn has_sources(&self) -> bool {
+        !self.source.is_empty()
+    }
+}
+
+/// The rules of the file at `path` for `--rules` (BEMI_RULES): a file with a `[rules]` table
+/// and no `[[source]]`, for the single source of the flags and variables.
+pub(crate) fn load_rules(path: &Path) -> Result<Rules> {
+    let (text, file) = parse(path)?;
+    if file.has_sources() {
+        return Err(invalid(
+            path,
+            Error::config(
+                "it lists [[source]]s, which --rules (BEMI_RULES) would ignore; run it with \
+                 --config (BEMI_CONFIG) instead",
+            ),
+        ));
+    }
+    file.rules.to_rules(&text).map_err(|e| invalid(path, e))
 }
 
 /// The sources of the file at `path`; settings a source leaves out come from `args`.
 pub(crate) fn load(path: &Path, args: &RunArgs) -> Result<Vec<Source>> {
     let (text, file) = parse(path)?;
-    let rules = file.rules.to_rules(&text).map_err(|e| {
-        Error::config(format!("the config file {} is invalid", path.display())).with_source(e)
-    })?;
+    if !file.has_sources() {
+        return Err(invalid(
+            path,
+            Error::config(
+                "it lists no [[source]] (a file of only [rules] goes to --rules, BEMI_RULES)",
+            ),
+        ));
+    }
+    let rules = file.rules.to_rules(&text).map_err(|e| invalid(path, e))?;
     let sources = file
         .source
         .into_iter()
@@ -204,7 +232,7 @@ impl SourceEntry {
 /// the rules track when they name them all without globs (leaving out those they ignore), so
 /// that their changes are the only ones sent; otherwise all tables, and the worker drops the
 /// changes the rules leave out.
-fn published_tables(rules: &Rules) -> Tables {
+pub(crate) fn published_tables(rules: &Rules) -> Tables {
     let track = rules.tracked_patterns();
     if track.is_empty() || track.iter().any(TablePattern::is_glob) {
         return Tables::All;

@@ -42,6 +42,14 @@ impl Source {
     /// The source the connection flags and variables name.
     fn from_args(args: &RunArgs) -> Result<Source> {
         let options = args.source.options()?;
+        let rules = match &args.rules {
+            Some(path) => crate::config::load_rules(path)?,
+            None => Rules::new(),
+        };
+        let tables = match args.source.tables() {
+            Tables::All => crate::config::published_tables(&rules),
+            tables => tables,
+        };
         Ok(Source {
             name: args.source.slot.clone(),
             destination: args.destination.options(&options)?,
@@ -49,7 +57,7 @@ impl Source {
             destination_schema: args.destination.destination_schema.clone(),
             slot: args.source.slot.clone(),
             publication: args.source.publication.clone(),
-            tables: args.source.tables(),
+            tables,
             batch_size: args.batch_size,
             flush_interval: args.flush_interval(),
             accept_gap: args.accept_gap,
@@ -60,7 +68,7 @@ impl Source {
                 .nats_destination
                 .as_ref()
                 .map(|url| args.nats.sink(url)),
-            rules: Rules::new(),
+            rules,
         })
     }
 

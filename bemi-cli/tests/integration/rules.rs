@@ -222,3 +222,55 @@ async fn an_invalid_file_stops_the_worker_with_its_line_and_check_config_warns()
     assert!(out.contains("public.*_log matches no table"), "{out}");
     assert!(!out.contains("\"email\""), "email exists:\n{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_single_source_of_the_variables_takes_rules_from_bemi_rules() {
+    let db = bemi_testkit::TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY, name text, password_digest text);
+         CREATE TABLE sessions (id int PRIMARY KEY, token text);",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[rules]\nignore_tables = [\"sessions\"]\n\n[[rules.table]]\nname = \"users\"\nmask = [\"password_digest\"]\n",
+    )
+    .unwrap();
+    let mut env = crate::worker_process::source_env(&db);
+    env.push(("BEMI_RULES", rules.display().to_string()));
+    let mut worker = Worker::start(&[], &env);
+    worker
+        .wait_for_state(&db.slot(), "streaming", crate::worker_process::WAIT)
+        .await;
+    sql.batch_execute(&format!(
+        "INSERT INTO sessions VALUES (1, '{SECRET}-session');
+         INSERT INTO users VALUES (1, 'ann', '{SECRET}');"
+    ))
+    .await
+    .unwrap();
+    wait_for_stored(&sql, 1).await;
+    assert!(worker.terminate().success(), "{}", worker.log());
+    let after: Value = sql
+        .query_one("SELECT after FROM changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        after,
+        json!({"id": 1, "name": "ann", "password_digest": "[masked]"})
+    );
+
+    // A file with sources is for --config, not --rules.
+    let file = dir.path().join("bemi.toml");
+    std::fs::write(&file, config(&db)).unwrap();
+    let url = db.options().to_url();
+    let (ok, out) = bemi(
+        &["run", "--rules", &file.display().to_string()],
+        &[("DATABASE_URL", url.as_str())],
+    );
+    assert!(!ok && out.contains("run it with --config"), "{out}");
+}
