@@ -230,8 +230,8 @@ pub(crate) struct RunArgs {
         ]
     )]
     pub(crate) config: Option<PathBuf>,
-    /// Filter rules for the source of the flags and variables: a file with the `[rules]` of a
-    /// bemi.toml and no [[source]] (with --config, its own [rules] apply)
+    /// Filter rules for the source of the flags and variables: a file with the `[rules]` table
+    /// of a bemi.toml and no `[[source]]` (with --config, the file's own `[rules]` apply)
     #[arg(long, env = "BEMI_RULES", conflicts_with = "config")]
     pub(crate) rules: Option<PathBuf>,
     /// Serve metrics (Prometheus text at /metrics) and health checks (/healthz, /readyz) on
