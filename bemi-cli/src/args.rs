@@ -78,6 +78,9 @@ pub(crate) enum Command {
     /// Drop (or archive) the partitions of `changes` older than the retention window, as the
     /// worker does hourly; --dry-run shows them
     Retention(crate::retention::RetentionCommandArgs),
+    /// Validate a bemi.toml: errors (with their line) for what cannot work, warnings for table
+    /// patterns and columns of the rules that match nothing in a source it can reach
+    CheckConfig(crate::check_config::CheckConfigArgs),
 }
 
 /// How to connect to the tracked database.
@@ -227,6 +230,10 @@ pub(crate) struct RunArgs {
         ]
     )]
     pub(crate) config: Option<PathBuf>,
+    /// Filter rules for the source of the flags and variables: a file with the `[rules]` table
+    /// of a bemi.toml and no `[[source]]` (with --config, the file's own `[rules]` apply)
+    #[arg(long, env = "BEMI_RULES", conflicts_with = "config")]
+    pub(crate) rules: Option<PathBuf>,
     /// Serve metrics (Prometheus text at /metrics) and health checks (/healthz, /readyz) on
     /// this address, e.g. 127.0.0.1:9187
     #[arg(long, env = "BEMI_METRICS_LISTEN", help_heading = "Monitoring")]
@@ -284,6 +291,9 @@ pub(crate) struct StatusArgs {
     /// Print JSON for scripts
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also print the rules of this file (bemi.toml): those a worker started with it applies
+    #[arg(long, env = "BEMI_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

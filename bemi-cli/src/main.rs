@@ -12,6 +12,7 @@
 //! bemi migrate --partition [--print-sql]  partition an existing `changes` table, keeping every row
 //! bemi retention [--dry-run]          drop the partitions of `changes` past the retention window
 //! bemi store --from nats://…          write the changes on NATS JetStream into `changes`
+//! bemi check-config FILE              validate a bemi.toml (sources and rules)
 //! ```
 //!
 //! Settings come from flags or from Bemi's variables (`DB_HOST`, `DB_PORT`, `DB_NAME`,
@@ -20,6 +21,7 @@
 
 mod args;
 mod changes;
+mod check_config;
 mod config;
 mod database;
 mod demo;
@@ -31,6 +33,7 @@ mod nats;
 mod output;
 mod retention;
 mod revert;
+mod rules_file;
 mod run;
 mod setup;
 mod status;
@@ -55,6 +58,7 @@ async fn main() -> ExitCode {
             | Command::Changes(_)
             | Command::Revert(_)
             | Command::Retention(_)
+            | Command::CheckConfig(_)
     );
     if let Err(e) = init_logging(cli.log_level.as_deref(), quiet) {
         eprintln!("error: {e}");
@@ -71,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => migrate::migrate(args).await,
         Command::Retention(args) => retention::retention(args).await,
         Command::Store(args) => store::store(args).await,
+        Command::CheckConfig(args) => check_config::check_config(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

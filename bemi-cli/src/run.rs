@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bemi_core::changes_table::{Layout, Retention};
+use bemi_core::rules::Rules;
 use bemi_core::setup::Tables;
 use bemi_core::sink::{ChangeSink, NatsSink, PostgresSink};
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker, TrackerHandle};
@@ -33,12 +34,22 @@ pub(crate) struct Source {
     pub(crate) retention: Option<Retention>,
     /// Publish to NATS JetStream instead of `destination` (`--destination nats://…`).
     pub(crate) nats: Option<NatsSink>,
+    /// What is recorded.
+    pub(crate) rules: Rules,
 }
 
 impl Source {
     /// The source the connection flags and variables name.
     fn from_args(args: &RunArgs) -> Result<Source> {
         let options = args.source.options()?;
+        let rules = match &args.rules {
+            Some(path) => crate::config::load_rules(path)?,
+            None => Rules::new(),
+        };
+        let tables = match args.source.tables() {
+            Tables::All => crate::config::published_tables(&rules),
+            tables => tables,
+        };
         Ok(Source {
             name: args.source.slot.clone(),
             destination: args.destination.options(&options)?,
@@ -46,7 +57,7 @@ impl Source {
             destination_schema: args.destination.destination_schema.clone(),
             slot: args.source.slot.clone(),
             publication: args.source.publication.clone(),
-            tables: args.source.tables(),
+            tables,
             batch_size: args.batch_size,
             flush_interval: args.flush_interval(),
             accept_gap: args.accept_gap,
@@ -57,6 +68,7 @@ impl Source {
                 .nats_destination
                 .as_ref()
                 .map(|url| args.nats.sink(url)),
+            rules,
         })
     }
 
@@ -96,6 +108,7 @@ impl Source {
             .flush_interval(self.flush_interval)
             .accept_gap(self.accept_gap)
             .replica_identity(self.replica_identity)
+            .rules(self.rules)
             .spawn())
     }
 }

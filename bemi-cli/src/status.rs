@@ -20,6 +20,8 @@ struct Status {
     lag_bytes: Option<i64>,
     changes: Option<Changes>,
     retention: Option<RetentionStatus>,
+    /// The rules of the config file, a line each (none without --config).
+    rules: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +61,17 @@ struct Newest {
 }
 
 pub(crate) async fn status(args: StatusArgs) -> Result<()> {
+    let rules = match &args.config {
+        Some(path) => {
+            let (text, file) = crate::config::parse(path)?;
+            let rules = file.rules.to_rules(&text).map_err(|e| {
+                bemi_core::Error::config(format!("the config file {} is invalid", path.display()))
+                    .with_source(e)
+            })?;
+            Some(rules.describe())
+        }
+        None => None,
+    };
     let source_options = args.source.options()?;
     let source = source_options.connect().await?;
     let slot = source
@@ -138,6 +151,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
             cutoff: r.cutoff(now),
             archive_schema: r.archive_schema().map(str::to_owned),
         }),
+        rules,
     };
     if args.json {
         crate::output::print_json(&status)?;
@@ -251,5 +265,11 @@ fn print_human(s: &Status) {
                 .as_deref()
                 .map_or(String::new(), |schema| format!(", to schema {schema:?}"))
         ),
+    }
+    if let Some(rules) = &s.rules {
+        println!("rules (applied to changes decoded after the worker's start):");
+        for line in rules {
+            println!("  {line}");
+        }
     }
 }

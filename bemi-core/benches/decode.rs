@@ -1,21 +1,26 @@
 //! Micro-benchmarks of the decode path without a server: pgoutput messages, value conversion,
-//! and a transaction through the row decoder and the stitcher.
+//! a transaction through the row decoder and the stitcher, and the same transaction under ten
+//! filter rules against none, in the same run.
 //!
 //! ```text
 //! cargo bench -p bemi-core --bench decode
+//! cargo bench -p bemi-core --bench decode -- rules/   # the rules alone
 //! ```
 #![allow(missing_docs)]
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
+use std::sync::Arc;
+
 use bemi_core::pgoutput::{
     decode, encode, Begin, ColumnValue, Commit, Insert, LogicalMessage, Message, PgTimestamp,
     Relation, RelationColumn, ReplicaIdentity, TupleData,
 };
+use bemi_core::rules::{HashKey, Rules, TableRule};
 use bemi_core::stitch::Stitcher;
 use bemi_core::value::text_to_json;
-use bemi_core::{Change, Lsn, Oid, RowDecoder, Xid};
+use bemi_core::{Change, Lsn, Oid, Operation, RowDecoder, Xid};
 
 const TABLE: Oid = Oid(16_384);
 
@@ -178,5 +183,129 @@ fn rows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pgoutput, values, rows);
+/// What the rules do to the `orders` rows.
+#[derive(Clone, Copy)]
+enum Orders {
+    /// Nothing: the rules matching `orders` name columns it does not have.
+    Unchanged,
+    /// `updated_at` ignored, `note` masked.
+    Filtered,
+    /// Filtered, and `customer_id` hashed.
+    Hashed,
+}
+
+/// Ten rules, as a deployment might have them: tables tracked and ignored by globs, and rules
+/// for several tables, three of which match `orders` (see [`Orders`]).
+fn ten_rules(orders: Orders) -> Rules {
+    let (ignored, masked) = match orders {
+        Orders::Unchanged => ("deleted_at", "secret"),
+        Orders::Filtered | Orders::Hashed => ("updated_at", "note"),
+    };
+    let hashed = match orders {
+        Orders::Hashed => "customer_id",
+        Orders::Unchanged | Orders::Filtered => "email",
+    };
+    Rules::new()
+        .track("public.*")
+        .track("billing.*")
+        .ignore_table("public.sessions")
+        .ignore_table("public.*_cache")
+        .table(TableRule::new("public.orders").ignore([ignored]))
+        .table(TableRule::new("public.ord*").mask([masked]).hash([hashed]))
+        .table(TableRule::new("public.*").operations([
+            Operation::Create,
+            Operation::Update,
+            Operation::Delete,
+        ]))
+        .table(
+            TableRule::new("public.users")
+                .mask(["password_digest"])
+                .hash(["email"]),
+        )
+        .table(TableRule::new("billing.*").mask(["card_*"]))
+        .table(TableRule::new("*.audit_log").operations([Operation::Create]))
+        .hash_key(HashKey::new("a benchmark key of 32 bytes ....").expect("a key"))
+}
+
+/// Decodes the messages of one transaction; returns how many events came out.
+fn decode_all<K: bemi_core::KeyLookup>(
+    runtime: &tokio::runtime::Runtime,
+    decoder: &mut RowDecoder<K>,
+    messages: &[Bytes],
+) -> usize {
+    runtime.block_on(async {
+        let mut events = 0;
+        for bytes in messages {
+            let message = decode(bytes.clone()).expect("valid");
+            events += usize::from(decoder.decode(message).await.expect("decodes").is_some());
+        }
+        events
+    })
+}
+
+/// A transaction of 100 rows through the decoder with no rules and with ten rules (leaving the
+/// rows as they are, filtering two columns, also hashing one): each in criterion, then all in
+/// rotating rounds of the same run, printing the throughput of each against no rules (the
+/// median of the rounds' ratios, which a machine's drift between benchmarks does not skew).
+fn rules(c: &mut Criterion) {
+    const ROWS: usize = 100;
+    const ROUNDS: usize = 41;
+    const TRANSACTIONS_PER_ROUND: usize = 100;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let keys = |_: Oid, _: Lsn| vec!["id".to_owned()];
+    let messages = transaction(ROWS, 0x1_0000_0000);
+    let cases = [
+        ("no rules", Rules::new()),
+        ("ten rules, rows unchanged", ten_rules(Orders::Unchanged)),
+        (
+            "ten rules, a column ignored and one masked",
+            ten_rules(Orders::Filtered),
+        ),
+        ("ten rules, also a column hashed", ten_rules(Orders::Hashed)),
+    ];
+    let mut decoders: Vec<(&str, RowDecoder<_>)> = cases
+        .into_iter()
+        .map(|(name, rules)| {
+            let mut decoder = RowDecoder::new(keys).rules(Arc::new(rules));
+            runtime
+                .block_on(decoder.decode(relation()))
+                .expect("relation");
+            (name, decoder)
+        })
+        .collect();
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    for (name, decoder) in &mut decoders {
+        group.bench_function(format!("decode a transaction of 100 rows, {name}"), |b| {
+            b.iter(|| assert_eq!(decode_all(&runtime, decoder, &messages), ROWS + 3))
+        });
+    }
+    group.finish();
+
+    let mut ratios = vec![Vec::with_capacity(ROUNDS); decoders.len()];
+    for _ in 0..ROUNDS {
+        let times: Vec<f64> = decoders
+            .iter_mut()
+            .map(|(_, decoder)| {
+                let began = std::time::Instant::now();
+                for _ in 0..TRANSACTIONS_PER_ROUND {
+                    decode_all(&runtime, decoder, &messages);
+                }
+                began.elapsed().as_secs_f64()
+            })
+            .collect();
+        for (ratios, time) in ratios.iter_mut().zip(&times) {
+            ratios.push(times[0] / time);
+        }
+    }
+    println!("rules: throughput against no rules, median of {ROUNDS} rotating rounds:");
+    for ((name, _), mut ratios) in decoders.iter().zip(ratios).skip(1) {
+        ratios.sort_by(f64::total_cmp);
+        println!("  {name}: {:.3}x", ratios[ROUNDS / 2]);
+    }
+}
+
+criterion_group!(benches, pgoutput, values, rows, rules);
 criterion_main!(benches);

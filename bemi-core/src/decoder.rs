@@ -6,6 +6,11 @@
 //! value that is not valid UTF-8 (a `SQL_ASCII` database passes bytes through unconverted) is
 //! kept as bytea-style hex text (`"\\x636166e9"`) with a warning, rather than stopping the
 //! stream.
+//!
+//! The [`Rules`] are compiled for each table at its Relation message and applied while its rows
+//! are converted: changes of untracked tables and unrecorded operations are dropped before any
+//! value is converted, ignored columns are never converted, masked and hashed ones never
+//! reach a [`Row`].
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -13,11 +18,13 @@ use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::change::Operation;
 use crate::error::{Error, Result};
 use crate::keys::{CatalogKeys, KeyLookup};
 use crate::pgoutput::{ColumnValue, Message, OldTuple, PgTimestamp, TupleData};
 use crate::relation::RelationInfo;
 use crate::row::{Row, RowEvent};
+use crate::rules::{ColumnRule, RelationRules, Rules, MASKED};
 use crate::value::{push_json_string, text_to_json, user_array_to_json};
 use crate::{Lsn, Oid};
 
@@ -28,15 +35,21 @@ use crate::{Lsn, Oid};
 #[derive(Debug)]
 pub struct RowDecoder<K = CatalogKeys> {
     keys: K,
-    relations: HashMap<Oid, Arc<RelationInfo>>,
+    relations: HashMap<Oid, Table>,
+    rules: Arc<Rules>,
     /// User-defined types the stream's Type messages named as arrays (`_…`).
     user_arrays: HashSet<Oid>,
     /// The commit LSN of the transaction being decoded (its Begin's final LSN).
     commit_lsn: Lsn,
-    /// Tables whose changes are never recorded, by (schema, name), and the relations that are
-    /// those tables.
+    /// Tables whose changes are never recorded, by (schema, name), whatever the rules.
     ignored_tables: Vec<(String, String)>,
-    ignored: HashSet<Oid>,
+}
+
+/// A table as the stream described it, with its rules compiled.
+#[derive(Debug)]
+struct Table {
+    info: Arc<RelationInfo>,
+    rules: RelationRules,
 }
 
 impl<K: KeyLookup> RowDecoder<K> {
@@ -45,11 +58,17 @@ impl<K: KeyLookup> RowDecoder<K> {
         RowDecoder {
             keys,
             relations: HashMap::new(),
+            rules: Arc::new(Rules::new()),
             user_arrays: HashSet::new(),
             commit_lsn: Lsn::ZERO,
             ignored_tables: Vec::new(),
-            ignored: HashSet::new(),
         }
+    }
+
+    /// Applies `rules` to the tables described from now on (see [`crate::rules`]).
+    pub fn rules(mut self, rules: Arc<Rules>) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Never records changes of this table (the tracker's own `changes` table, for one), nor of
@@ -68,7 +87,7 @@ impl<K: KeyLookup> RowDecoder<K> {
 
     /// The cached description of a table, if a Relation message for it has arrived.
     pub fn relation(&self, oid: Oid) -> Option<&Arc<RelationInfo>> {
-        self.relations.get(&oid)
+        self.relations.get(&oid).map(|table| &table.info)
     }
 
     /// Decodes one message. Relation, Type and Origin messages update state and give `None`.
@@ -84,11 +103,16 @@ impl<K: KeyLookup> RowDecoder<K> {
                     *schema == info.schema
                         && (*table == info.table || parent == Some(table.as_str()))
                 });
-                match ignored {
-                    true => self.ignored.insert(relation.oid),
-                    false => self.ignored.remove(&relation.oid),
+                let mut rules = match ignored {
+                    true => RelationRules::everything(),
+                    false => RelationRules::compile(&self.rules, &info),
                 };
-                self.relations.insert(relation.oid, Arc::new(info));
+                rules.tracked &= !ignored;
+                let table = Table {
+                    info: Arc::new(info),
+                    rules,
+                };
+                self.relations.insert(relation.oid, table);
                 return Ok(None);
             }
             Message::Type(user_type) => {
@@ -112,52 +136,63 @@ impl<K: KeyLookup> RowDecoder<K> {
                 end_lsn: commit.end_lsn,
                 commit_time: time(commit.commit_time)?,
             },
-            Message::Insert(insert) if self.ignored.contains(&insert.relation) => return Ok(None),
-            Message::Update(update) if self.ignored.contains(&update.relation) => return Ok(None),
-            Message::Delete(delete) if self.ignored.contains(&delete.relation) => return Ok(None),
             Message::Insert(insert) => {
-                let relation = self.get(insert.relation)?;
-                let new = row(&relation, &insert.new, None, false)?;
+                let Some(table) = self.recorded(insert.relation, Operation::Create)? else {
+                    return Ok(None);
+                };
+                let new = row(&table.info, &table.rules, &insert.new, None, false)?;
                 RowEvent::Insert {
-                    primary_key: key_text(&relation, &new),
-                    relation,
+                    primary_key: key_text(&table.info, &new),
+                    relation: Arc::clone(&table.info),
                     new,
                 }
             }
             Message::Update(update) => {
-                let relation = self.get(update.relation)?;
+                let Some(table) = self.recorded(update.relation, Operation::Update)? else {
+                    return Ok(None);
+                };
+                if let Some(OldTuple::Full(old)) = &update.old {
+                    if table.rules.skips_update(old, &update.new) {
+                        return Ok(None);
+                    }
+                }
                 let old = update
                     .old
                     .as_ref()
-                    .map(|old| old_row(&relation, old))
+                    .map(|old| old_row(table, old))
                     .transpose()?;
-                let new = row(&relation, &update.new, old.as_ref(), false)?;
+                let new = row(&table.info, &table.rules, &update.new, old.as_ref(), false)?;
                 RowEvent::Update {
-                    primary_key: key_text(&relation, &new),
-                    relation,
+                    primary_key: key_text(&table.info, &new),
+                    relation: Arc::clone(&table.info),
                     old,
                     new,
                 }
             }
             Message::Delete(delete) => {
-                let relation = self.get(delete.relation)?;
-                let old = old_row(&relation, &delete.old)?;
+                let Some(table) = self.recorded(delete.relation, Operation::Delete)? else {
+                    return Ok(None);
+                };
+                let old = old_row(table, &delete.old)?;
                 RowEvent::Delete {
-                    primary_key: key_text(&relation, &old),
-                    relation,
+                    primary_key: key_text(&table.info, &old),
+                    relation: Arc::clone(&table.info),
                     old,
                 }
             }
-            Message::Truncate(truncate) => RowEvent::Truncate {
-                relations: truncate
-                    .relations
-                    .iter()
-                    .filter(|oid| !self.ignored.contains(oid))
-                    .map(|oid| self.get(*oid))
-                    .collect::<Result<_>>()?,
-                cascade: truncate.cascade(),
-                restart_identity: truncate.restart_identity(),
-            },
+            Message::Truncate(truncate) => {
+                let mut relations = Vec::with_capacity(truncate.relations.len());
+                for &oid in &truncate.relations {
+                    if let Some(table) = self.recorded(oid, Operation::Truncate)? {
+                        relations.push(Arc::clone(&table.info));
+                    }
+                }
+                RowEvent::Truncate {
+                    relations,
+                    cascade: truncate.cascade(),
+                    restart_identity: truncate.restart_identity(),
+                }
+            }
             Message::Message(message) => RowEvent::Message {
                 transactional: message.transactional,
                 lsn: message.lsn,
@@ -169,21 +204,23 @@ impl<K: KeyLookup> RowDecoder<K> {
         Ok(Some(event))
     }
 
-    fn get(&self, oid: Oid) -> Result<Arc<RelationInfo>> {
-        self.relations.get(&oid).cloned().ok_or_else(|| {
+    /// The table `oid`, when its changes of `operation` are recorded.
+    fn recorded(&self, oid: Oid, operation: Operation) -> Result<Option<&Table>> {
+        let table = self.relations.get(&oid).ok_or_else(|| {
             Error::protocol(format!(
                 "a change refers to relation {oid}, which no Relation message described"
             ))
-        })
+        })?;
+        Ok(Some(table).filter(|table| table.rules.records(operation)))
     }
 }
 
 /// Converts an old tuple: a full old row (`O`), or only the replica identity columns (`K`,
 /// whose other columns the server sends as nulls that mean "not sent").
-fn old_row(relation: &RelationInfo, old: &OldTuple) -> Result<Row> {
+fn old_row(table: &Table, old: &OldTuple) -> Result<Row> {
     match old {
-        OldTuple::Full(tuple) => row(relation, tuple, None, false),
-        OldTuple::Key(tuple) => row(relation, tuple, None, true),
+        OldTuple::Full(tuple) => row(&table.info, &table.rules, tuple, None, false),
+        OldTuple::Key(tuple) => row(&table.info, &table.rules, tuple, None, true),
     }
 }
 
@@ -196,10 +233,12 @@ fn push_hex(bytes: &[u8], json: &mut String) {
     json.push('"');
 }
 
-/// Converts a tuple to a JSON object row. Unchanged TOAST values are taken from `old` when it
-/// has them and left out otherwise; with `key_only`, non-key columns are left out.
+/// Converts a tuple to a JSON object row under the table's `rules`. Unchanged TOAST values are
+/// taken from `old` (converted under the same rules) when it has them and left out otherwise;
+/// with `key_only`, non-key columns are left out.
 fn row(
     relation: &RelationInfo,
+    rules: &RelationRules,
     tuple: &TupleData,
     old: Option<&Row>,
     key_only: bool,
@@ -217,7 +256,8 @@ fn row(
     let mut values = Vec::with_capacity(tuple.columns.len());
     json.push('{');
     for (index, (column, value)) in relation.columns.iter().zip(&tuple.columns).enumerate() {
-        if key_only && !column.replica_key {
+        let rule = rules.column(index);
+        if rule == ColumnRule::Drop || (key_only && !column.replica_key) {
             values.push(None);
             continue;
         }
@@ -240,6 +280,14 @@ fn row(
         match (value, carried) {
             (_, Some(text)) => json.push_str(text),
             (ColumnValue::Null, _) => json.push_str("null"),
+            (ColumnValue::Text(bytes) | ColumnValue::Binary(bytes), _)
+                if rule != ColumnRule::Keep =>
+            {
+                match rules.hash_key().filter(|_| rule == ColumnRule::Hash) {
+                    Some(key) => key.push_hash(bytes, &mut json),
+                    None => json.push_str(MASKED),
+                }
+            }
             (ColumnValue::Text(bytes), _) => match std::str::from_utf8(bytes) {
                 Ok(text) if column.user_array => user_array_to_json(text, &mut json),
                 Ok(text) => text_to_json(column.type_oid, text, &mut json),
@@ -434,7 +482,14 @@ mod tests {
                 ColumnValue::Text(Bytes::from_static(b"caf\xe9")),
             ],
         };
-        let row = row(&relation(), &tuple, None, false).unwrap();
+        let row = row(
+            &relation(),
+            &RelationRules::everything(),
+            &tuple,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x636166e9"}"#);
     }
 
@@ -446,12 +501,26 @@ mod tests {
                 ColumnValue::Binary(Bytes::from_static(&[0, 255])),
             ],
         };
-        let row = row(&relation(), &tuple, None, false).unwrap();
+        let row = row(
+            &relation(),
+            &RelationRules::everything(),
+            &tuple,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(row.as_json(), r#"{"id":7,"name":"\\x00ff"}"#);
         let short = TupleData {
             columns: vec![ColumnValue::Null],
         };
-        assert!(super::row(&relation(), &short, None, false).is_err());
+        assert!(super::row(
+            &relation(),
+            &RelationRules::everything(),
+            &short,
+            None,
+            false
+        )
+        .is_err());
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub mod pgoutput;
 mod relation;
 pub mod replication;
 mod row;
+pub mod rules;
 pub mod setup;
 pub mod sink;
 pub mod sql;

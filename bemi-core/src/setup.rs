@@ -24,9 +24,12 @@
 //! A start that fails after creating the publication drops it again. It never drops a slot: a
 //! slot holds changes not yet stored, and dropping it loses them.
 
+use std::sync::Arc;
+
 use tokio_postgres::Client;
 
 use crate::error::{retry_when_locked, Error, ErrorKind, Result};
+use crate::rules::Rules;
 use crate::sql::TableName;
 use crate::sql::{quote_identifier, quote_literal};
 use crate::Lsn;
@@ -84,6 +87,8 @@ pub struct SourceSetup {
     resume_after: Option<Lsn>,
     /// (schema, table) of tables never recorded, left out of the replica identity steps.
     ignored_tables: Vec<(String, String)>,
+    /// The tracker's rules: tables they do not track are left alone like the ignored ones.
+    rules: Arc<Rules>,
     replica_identity: bool,
 }
 
@@ -116,6 +121,7 @@ impl SourceSetup {
             tables: Tables::All,
             resume_after: None,
             ignored_tables: Vec::new(),
+            rules: Arc::new(Rules::new()),
             replica_identity: true,
         }
     }
@@ -151,6 +157,14 @@ impl SourceSetup {
             .into_iter()
             .map(|(schema, table)| (schema.as_ref().to_owned(), table.as_ref().to_owned()))
             .collect();
+        self
+    }
+
+    /// The tracker's [`Rules`]: tables they do not track are, like the
+    /// [ignored ones](Self::ignore_tables), neither set to `REPLICA IDENTITY FULL` nor warned
+    /// about. The publication is not narrowed by them (see [`Tables`]).
+    pub fn rules(mut self, rules: Arc<Rules>) -> Self {
+        self.rules = rules;
         self
     }
 
@@ -234,9 +248,14 @@ impl SourceSetup {
         Ok(tables)
     }
 
-    /// Whether `schema.table` is never recorded: the tracker's own tables, and the partitions
-    /// of its `changes` table.
+    /// Whether `schema.table` is never recorded: the tracker's own tables, the partitions of
+    /// its `changes` table, and the tables the rules do not track.
     fn is_ignored(&self, table: &str) -> bool {
+        if let Some((schema, name)) = table.split_once('.') {
+            if !self.rules.tracks(schema, name) {
+                return true;
+            }
+        }
         let (schema, name) = KEY_HISTORY;
         let ignored = |(s, t): &(String, String)| {
             let rest = table

@@ -9,6 +9,7 @@ mod many_sources;
 mod monitoring;
 mod nats;
 mod partitions;
+mod rules;
 mod secrets;
 mod standby;
 mod worker;

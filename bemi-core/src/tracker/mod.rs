@@ -50,6 +50,7 @@ mod standby;
 mod view;
 mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -60,6 +61,7 @@ use tracing::Instrument as _;
 use crate::config::ConnectOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Instruments, State};
+use crate::rules::Rules;
 use crate::setup::Tables;
 use crate::sink::ChangeSink;
 use crate::Lsn;
@@ -96,6 +98,7 @@ impl Tracker {
                 min_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(30),
                 standby_interval: Duration::from_millis(500),
+                rules: Arc::new(Rules::new()),
             },
         }
     }
@@ -239,6 +242,27 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     /// session takes to start. See [`Progress::standby`].
     pub fn standby_interval(mut self, interval: Duration) -> Self {
         self.settings.standby_interval = interval;
+        self
+    }
+
+    /// What is recorded: which tables, columns and operations, and which values are masked or
+    /// hashed (default: everything as it is). See [`crate::rules`]. The rules are applied while
+    /// rows are decoded, before any sink; they are [checked](Rules::check) at start, and
+    /// changes decoded after a start are recorded under the rules it was given.
+    ///
+    /// ```no_run
+    /// # async fn run(options: bemi_core::ConnectOptions) -> bemi_core::Result<()> {
+    /// use bemi_core::rules::{Rules, TableRule};
+    ///
+    /// let rules = Rules::new()
+    ///     .ignore_table("public.sessions")
+    ///     .table(TableRule::new("public.users").mask(["password_digest"]).ignore(["updated_at"]));
+    /// let sink = bemi_core::sink::PostgresSink::connect(&options)?;
+    /// let tracker = bemi_core::Tracker::builder(options, sink).rules(rules).start().await?;
+    /// # drop(tracker); Ok(()) }
+    /// ```
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.settings.rules = Arc::new(rules);
         self
     }
 
@@ -444,6 +468,7 @@ struct Settings {
     min_backoff: Duration,
     max_backoff: Duration,
     standby_interval: Duration,
+    rules: Arc<Rules>,
 }
 
 impl Settings {

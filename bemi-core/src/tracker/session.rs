@@ -1,6 +1,7 @@
 //! One replication session: connect, set up, stream, hand batches to the writer, confirm.
 //! The positions it hands on and confirms are decided by its [`Ledger`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -62,6 +63,7 @@ impl Session {
         identity: &mut SourceIdentity,
         metrics: &Instruments,
     ) -> Result<Session> {
+        config.rules.check()?;
         let sql = config.source.connect().await?;
         setup::check_server(&sql).await?;
         let mut client = ReplicationClient::connect(&config.source)
@@ -81,7 +83,8 @@ impl Session {
         };
         let setup = SourceSetup::new(&config.slot, &config.publication)
             .tables(config.tables.clone())
-            .replica_identity(config.replica_identity);
+            .replica_identity(config.replica_identity)
+            .rules(Arc::clone(&config.rules));
         // Refuses an unusable slot before the sink creates anything.
         setup.check_slot(&sql).await?;
         // The slot's position is read before the sink's: the slot is never confirmed past
@@ -116,7 +119,7 @@ impl Session {
             .ignore_tables
             .into_iter()
             .fold(
-                RowDecoder::new(CatalogKeys::new(sql)),
+                RowDecoder::new(CatalogKeys::new(sql)).rules(Arc::clone(&config.rules)),
                 |decoder, (schema, table)| decoder.ignore_table(schema, table),
             )
             .ignore_table(schema, table);
@@ -262,6 +265,19 @@ impl Session {
                 let committed =
                     self.stitcher
                         .push(event, wal_start, Utc::now(), self.ledger.changes());
+                // Which changes were handed on, never their values (the log is no copy of the
+                // audit trail).
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    for change in &self.ledger.changes()[from..] {
+                        tracing::trace!(
+                            table = %format!("{}.{}", change.schema, change.table),
+                            operation = %change.operation,
+                            commit_lsn = %change.commit_lsn,
+                            ordinal = change.ordinal,
+                            "change"
+                        );
+                    }
+                }
                 self.ledger
                     .stitched(from, committed.map(|committed| committed.end_lsn));
                 if let Some(committed) = committed {

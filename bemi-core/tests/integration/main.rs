@@ -12,6 +12,7 @@ mod outage;
 mod partitions;
 mod read_your_writes;
 mod reliability;
+mod rules;
 mod setup_errors;
 mod setup_security;
 mod standby;
