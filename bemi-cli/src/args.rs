@@ -278,6 +278,11 @@ pub(crate) struct SetupArgs {
     /// Schema of the `changes` table, owned by the destination role that --print-sql prints
     #[arg(long, env = "BEMI_DESTINATION_SCHEMA", default_value = "public")]
     pub(crate) destination_schema: String,
+    /// Filter rules (a file with the `[rules]` table of a bemi.toml, as `bemi run --rules`):
+    /// when `track` names every table without globs, the publication created holds those
+    /// tables but the ignored ones; tables the rules do not track keep their replica identity
+    #[arg(long, env = "BEMI_RULES")]
+    pub(crate) rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

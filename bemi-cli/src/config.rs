@@ -228,6 +228,20 @@ impl SourceEntry {
     }
 }
 
+/// The rules of a `--rules` file (none without one), and the tables of a publication made for
+/// them: `tables` when the flags name some, else [`published_tables`].
+pub(crate) fn rules_and_tables(path: Option<&Path>, tables: Tables) -> Result<(Rules, Tables)> {
+    let rules = match path {
+        Some(path) => load_rules(path)?,
+        None => Rules::new(),
+    };
+    let tables = match tables {
+        Tables::All => published_tables(&rules),
+        tables => tables,
+    };
+    Ok((rules, tables))
+}
+
 /// The tables a publication the worker creates covers when the source names none: the tables
 /// the rules track when they name them all without globs (leaving out those they ignore), so
 /// that their changes are the only ones sent; otherwise all tables, and the worker drops the

@@ -42,14 +42,8 @@ impl Source {
     /// The source the connection flags and variables name.
     fn from_args(args: &RunArgs) -> Result<Source> {
         let options = args.source.options()?;
-        let rules = match &args.rules {
-            Some(path) => crate::config::load_rules(path)?,
-            None => Rules::new(),
-        };
-        let tables = match args.source.tables() {
-            Tables::All => crate::config::published_tables(&rules),
-            tables => tables,
-        };
+        let (rules, tables) =
+            crate::config::rules_and_tables(args.rules.as_deref(), args.source.tables())?;
         Ok(Source {
             name: args.source.slot.clone(),
             destination: args.destination.options(&options)?,

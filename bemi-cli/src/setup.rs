@@ -1,13 +1,18 @@
 //! `bemi setup`: prepare the source database.
 
+use std::sync::Arc;
+
 use bemi_core::setup::SourceSetup;
 use bemi_core::Result;
 
 use crate::args::SetupArgs;
 
 pub(crate) async fn setup(args: SetupArgs) -> Result<()> {
-    let setup =
-        SourceSetup::new(&args.source.slot, &args.source.publication).tables(args.source.tables());
+    let (rules, tables) =
+        crate::config::rules_and_tables(args.rules.as_deref(), args.source.tables())?;
+    let setup = SourceSetup::new(&args.source.slot, &args.source.publication)
+        .tables(tables)
+        .rules(Arc::new(rules));
     let options = args.source.options()?;
     if args.print_sql {
         print!(

@@ -274,3 +274,58 @@ async fn the_single_source_of_the_variables_takes_rules_from_bemi_rules() {
     );
     assert!(!ok && out.contains("run it with --config"), "{out}");
 }
+
+#[tokio::test]
+async fn bemi_setup_leaves_ignored_tables_out_of_the_publication_it_creates() {
+    let db = bemi_testkit::TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE users (id int PRIMARY KEY);
+         CREATE TABLE orders (id int PRIMARY KEY);
+         CREATE TABLE sessions (id int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[rules]\ntrack = [\"users\", \"orders\", \"sessions\"]\nignore_tables = [\"sessions\"]\n",
+    )
+    .unwrap();
+    let env = crate::worker_process::source_env(&db);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, out) = bemi(&["setup", "--rules", &rules.display().to_string()], &env);
+    assert!(ok, "{out}");
+
+    let published: Vec<String> = sql
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            &[&db.publication()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(published, ["orders", "users"]);
+    let identities: Vec<(String, String)> = sql
+        .query(
+            "SELECT relname::text, relreplident::text FROM pg_class
+             WHERE relname IN ('users', 'orders', 'sessions') AND relkind = 'r' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            ("orders".to_owned(), "f".to_owned()),
+            ("sessions".to_owned(), "d".to_owned()),
+            ("users".to_owned(), "f".to_owned()),
+        ]
+    );
+}
