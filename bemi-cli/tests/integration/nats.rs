@@ -14,8 +14,7 @@ use bemi_testkit::nats::NatsServer;
 use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
-/// Changes per workload transaction: 5 inserts, 3 updates, 2 deletes.
-const PER_TRANSACTION: i64 = 10;
+use crate::workload::{self, CHANGES_PER_TRANSACTION};
 
 /// The source database (with its `items` table, publication and slot made before any
 /// workload), the store's database, and the NATS server.
@@ -29,18 +28,7 @@ struct Pipeline {
 impl Pipeline {
     async fn new() -> Pipeline {
         let nats = NatsServer::start();
-        let source = TestDatabase::create().await.expect("source database");
-        let sql = source.connect().await.unwrap();
-        sql.batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, txn int NOT NULL, n int NOT NULL);
-             ALTER TABLE items REPLICA IDENTITY FULL;",
-        )
-        .await
-        .unwrap();
-        bemi_core::setup::SourceSetup::new(source.slot(), source.publication())
-            .prepare(&sql)
-            .await
-            .unwrap();
+        let (source, _) = workload::database().await;
         let store = TestDatabase::create().await.expect("store database");
         let stored = store.connect().await.unwrap();
         Pipeline {
@@ -115,18 +103,7 @@ impl Pipeline {
         let progress = Arc::clone(&written);
         let task = tokio::spawn(async move {
             for txn in 0..transactions {
-                let base = txn * 10;
-                writer
-                    .batch_execute(&format!(
-                        "BEGIN;
-                         SELECT pg_logical_emit_message(true, '_bemi', '{{\"txn\": {txn}}}');
-                         INSERT INTO items SELECT {base} + g, {txn}, 0 FROM generate_series(0, 4) g;
-                         UPDATE items SET n = 1 WHERE id BETWEEN {base} AND {base} + 2;
-                         DELETE FROM items WHERE id IN ({base} + 3, {base} + 4);
-                         COMMIT;"
-                    ))
-                    .await
-                    .unwrap();
+                workload::transaction(&writer, txn).await;
                 progress.store(txn + 1, Ordering::Release);
             }
         });
@@ -135,14 +112,11 @@ impl Pipeline {
 
     /// Rows in the store's `changes` (0 before the table exists).
     async fn count(&self) -> i64 {
-        self.stored
-            .query_one("SELECT count(*) FROM changes", &[])
-            .await
-            .map_or(0, |row| row.get(0))
+        workload::stored(&self.stored).await
     }
 
-    /// Waits until `changes` holds `expected` rows.
-    async fn wait_for_stored(&self, what: &str, expected: i64) {
+    /// Waits until `changes` holds at least `expected` rows (the stores go on meanwhile).
+    async fn wait_for_at_least(&self, expected: i64) {
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             let stored = self.count().await;
@@ -151,42 +125,18 @@ impl Pipeline {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: {stored} of {expected} changes stored"
+                "{stored} of {expected} changes stored"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// `changes` holds exactly the workload of `transactions`: each change once, with the
-    /// context of its own transaction.
+    /// `changes` holds exactly the workload of `transactions`, also a second later (a late
+    /// redelivery would show up then).
     async fn assert_exactly_once(&self, transactions: i64) {
-        let expected = transactions * PER_TRANSACTION;
-        self.wait_for_stored("the whole workload", expected).await;
-        // A late redelivery would show up now.
+        workload::wait_for_stored(&self.stored, transactions * CHANGES_PER_TRANSACTION).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let count = |query: &'static str| async move {
-            self.stored
-                .query_one(query, &[])
-                .await
-                .expect(query)
-                .get::<_, i64>(0)
-        };
-        assert_eq!(count("SELECT count(*) FROM changes").await, expected);
-        assert_eq!(
-            count("SELECT count(DISTINCT (operation, primary_key)) FROM changes").await,
-            expected
-        );
-        let matching = count(
-            "SELECT count(*) FROM changes c, LATERAL (SELECT (c.context->>'txn')::int AS txn,
-                    coalesce(c.after->>'id', c.before->>'id')::int AS id) k
-             WHERE c.\"table\" = 'items' AND k.id / 10 = k.txn AND (
-               (c.operation = 'CREATE' AND k.id % 10 < 5 AND c.after->>'n' = '0') OR
-               (c.operation = 'UPDATE' AND k.id % 10 < 3 AND c.before->>'n' = '0'
-                  AND c.after->>'n' = '1') OR
-               (c.operation = 'DELETE' AND k.id % 10 IN (3, 4) AND c.after = '{}'))",
-        )
-        .await;
-        assert_eq!(matching, expected);
+        workload::assert_exactly_once(&self.stored, transactions).await;
     }
 
     async fn wait_for_written(written: &AtomicI64, at: i64) {
@@ -273,7 +223,7 @@ async fn two_stores_share_the_work_and_one_killed_loses_nothing() {
     let second = pipeline.store_process(true);
     let (workload, _) = pipeline.workload(TRANSACTIONS).await;
     pipeline
-        .wait_for_stored("before the kill", TRANSACTIONS * PER_TRANSACTION / 3)
+        .wait_for_at_least(TRANSACTIONS * CHANGES_PER_TRANSACTION / 3)
         .await;
     kill(&mut first);
     println!("one store killed: {} stored", pipeline.count().await);
@@ -297,7 +247,7 @@ async fn two_stores_share_the_work_and_one_killed_loses_nothing() {
         .unwrap_or_else(|| panic!("no count in the log:\n{log}"));
     println!("the surviving store stored {stored}");
     assert!(
-        stored > 0 && stored < TRANSACTIONS * PER_TRANSACTION,
+        stored > 0 && stored < TRANSACTIONS * CHANGES_PER_TRANSACTION,
         "the second store stored {stored}"
     );
 }
@@ -340,9 +290,7 @@ async fn a_tracker_killed_inside_a_large_transaction_publishes_it_again_and_it_i
 
     let log = tempfile::NamedTempFile::new().unwrap();
     let tracker = pipeline.tracker(Some(log.reopen().unwrap()));
-    pipeline
-        .wait_for_stored("the transaction", ROWS as i64)
-        .await;
+    workload::wait_for_stored(&pipeline.stored, ROWS as i64).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let count = |query: &'static str| {
         let stored = &pipeline.stored;

@@ -1,4 +1,4 @@
-//! The workload of the monitoring and takeover tests: numbered transactions of 10 changes
+//! The workload of the monitoring, takeover and NATS tests: numbered transactions of 10 changes
 //! each on an `items` table, and the check that `changes` holds each exactly once.
 
 use std::time::{Duration, Instant};
