@@ -11,6 +11,8 @@ use bemi_core::Host;
 use bemi_testkit::TestDatabase;
 use tokio_postgres::Client;
 
+use crate::workload::database;
+
 const TRANSACTIONS: i64 = 5_000;
 const CHANGES: i64 = TRANSACTIONS * 10;
 const KILLS: usize = 10;
@@ -47,24 +49,6 @@ impl Random {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
-}
-
-/// A test database with the `items` table and the slot, made before any workload so that
-/// nothing is missed before the worker's first start.
-async fn database() -> (TestDatabase, Client) {
-    let db = TestDatabase::create().await.expect("test database");
-    let sql = db.connect().await.unwrap();
-    sql.batch_execute(
-        "CREATE TABLE items (id int PRIMARY KEY, txn int NOT NULL, n int NOT NULL);
-         ALTER TABLE items REPLICA IDENTITY FULL;",
-    )
-    .await
-    .unwrap();
-    bemi_core::setup::SourceSetup::new(db.slot(), db.publication())
-        .prepare(&sql)
-        .await
-        .unwrap();
-    (db, sql)
 }
 
 async fn count(sql: &Client, query: &str) -> i64 {

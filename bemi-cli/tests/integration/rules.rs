@@ -147,6 +147,13 @@ async fn the_worker_records_under_the_rules_of_its_file() {
     );
 }
 
+/// Writes `text` as `rules.toml` in `dir` and returns its path.
+fn rules_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Runs `bemi ARGS` with only `env`; returns whether it succeeded, and stdout and stderr.
 fn bemi(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_bemi"))
@@ -234,12 +241,10 @@ async fn the_single_source_of_the_variables_takes_rules_from_bemi_rules() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
+    let rules = rules_file(
+        &dir,
         "[rules]\nignore_tables = [\"sessions\"]\n\n[[rules.table]]\nname = \"users\"\nmask = [\"password_digest\"]\n",
-    )
-    .unwrap();
+    );
     let mut env = crate::worker_process::source_env(&db);
     env.push(("BEMI_RULES", rules.display().to_string()));
     let mut worker = Worker::start(&[], &env);
@@ -287,12 +292,10 @@ async fn bemi_setup_leaves_ignored_tables_out_of_the_publication_it_creates() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
+    let rules = rules_file(
+        &dir,
         "[rules]\ntrack = [\"users\", \"orders\", \"sessions\"]\nignore_tables = [\"sessions\"]\n",
-    )
-    .unwrap();
+    );
     let env = crate::worker_process::source_env(&db);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (ok, out) = bemi(&["setup", "--rules", &rules.display().to_string()], &env);
