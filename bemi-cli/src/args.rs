@@ -81,6 +81,9 @@ pub(crate) enum Command {
     /// Validate a bemi.toml: errors (with their line) for what cannot work, warnings for table
     /// patterns and columns of the rules that match nothing in a source it can reach
     CheckConfig(crate::check_config::CheckConfigArgs),
+    /// The audit trail in a browser: changes, diffs, a record's timeline and time travel,
+    /// reverts (with --allow-revert) and status; on 127.0.0.1:4000 by default
+    Ui(crate::ui::UiArgs),
 }
 
 /// How to connect to the tracked database.
@@ -306,6 +309,13 @@ pub(crate) struct DemoArgs {
     /// Connection URL of a database to run the demo in (default: a throwaway PostgreSQL)
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
+    /// Then keep the database and the tracker running and open the audit trail UI on it
+    /// (reverts allowed) until Ctrl-C
+    #[arg(long)]
+    pub(crate) ui: bool,
+    /// Where the UI listens, with --ui
+    #[arg(long, default_value = "127.0.0.1:4000", requires = "ui")]
+    pub(crate) listen: std::net::SocketAddr,
 }
 
 impl SourceArgs {

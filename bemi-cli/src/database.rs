@@ -1,7 +1,7 @@
 //! The tracked database and the `changes` table the read commands (`changes`, `history`,
 //! `revert`) work on: their connection flags and the open connections.
 
-use bemi_core::Result;
+use bemi_core::{ConnectOptions, Result};
 use bemi_query::{canonical_key, primary_key_columns, ChangesTable, TableName};
 use clap::Args;
 use tokio_postgres::Client;
@@ -56,10 +56,17 @@ impl Connections {
 }
 
 impl DatabaseArgs {
+    /// The settings of the tracked database, of the database holding `changes` (the same
+    /// unless DESTINATION_* says otherwise) and the `changes` table.
+    pub(crate) fn settings(&self) -> Result<(ConnectOptions, ConnectOptions, ChangesTable)> {
+        let source = self.connection.options()?;
+        let changes = self.destination.options(&source)?;
+        Ok((source, changes, self.destination.changes_table()))
+    }
+
     /// Connects to the tracked database and, if elsewhere, the `changes` database.
     pub(crate) async fn connect(&self) -> Result<Connections> {
-        let source_options = self.connection.options()?;
-        let changes_options = self.destination.options(&source_options)?;
+        let (source_options, changes_options, table) = self.settings()?;
         let source = source_options.connect().await?;
         let changes = match changes_options == source_options {
             true => None,
@@ -68,7 +75,7 @@ impl DatabaseArgs {
         Ok(Connections {
             source,
             changes,
-            table: self.destination.changes_table(),
+            table,
             database: source_options.dbname().to_owned(),
         })
     }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use bemi_core::changes_table::ChangesTable;
 use bemi_core::sink::PostgresSink;
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker};
 use bemi_temp_postgres::TempPostgres;
@@ -11,6 +12,7 @@ use crate::args::DemoArgs;
 
 const TABLE: &str = "bemi_demo_todo";
 const SLOT: &str = "bemi_demo";
+const CHANGES: &str = "bemi_demo_changes";
 
 pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
     // Keep the throwaway server alive until the end; dropping it removes it.
@@ -38,7 +40,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
     ))
     .await?;
 
-    let sink = PostgresSink::connect(&options)?.table("bemi_demo_changes");
+    let sink = PostgresSink::connect(&options)?.table(CHANGES);
     let tracker = Tracker::builder(options.clone(), sink)
         .slot(SLOT)
         .publication(SLOT)
@@ -74,12 +76,29 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
     .await?;
 
     let rows = wait_for_changes(&sql, 5).await;
-    tracker.shutdown().await?;
-    let rows = rows?;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracker.shutdown().await?;
+            return Err(e);
+        }
+    };
     print_table(&rows);
+    if args.ui {
+        println!("\nThe database and the tracker keep running: browse, time-travel and revert.");
+        let config = bemi_ui::UiConfig::new(options.clone())
+            .changes_table(ChangesTable::new("public", CHANGES))
+            .allow_revert(true)
+            .tracker(tracker.watch());
+        let served = crate::ui::serve(config, args.listen, false).await;
+        tracker.shutdown().await?;
+        served?;
+    } else {
+        tracker.shutdown().await?;
+    }
     sql.batch_execute(&format!(
         "SELECT pg_drop_replication_slot('{SLOT}');
-         DROP PUBLICATION {SLOT}; DROP TABLE {TABLE}; DROP TABLE bemi_demo_changes;
+         DROP PUBLICATION {SLOT}; DROP TABLE {TABLE}; DROP TABLE {CHANGES};
          DELETE FROM _bemi_progress WHERE slot = '{SLOT}';"
     ))
     .await?;
@@ -103,8 +122,10 @@ async fn wait_for_changes(sql: &Client, expected: usize) -> Result<Rows> {
     loop {
         let rows = sql
             .query(
-                "SELECT operation, primary_key, context::text, before::text, after::text
-                 FROM bemi_demo_changes ORDER BY commit_lsn, ordinal",
+                &format!(
+                    "SELECT operation, primary_key, context::text, before::text, after::text
+                     FROM {CHANGES} ORDER BY commit_lsn, ordinal"
+                ),
                 &[],
             )
             .await?;

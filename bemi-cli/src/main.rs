@@ -5,7 +5,7 @@
 //!              --config bemi.toml for several databases, --metrics-listen for Prometheus
 //! bemi setup   prepare the source database (publication, replica identity, slot)
 //! bemi status  slot state, lag and the newest stored change
-//! bemi demo    a self-contained tour on a throwaway PostgreSQL
+//! bemi demo [--ui]  a self-contained tour on a throwaway PostgreSQL (--ui: then browse it)
 //! bemi history TABLE PK [--at TIME]   a record's changes, or the record as it was
 //! bemi changes [filters]              the changes that match filters, a page at a time
 //! bemi revert [filters] [--dry-run]   undo changes in one transaction with its own context
@@ -13,6 +13,7 @@
 //! bemi retention [--dry-run]          drop the partitions of `changes` past the retention window
 //! bemi store --from nats://…          write the changes on NATS JetStream into `changes`
 //! bemi check-config FILE              validate a bemi.toml (sources and rules)
+//! bemi ui [--allow-revert] [--token]  the audit trail in a browser, on 127.0.0.1:4000
 //! ```
 //!
 //! Settings come from flags or from Bemi's variables (`DB_HOST`, `DB_PORT`, `DB_NAME`,
@@ -38,6 +39,7 @@ mod run;
 mod setup;
 mod status;
 mod store;
+mod ui;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -76,6 +78,7 @@ async fn main() -> ExitCode {
         Command::Retention(args) => retention::retention(args).await,
         Command::Store(args) => store::store(args).await,
         Command::CheckConfig(args) => check_config::check_config(args).await,
+        Command::Ui(args) => ui::ui(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod context_keys;
 mod database;
 mod diff;
 mod drivers;
@@ -75,6 +76,7 @@ pub use bemi_core::changes_table::ChangesTable;
 pub use bemi_core::sql::TableName;
 use bemi_core::{Error, ErrorKind, Lsn, Operation, Result};
 
+pub use context_keys::context_keys;
 pub use database::Database;
 pub use diff::{ColumnChange, Diff};
 #[cfg(feature = "diesel")]

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod browser;
 pub mod nats;
 pub mod overhead;
 mod tracked;

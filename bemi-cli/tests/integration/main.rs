@@ -12,6 +12,7 @@ mod partitions;
 mod rules;
 mod secrets;
 mod standby;
+mod ui;
 mod worker;
 mod worker_process;
 mod workload;
