@@ -4,10 +4,12 @@
 //! month, Bemi's indexes) of another database of the same server.
 //!
 //! 1. **Backlog drain.** `BEMI_BENCH_BACKLOG` one-row transactions (default 50,000), committed
-//!    by 8 connections while no consumer runs, onto two slots created before them:
+//!    by 8 connections while no consumer runs, onto two slots positioned before them:
 //!    `pg_recvlogical` drains one (to `/dev/null`), then the tracker drains the other into
-//!    `changes`. Reported as the tracker's rate over `pg_recvlogical`'s, with this process's peak
-//!    RSS (the tracker, its decoder and sink, the runtime; not the server) once it is done.
+//!    `changes`; `BEMI_BENCH_ROUNDS` times (default 3; the table grows by the backlog each
+//!    round). Reported as the tracker's rate over `pg_recvlogical`'s per round and as their mean
+//!    ± half its 95 % confidence interval, with this process's peak RSS (the tracker, its
+//!    decoder and sink, the runtime; not the server) once it is done.
 //! 2. **Latency.** With the tracker caught up, `BEMI_BENCH_WRITERS` connections (default 4) commit
 //!    one-row transactions at a steady `BEMI_BENCH_RATE` a second in all (default 1,000) for
 //!    `BEMI_BENCH_SECONDS` (default 30): the p50, p99 and maximum of `created_at - committed_at`
@@ -32,6 +34,7 @@ use bemi_core::sink::{ChangeSink, PostgresSink, SourceInfo};
 use bemi_core::{ConnectOptions, Tracker};
 use bemi_temp_postgres::TempPostgres;
 use bemi_testkit::drain::{self, rate};
+use bemi_testkit::overhead::ratio_spread;
 
 /// Connections that commit the backlog.
 const BACKLOG_WRITERS: u64 = 8;
@@ -39,6 +42,7 @@ const BACKLOG_WRITERS: u64 = 8;
 /// What to measure, from the environment.
 struct Options {
     backlog: u64,
+    rounds: u64,
     rate: f64,
     seconds: f64,
     writers: u64,
@@ -55,9 +59,14 @@ impl Options {
                     .unwrap_or_else(|_| panic!("{name}: a number"))
             })
         };
-        let (backlog, seconds) = if smoke { (200.0, 0.5) } else { (50_000.0, 30.0) };
+        let (backlog, seconds) = if smoke {
+            (200.0, 0.5)
+        } else {
+            (50_000.0, 30.0)
+        };
         Options {
             backlog: number("BEMI_BENCH_BACKLOG", backlog) as u64,
+            rounds: (number("BEMI_BENCH_ROUNDS", 3.0) as u64).max(1),
             rate: number("BEMI_BENCH_RATE", 1_000.0),
             seconds: number("BEMI_BENCH_SECONDS", seconds),
             writers: (number("BEMI_BENCH_WRITERS", 4.0) as u64).max(1),
@@ -102,40 +111,65 @@ async fn run(options: Options) {
         .prepare(&sql)
         .await
         .expect("the tracker's slot");
-    sql.query(
-        "SELECT pg_create_logical_replication_slot('reference', 'pgoutput')",
-        &[],
-    )
-    .await
-    .expect("the reference slot");
     let destination = source.clone().with_dbname("audit");
     create_changes_table(&destination, options.gin_options.as_deref()).await;
     println!(
         "PostgreSQL {}, fsync and synchronous_commit on; GIN options: {}",
         pg.version(),
-        options.gin_options.as_deref().unwrap_or("as the sink creates them")
+        options
+            .gin_options
+            .as_deref()
+            .unwrap_or("as the sink creates them")
     );
 
-    // 1. The backlog.
-    let began = Instant::now();
-    commit_paced(&source, "backlog", BACKLOG_WRITERS, None, options.backlog).await;
+    // 1. The backlog, round by round.
+    let mut ratios = Vec::new();
+    for round in 0..options.rounds {
+        // The reference's slot is created before the backlog, like the tracker's (which the
+        // previous round left at the end of WAL).
+        let reference = format!("reference_{round}");
+        sql.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&reference],
+        )
+        .await
+        .expect("the reference slot");
+        let first = (round * options.backlog) as i64;
+        commit_paced(
+            &source,
+            "backlog",
+            first,
+            BACKLOG_WRITERS,
+            None,
+            options.backlog,
+        )
+        .await;
+        let end = drain::wal_end(&sql).await;
+        let recvlogical = drain::pg_recvlogical(&pg, "postgres", &reference, "bench", &end);
+        sql.execute("SELECT pg_drop_replication_slot($1)", &[&reference])
+            .await
+            .expect("drop the reference slot");
+        let sink = PostgresSink::connect(&destination).expect("sink");
+        let tracked = drain::tracker(&source, "tracker", "bench", sink, options.backlog).await;
+        let (recvlogical_rate, tracked_rate) = (
+            rate(options.backlog, recvlogical),
+            rate(options.backlog, tracked),
+        );
+        ratios.push(tracked_rate / recvlogical_rate);
+        println!(
+            "backlog of {} one-row transactions, round {}: pg_recvlogical {recvlogical:.2?} \
+             ({recvlogical_rate:.0}/s); tracker → changes {tracked:.2?} ({tracked_rate:.0}/s): \
+             {:.2}× pg_recvlogical",
+            options.backlog,
+            round + 1,
+            tracked_rate / recvlogical_rate
+        );
+    }
     println!(
-        "backlog: {} one-row transactions committed in {:.1?}",
-        options.backlog,
-        began.elapsed()
-    );
-    let end = drain::wal_end(&sql).await;
-    let reference = drain::pg_recvlogical(&pg, "postgres", "reference", "bench", &end);
-    let sink = PostgresSink::connect(&destination).expect("sink");
-    let tracked = drain::tracker(&source, "tracker", "bench", sink, options.backlog).await;
-    let (reference_rate, tracked_rate) = (
-        rate(options.backlog, reference),
-        rate(options.backlog, tracked),
-    );
-    println!(
-        "backlog drain: pg_recvlogical {reference:.2?} ({reference_rate:.0}/s); tracker → changes \
-         {tracked:.2?} ({tracked_rate:.0}/s): {:.2}× pg_recvlogical",
-        tracked_rate / reference_rate
+        "backlog drain: tracker → changes {:.2} ± {:.2} × pg_recvlogical (mean of {} rounds)",
+        ratios.iter().sum::<f64>() / ratios.len() as f64,
+        ratio_spread(ratios.iter().copied()),
+        ratios.len()
     );
     println!(
         "peak RSS of the tracker's process: {:.1} MiB",
@@ -154,6 +188,7 @@ async fn run(options: Options) {
     let committed = commit_paced(
         &source,
         "steady",
+        0,
         options.writers,
         Some((options.rate, deadline)),
         u64::MAX,
@@ -184,11 +219,13 @@ async fn run(options: Options) {
     );
 }
 
-/// Commits one-row transactions into `table` from `writers` connections: `total` of them as
-/// fast as they go, or at a steady rate a second in all until a deadline. Returns how many.
+/// Commits one-row transactions into `table` from `writers` connections, with ids from `first`
+/// on: `total` of them as fast as they go, or at a steady rate a second in all until a deadline.
+/// Returns how many.
 async fn commit_paced(
     source: &ConnectOptions,
     table: &str,
+    first: i64,
     writers: u64,
     pace: Option<(f64, Instant)>,
     total: u64,
@@ -196,8 +233,9 @@ async fn commit_paced(
     let mut tasks = Vec::new();
     for writer in 0..writers {
         let source = source.clone();
-        let insert = format!("INSERT INTO {table} VALUES ($1::int8, md5($1::int8::text), 1, now())");
-        // Writer w commits ids w, w + writers, w + 2 × writers, …
+        let insert =
+            format!("INSERT INTO {table} VALUES ($1::int8, md5($1::int8::text), 1, now())");
+        // Writer w commits ids first + w, first + w + writers, first + w + 2 × writers, …
         let quota = total / writers + u64::from(writer < total % writers);
         tasks.push(tokio::spawn(async move {
             let sql = source.connect().await.expect("connect");
@@ -213,7 +251,7 @@ async fn commit_paced(
                 if let Some(ticks) = &mut ticks {
                     ticks.tick().await;
                 }
-                let id = (done * writers + writer) as i64;
+                let id = first + (done * writers + writer) as i64;
                 sql.execute(&insert, &[&id]).await.expect("insert");
                 done += 1;
             }
