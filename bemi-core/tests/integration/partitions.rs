@@ -502,6 +502,43 @@ async fn rows_the_default_partition_took_move_into_the_partition_made_for_them()
     assert_eq!(scalar(&sql, "SELECT count(*) FROM changes").await, 3);
 }
 
+/// The JSON columns' GIN indexes of a table the sink creates have no pending list
+/// (`fastupdate = off`: no insert stalls cleaning one up), on the table and on every partition,
+/// also one made after the table.
+#[tokio::test]
+async fn json_indexes_have_no_pending_list_on_any_partition() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    let mut sink = PostgresSink::connect(&db.options()).unwrap();
+    store(&mut sink, &[at("2020-01-15T00:00:00Z")]).await;
+    sink.write(Batch::new(
+        vec![change_at(at("2040-06-30T00:00:00Z"), 100)],
+        Some(Lsn(100)),
+    ))
+    .await
+    .unwrap();
+    let indexes: Vec<(String, String)> = sql
+        .query(
+            "SELECT t.relname::text, coalesce(array_to_string(i.reloptions, ','), '') \
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_class t ON t.oid = x.indrelid JOIN pg_am a ON a.oid = i.relam \
+             WHERE a.amname = 'gin' AND t.relnamespace = 'public'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let tables: Vec<&str> = indexes.iter().map(|(table, _)| table.as_str()).collect();
+    assert!(tables.contains(&"changes"), "{indexes:?}");
+    assert!(tables.contains(&"changes_p20400601"), "{indexes:?}");
+    assert_eq!(indexes.len() % 3, 0, "three per table: {indexes:?}");
+    for (table, options) in &indexes {
+        assert_eq!(options, "fastupdate=off", "{table}");
+    }
+}
+
 #[tokio::test]
 async fn daily_and_weekly_partitions() {
     let db = TestDatabase::create().await.unwrap();
