@@ -372,10 +372,11 @@ const fn plain_index(suffix: &'static str, using: &'static str) -> WantedIndex {
 /// updates the index itself, a little slower in bulk, instead of queueing its entries in a
 /// list that the insert that overflows it cleans up, stalling that one insert (and the
 /// tracker's latency) for up to a second on a large table. A partitioned table's partitions,
-/// also those attached later, inherit the setting from the table's index. Tables created
-/// before it keep their pending lists unless altered: `ALTER INDEX <index> SET (fastupdate =
-/// off)` for each GIN index (of each partition, for a partitioned table: a partitioned index
-/// takes no storage parameters), then `VACUUM` to empty the lists.
+/// also those attached later, inherit the setting from the table's index; the partitions the
+/// sink attaches to a table made before get it when they are made. Existing indexes keep their
+/// pending lists unless altered: `ALTER INDEX <index> SET (fastupdate = off)` for each GIN
+/// index (of each partition, for a partitioned table: a partitioned index takes no storage
+/// parameters), then `VACUUM` to empty the lists.
 const fn json_index(suffix: &'static str, using: &'static str) -> WantedIndex {
     WantedIndex {
         suffix,
@@ -385,7 +386,7 @@ const fn json_index(suffix: &'static str, using: &'static str) -> WantedIndex {
     }
 }
 
-/// The storage parameter of the GIN indexes of the table.
+/// The storage parameter of the GIN indexes of the table and its partitions.
 const FAST_UPDATE_OFF: &str = "fastupdate = off";
 
 /// The indexes a table of the layout needs, its key first.

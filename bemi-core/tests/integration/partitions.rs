@@ -504,7 +504,7 @@ async fn rows_the_default_partition_took_move_into_the_partition_made_for_them()
 
 /// The JSON columns' GIN indexes of a table the sink creates have no pending list
 /// (`fastupdate = off`: no insert stalls cleaning one up), on the table and on every partition,
-/// also one made after the table.
+/// also one made after the table, and on those the sink adds to a table made before.
 #[tokio::test]
 async fn json_indexes_have_no_pending_list_on_any_partition() {
     let db = TestDatabase::create().await.unwrap();
@@ -537,6 +537,45 @@ async fn json_indexes_have_no_pending_list_on_any_partition() {
     for (table, options) in &indexes {
         assert_eq!(options, "fastupdate=off", "{table}");
     }
+
+    // A table made before: its GIN indexes have pending lists. Partitions the sink adds get
+    // none all the same.
+    sql.batch_execute(
+        "DROP INDEX changes_before_index, changes_after_index, changes_context_index;
+         CREATE INDEX changes_context_index ON changes USING gin (context jsonb_path_ops);
+         CREATE INDEX changes_before_index ON changes USING gin (\"before\" jsonb_path_ops);
+         CREATE INDEX changes_after_index ON changes USING gin (\"after\" jsonb_path_ops);",
+    )
+    .await
+    .unwrap();
+    sink.write(Batch::new(
+        vec![change_at(at("2041-03-30T00:00:00Z"), 200)],
+        Some(Lsn(200)),
+    ))
+    .await
+    .unwrap();
+    let options = |table: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.query(
+                "SELECT coalesce(array_to_string(i.reloptions, ','), '') \
+                 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+                 JOIN pg_am a ON a.oid = i.relam \
+                 WHERE a.amname = 'gin' AND x.indrelid = $1::text::regclass",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(options("changes_p20200101").await, ["", "", ""]);
+    assert_eq!(
+        options("changes_p20410301").await,
+        ["fastupdate=off", "fastupdate=off", "fastupdate=off"]
+    );
 }
 
 #[tokio::test]
