@@ -204,19 +204,20 @@ async fn a_replay_after_a_crash_across_the_boundary_stores_nothing_twice() {
     let (crashed, forwarded) = (Arc::clone(&sink.crashed), Arc::clone(&sink.forwarded));
     let tracker = start(&db, sink).await;
 
-    // Both transactions reach the sink in one batch (2 s flush interval): it crashes there.
-    commit_at(
-        &mut sql,
-        "2031-01-31T23:59:59Z",
-        "INSERT INTO items VALUES (1, 'a'), (2, 'b')",
+    // Rows on both sides of the boundary reach the sink in one batch (one transaction whose
+    // statements fake different commit times, each with its own context): it crashes there.
+    sql.batch_execute(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, '_bemi',
+           '{\"fake_committed_at\": \"2031-01-31T23:59:59Z\"}');
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');
+         SELECT pg_logical_emit_message(true, '_bemi',
+           '{\"fake_committed_at\": \"2031-02-01T00:00:01Z\"}');
+         INSERT INTO items VALUES (3, 'c'), (4, 'd');
+         COMMIT;",
     )
-    .await;
-    commit_at(
-        &mut sql,
-        "2031-02-01T00:00:01Z",
-        "INSERT INTO items VALUES (3, 'c'), (4, 'd')",
-    )
-    .await;
+    .await
+    .unwrap();
     db.wait_for_changes(4, &tracker, WAIT).await.unwrap();
     // Later changes go on after the replay.
     commit_at(
