@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use bemi_core::reexports::async_nats::{self, jetstream};
 use bemi_core::setup::SourceSetup;
-use bemi_core::sink::{ChangeSink, JsonLinesSink, NatsOptions, NatsSink, PostgresSink};
-use bemi_core::{ConnectOptions, Tracker};
+use bemi_core::sink::{JsonLinesSink, NatsOptions, NatsSink, PostgresSink};
+use bemi_core::ConnectOptions;
 use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::drain::{self, rate};
 use bemi_testkit::nats::NatsServer;
 
 fn main() {
@@ -101,36 +102,25 @@ async fn run(one_row: i64, bulk: i64) {
                 sql.execute(&insert, &[&id]).await.expect("insert");
             }
         }
-        let end: String = sql
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .expect("lsn")
-            .get(0);
+        let end = drain::wal_end(&sql).await;
+        let reference =
+            drain::pg_recvlogical(&pg, "postgres", &format!("reference_{slot}"), "bench", &end);
 
-        let reference = Instant::now();
-        let status = Command::new(pg.bindir().join("pg_recvlogical"))
-            .args(["-d", &pg.connection_string("postgres")])
-            .args(["-S", &format!("reference_{slot}"), "--start"])
-            .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
-            .args(["-E", &end, "-f", "/dev/null", "--no-loop"])
-            .status()
-            .expect("pg_recvlogical runs");
-        assert!(status.success(), "pg_recvlogical failed");
-        let reference = reference.elapsed();
-
-        let published = time_tracker(
+        let published = drain::tracker(
             &source,
             &format!("nats_{slot}"),
+            "bench",
             NatsSink::new(NatsOptions::new(nats.url())),
-            count,
+            count as u64,
         )
         .await;
         let ingest = time_bare_publisher(&nats.url(), slot, count as usize).await;
-        let nowhere = time_tracker(
+        let nowhere = drain::tracker(
             &source,
             &format!("nowhere_{slot}"),
+            "bench",
             JsonLinesSink::new(tokio::io::sink()),
-            count,
+            count as u64,
         )
         .await;
         rows.push((name, count, reference, published, ingest, nowhere));
@@ -138,11 +128,12 @@ async fn run(one_row: i64, bulk: i64) {
 
     let total = one_row + bulk;
     let direct_db = source.clone().with_dbname("direct");
-    let direct = time_tracker(
+    let direct = drain::tracker(
         &source,
         "direct",
+        "bench",
         PostgresSink::connect(&direct_db).expect("sink"),
-        total,
+        total as u64,
     )
     .await;
     assert_eq!(count(&direct_db).await, total);
@@ -171,50 +162,27 @@ async fn run(one_row: i64, bulk: i64) {
              tracker → JetStream {:.2?} ({:.0}/s): {:.2}× pg_recvlogical, {:.2}× the bare \
              publisher, {:.2}× the tracker to nowhere",
             reference,
-            rate(changes, reference),
+            rate(changes as u64, reference),
             ingest,
-            rate(changes, ingest),
+            rate(changes as u64, ingest),
             nowhere,
-            rate(changes, nowhere),
+            rate(changes as u64, nowhere),
             published,
-            rate(changes, published),
-            rate(changes, published) / rate(changes, reference),
-            rate(changes, published) / rate(changes, ingest),
-            rate(changes, published) / rate(changes, nowhere),
+            rate(changes as u64, published),
+            rate(changes as u64, published) / rate(changes as u64, reference),
+            rate(changes as u64, published) / rate(changes as u64, ingest),
+            rate(changes as u64, published) / rate(changes as u64, nowhere),
         );
     }
     println!(
         "into changes, {total} changes: tracker → PostgresSink {:.2?} ({:.0}/s); bemi store from \
          JetStream {:.2?} ({:.0}/s): {:.2}× the direct rate",
         direct,
-        rate(total, direct),
+        rate(total as u64, direct),
         store,
-        rate(total, store),
-        rate(total, store) / rate(total, direct)
+        rate(total as u64, store),
+        rate(total as u64, store) / rate(total as u64, direct)
     );
-}
-
-/// How long a tracker on `slot` takes to hand `changes` changes to `sink` and stop with all
-/// of them written.
-async fn time_tracker(
-    source: &ConnectOptions,
-    slot: &str,
-    sink: impl ChangeSink,
-    changes: i64,
-) -> Duration {
-    let started = Instant::now();
-    let tracker = Tracker::builder(source.clone(), sink)
-        .slot(slot)
-        .publication("bench")
-        .spawn();
-    let progress = tracker
-        .wait_for(|p| p.changes >= changes as u64 || p.last_error.is_some())
-        .await;
-    // Shutting down writes and confirms what is still buffered.
-    tracker.shutdown().await.expect("clean stop");
-    let elapsed = started.elapsed();
-    assert_eq!(progress.changes, changes as u64, "{progress:?}");
-    elapsed
 }
 
 /// How long JetStream takes to store the last `changes` messages of the tracker's stream when a
@@ -291,8 +259,4 @@ async fn count(db: &ConnectOptions) -> i64 {
         .query_one("SELECT count(*) FROM changes", &[])
         .await
         .map_or(0, |row| row.get(0))
-}
-
-fn rate(changes: i64, took: Duration) -> f64 {
-    changes as f64 / took.as_secs_f64().max(1e-9)
 }

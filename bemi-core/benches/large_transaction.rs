@@ -10,13 +10,13 @@
 //! and the runtime. The server is a separate process and is not counted.
 #![allow(clippy::print_stdout)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bemi_core::setup::SourceSetup;
 use bemi_core::sink::{JsonLinesSink, PostgresSink};
-use bemi_core::{ConnectOptions, Tracker};
+use bemi_core::ConnectOptions;
 use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::drain;
 
 fn main() {
     let rows: i64 = std::env::args()
@@ -70,59 +70,23 @@ async fn run(rows: i64) {
     ))
     .await
     .expect("the large transaction");
-    let end: String = sql
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .expect("lsn")
-        .get(0);
+    let end = drain::wal_end(&sql).await;
     println!(
         "wrote {rows} rows in one transaction in {:.1?}",
         write.elapsed()
     );
 
     // Reference: pg_recvlogical decodes the same WAL and throws it away.
-    let reference = Instant::now();
-    let status = Command::new(pg.bindir().join("pg_recvlogical"))
-        .args([
-            "-d",
-            &pg.connection_string("postgres"),
-            "-S",
-            "reference",
-            "--start",
-        ])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
-        .args(["-E", &end, "-f", "/dev/null", "--no-loop"])
-        .status()
-        .expect("pg_recvlogical runs");
-    assert!(status.success(), "pg_recvlogical failed");
-    let reference = reference.elapsed();
+    let reference = drain::pg_recvlogical(&pg, "postgres", "reference", "bench", &end);
 
     // The tracker without storage: decode and stitch, then discard (JSON lines to nowhere).
-    let decode_only = Instant::now();
-    let tracker = Tracker::builder(source.clone(), JsonLinesSink::new(tokio::io::sink()))
-        .slot("decode_only")
-        .publication("bench")
-        .spawn();
-    let progress = tracker
-        .wait_for(|p| p.changes >= rows as u64 || p.last_error.is_some())
-        .await;
-    let decode_only = decode_only.elapsed();
-    tracker.shutdown().await.expect("clean stop");
-    assert_eq!(progress.changes, rows as u64, "{progress:?}");
+    let nowhere = JsonLinesSink::new(tokio::io::sink());
+    let decode_only = drain::tracker(&source, "decode_only", "bench", nowhere, rows as u64).await;
 
     // The tracker: decode, stitch and store every row into audit.public.changes.
     let destination = source.clone().with_dbname("audit");
-    let tracked = Instant::now();
-    let tracker = Tracker::builder(source, PostgresSink::connect(&destination).expect("sink"))
-        .slot("bench")
-        .publication("bench")
-        .spawn();
-    let progress = tracker
-        .wait_for(|p| p.changes >= rows as u64 || p.last_error.is_some())
-        .await;
-    let tracked = tracked.elapsed();
-    tracker.shutdown().await.expect("clean stop");
-    assert_eq!(progress.changes, rows as u64, "{progress:?}");
+    let sink = PostgresSink::connect(&destination).expect("sink");
+    let tracked = drain::tracker(&source, "bench", "bench", sink, rows as u64).await;
     let stored: i64 = destination
         .connect()
         .await
@@ -133,7 +97,7 @@ async fn run(rows: i64) {
         .get(0);
     assert_eq!(stored, rows);
 
-    let peak = peak_rss_kib();
+    let peak = drain::peak_rss_kib();
     println!(
         "pg_recvlogical: {:.1?} ({:.0} rows/s)",
         reference,
@@ -159,17 +123,4 @@ async fn run(rows: i64) {
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64().max(1e-9)
-}
-
-/// `VmHWM` from /proc/self/status, in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -279,6 +279,9 @@ pub(super) struct WantedIndex {
     pub(super) unique: bool,
     /// Its definition after `USING`, as `pg_get_indexdef` prints it.
     pub(super) using: &'static str,
+    /// The storage parameters it is created with (`WITH (…)`), if any. An existing index
+    /// serves without them.
+    pub(super) with: Option<&'static str>,
 }
 
 impl WantedIndex {
@@ -308,15 +311,18 @@ impl WantedIndex {
         format!("{}_{}", table.name(), self.suffix)
     }
 
-    /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS … ON table USING …`.
+    /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS … ON table USING … [WITH (…)]`.
     pub(super) fn create_sql(&self, table: &ChangesTable, concurrently: bool) -> String {
         format!(
-            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} USING {}",
+            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} USING {}{}",
             if self.unique { "UNIQUE " } else { "" },
             if concurrently { "CONCURRENTLY " } else { "" },
             quote_identifier(&self.name(table)),
             table.qualified(),
-            self.using
+            self.using,
+            self.with
+                .map(|with| format!(" WITH ({with})"))
+                .unwrap_or_default()
         )
     }
 }
@@ -326,6 +332,7 @@ const KEY: WantedIndex = WantedIndex {
     suffix: "system_id_commit_lsn_ordinal_key",
     unique: true,
     using: "btree (system_id, commit_lsn, ordinal)",
+    with: None,
 };
 
 /// The idempotency key of a partitioned table: a unique index must hold the partition key, and
@@ -334,6 +341,7 @@ const PARTITIONED_KEY: WantedIndex = WantedIndex {
     suffix: "system_id_commit_lsn_ordinal_committed_at_key",
     unique: true,
     using: "btree (system_id, commit_lsn, ordinal, committed_at)",
+    with: None,
 };
 
 /// Bemi's indexes, and one on `(table, primary_key, committed_at)` for a record's history.
@@ -342,9 +350,9 @@ const INDEXES: [WantedIndex; 8] = [
     plain_index("table_index", "btree (\"table\")"),
     plain_index("primary_key_index", "btree (primary_key)"),
     plain_index("operation_index", "btree (operation)"),
-    plain_index("before_index", "gin (before jsonb_path_ops)"),
-    plain_index("after_index", "gin (after jsonb_path_ops)"),
-    plain_index("context_index", "gin (context jsonb_path_ops)"),
+    json_index("before_index", "gin (before jsonb_path_ops)"),
+    json_index("after_index", "gin (after jsonb_path_ops)"),
+    json_index("context_index", "gin (context jsonb_path_ops)"),
     plain_index(
         "table_primary_key_committed_at_index",
         "btree (\"table\", primary_key, committed_at)",
@@ -356,8 +364,30 @@ const fn plain_index(suffix: &'static str, using: &'static str) -> WantedIndex {
         suffix,
         unique: false,
         using,
+        with: None,
     }
 }
+
+/// A GIN index on a JSON column, without a pending list (`fastupdate = off`): each insert
+/// updates the index itself, a little slower in bulk, instead of queueing its entries in a
+/// list that the insert that overflows it cleans up, stalling that one insert (and the
+/// tracker's latency) for up to a second on a large table. A partitioned table's partitions,
+/// also those attached later, inherit the setting from the table's index; the partitions the
+/// sink attaches to a table made before get it when they are made. Existing indexes keep their
+/// pending lists unless altered: `ALTER INDEX <index> SET (fastupdate = off)` for each GIN
+/// index (of each partition, for a partitioned table: a partitioned index takes no storage
+/// parameters), then `VACUUM` to empty the lists.
+const fn json_index(suffix: &'static str, using: &'static str) -> WantedIndex {
+    WantedIndex {
+        suffix,
+        unique: false,
+        using,
+        with: Some(FAST_UPDATE_OFF),
+    }
+}
+
+/// The storage parameter of the GIN indexes of the table and its partitions.
+const FAST_UPDATE_OFF: &str = "fastupdate = off";
 
 /// The indexes a table of the layout needs, its key first.
 pub(super) fn wanted_indexes(partitioned: bool) -> impl Iterator<Item = WantedIndex> {

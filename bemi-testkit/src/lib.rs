@@ -1,6 +1,6 @@
 //! Test support: a fresh database (with its own slot and publication names) per test, on a
-//! throwaway server shared by the test process ([`bemi_temp_postgres`]), and the benchmark harness
-//! ([`overhead`]). Not published: the workspace's own fixtures.
+//! throwaway server shared by the test process ([`bemi_temp_postgres`]), and the benchmark harnesses
+//! ([`overhead`], [`drain`]). Not published: the workspace's own fixtures.
 //!
 //! Set `BEMI_TEST_DATABASE_URL` to a superuser URL of an existing PostgreSQL 14+ server with
 //! `wal_level = logical` to use it instead of starting one. Otherwise the first test starts a
@@ -15,6 +15,7 @@
 //! ```
 
 pub mod browser;
+pub mod drain;
 pub mod nats;
 pub mod overhead;
 mod tracked;

@@ -261,7 +261,7 @@ pub async fn compare<W: Writer>(
 
 /// The half-width of the 95 % confidence interval of the mean of `ratios` (normal
 /// approximation: 1.96 standard errors); 0 for fewer than two.
-fn ratio_spread(ratios: impl Iterator<Item = f64>) -> f64 {
+pub fn ratio_spread(ratios: impl Iterator<Item = f64>) -> f64 {
     let ratios: Vec<f64> = ratios.collect();
     let n = ratios.len() as f64;
     if ratios.len() < 2 {

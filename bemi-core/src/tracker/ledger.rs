@@ -111,6 +111,12 @@ impl Ledger {
         idle
     }
 
+    /// Whether the buffered changes complete a transaction (or end one split across batches):
+    /// worth handing on as soon as nothing more waits in the stream.
+    pub(super) fn has_commit(&self) -> bool {
+        self.batch.durable_through.is_some() && (!self.batch.changes.is_empty() || self.unrecorded)
+    }
+
     /// Whether the batch is full (by count or bytes).
     pub(super) fn is_full(&self) -> bool {
         self.batch.changes.len() >= self.limits.batch_size
@@ -248,6 +254,36 @@ mod tests {
         assert!(last.changes.is_empty());
         assert_eq!(last.durable_through, Some(Lsn(110)));
         assert_eq!(ledger.acknowledged(last.durable_through), Some(Lsn(110)));
+    }
+
+    #[test]
+    fn only_changes_a_commit_completes_are_worth_handing_on_early() {
+        let (mut ledger, now) = start();
+        assert!(!ledger.has_commit(), "nothing buffered");
+        stitch(&mut ledger, 100, 2, None);
+        assert!(!ledger.has_commit(), "the transaction is open");
+        stitch(&mut ledger, 100, 0, Some(110));
+        assert!(ledger.has_commit());
+        let batch = ledger.take_batch(now, false).unwrap();
+        assert_eq!(batch.durable_through, Some(Lsn(110)));
+        assert!(!ledger.has_commit(), "handed on");
+        // a transaction without tracked changes waits for the record interval
+        stitch(&mut ledger, 200, 0, Some(210));
+        assert!(!ledger.has_commit());
+        let record = ledger.take_batch(now, true).unwrap();
+        ledger.acknowledged(record.durable_through);
+        // the end of a transaction split across batches is worth a write of its own
+        stitch(&mut ledger, 300, 3, None);
+        assert!(!ledger.has_commit());
+        let part = ledger.take_batch(now, false).unwrap();
+        assert_eq!(part.durable_through, None);
+        stitch(&mut ledger, 300, 0, Some(310));
+        assert!(ledger.has_commit());
+        let end = ledger.take_batch(now, false).unwrap();
+        assert_eq!(
+            (end.changes.len(), end.durable_through),
+            (0, Some(Lsn(310)))
+        );
     }
 
     #[test]

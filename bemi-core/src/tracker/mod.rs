@@ -169,7 +169,7 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         self
     }
 
-    /// The most changes handed to the sink at once (default 1,000).
+    /// The most changes handed to the sink at once (default 1,000); a full batch goes at once.
     pub fn batch_size(mut self, size: usize) -> Self {
         self.settings.batch_size = size.max(1);
         self
@@ -182,7 +182,11 @@ impl<S: ChangeSink> TrackerBuilder<S> {
         self
     }
 
-    /// How long changes may wait for a fuller batch (default 100 ms).
+    /// The longest changes wait for a fuller batch while the stream stays busy (default 100 ms).
+    ///
+    /// It is an upper bound, not a delay: a committed transaction goes to the sink as soon as
+    /// nothing more waits in the stream and the sink is not writing, and transactions that
+    /// commit while it writes go together in its next batch.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.settings.flush_interval = interval;
         self

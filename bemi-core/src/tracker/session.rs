@@ -165,6 +165,9 @@ impl Session {
         (writer.finish(limit).await, outcome)
     }
 
+    /// Streams into the ledger and hands batches to the writer: a full batch at once; committed
+    /// changes as soon as nothing more waits in the stream and the writer is idle; whatever else
+    /// is due at the next flush interval (the longest a change waits while the stream is busy).
     async fn stream_until_stopped<S: ChangeSink>(
         &mut self,
         config: &Settings,
@@ -191,6 +194,14 @@ impl Session {
                     if self.ledger.is_full() {
                         self.flush(writer, false).await?;
                     }
+                }
+                // Polled only when nothing waits in the stream (the branch above is pending):
+                // committed changes go to an idle writer now, and those that commit while it
+                // writes go together once it is done.
+                () = std::future::ready(()),
+                    if self.ledger.has_commit() && !self.ledger.in_flight() =>
+                {
+                    self.flush(writer, false).await?;
                 }
             }
         }

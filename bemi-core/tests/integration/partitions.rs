@@ -204,19 +204,20 @@ async fn a_replay_after_a_crash_across_the_boundary_stores_nothing_twice() {
     let (crashed, forwarded) = (Arc::clone(&sink.crashed), Arc::clone(&sink.forwarded));
     let tracker = start(&db, sink).await;
 
-    // Both transactions reach the sink in one batch (2 s flush interval): it crashes there.
-    commit_at(
-        &mut sql,
-        "2031-01-31T23:59:59Z",
-        "INSERT INTO items VALUES (1, 'a'), (2, 'b')",
+    // Rows on both sides of the boundary reach the sink in one batch (one transaction whose
+    // statements fake different commit times, each with its own context): it crashes there.
+    sql.batch_execute(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, '_bemi',
+           '{\"fake_committed_at\": \"2031-01-31T23:59:59Z\"}');
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');
+         SELECT pg_logical_emit_message(true, '_bemi',
+           '{\"fake_committed_at\": \"2031-02-01T00:00:01Z\"}');
+         INSERT INTO items VALUES (3, 'c'), (4, 'd');
+         COMMIT;",
     )
-    .await;
-    commit_at(
-        &mut sql,
-        "2031-02-01T00:00:01Z",
-        "INSERT INTO items VALUES (3, 'c'), (4, 'd')",
-    )
-    .await;
+    .await
+    .unwrap();
     db.wait_for_changes(4, &tracker, WAIT).await.unwrap();
     // Later changes go on after the replay.
     commit_at(
@@ -500,6 +501,82 @@ async fn rows_the_default_partition_took_move_into_the_partition_made_for_them()
         2
     );
     assert_eq!(scalar(&sql, "SELECT count(*) FROM changes").await, 3);
+}
+
+/// The JSON columns' GIN indexes of a table the sink creates have no pending list
+/// (`fastupdate = off`: no insert stalls cleaning one up), on the table and on every partition,
+/// also one made after the table, and on those the sink adds to a table made before.
+#[tokio::test]
+async fn json_indexes_have_no_pending_list_on_any_partition() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    let mut sink = PostgresSink::connect(&db.options()).unwrap();
+    store(&mut sink, &[at("2020-01-15T00:00:00Z")]).await;
+    sink.write(Batch::new(
+        vec![change_at(at("2040-06-30T00:00:00Z"), 100)],
+        Some(Lsn(100)),
+    ))
+    .await
+    .unwrap();
+    let indexes: Vec<(String, String)> = sql
+        .query(
+            "SELECT t.relname::text, coalesce(array_to_string(i.reloptions, ','), '') \
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_class t ON t.oid = x.indrelid JOIN pg_am a ON a.oid = i.relam \
+             WHERE a.amname = 'gin' AND t.relnamespace = 'public'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let tables: Vec<&str> = indexes.iter().map(|(table, _)| table.as_str()).collect();
+    assert!(tables.contains(&"changes"), "{indexes:?}");
+    assert!(tables.contains(&"changes_p20400601"), "{indexes:?}");
+    assert_eq!(indexes.len() % 3, 0, "three per table: {indexes:?}");
+    for (table, options) in &indexes {
+        assert_eq!(options, "fastupdate=off", "{table}");
+    }
+
+    // A table made before: its GIN indexes have pending lists. Partitions the sink adds get
+    // none all the same.
+    sql.batch_execute(
+        "DROP INDEX changes_before_index, changes_after_index, changes_context_index;
+         CREATE INDEX changes_context_index ON changes USING gin (context jsonb_path_ops);
+         CREATE INDEX changes_before_index ON changes USING gin (\"before\" jsonb_path_ops);
+         CREATE INDEX changes_after_index ON changes USING gin (\"after\" jsonb_path_ops);",
+    )
+    .await
+    .unwrap();
+    sink.write(Batch::new(
+        vec![change_at(at("2041-03-30T00:00:00Z"), 200)],
+        Some(Lsn(200)),
+    ))
+    .await
+    .unwrap();
+    let options = |table: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.query(
+                "SELECT coalesce(array_to_string(i.reloptions, ','), '') \
+                 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+                 JOIN pg_am a ON a.oid = i.relam \
+                 WHERE a.amname = 'gin' AND x.indrelid = $1::text::regclass",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(options("changes_p20200101").await, ["", "", ""]);
+    assert_eq!(
+        options("changes_p20410301").await,
+        ["fastupdate=off", "fastupdate=off", "fastupdate=off"]
+    );
 }
 
 #[tokio::test]

@@ -345,16 +345,27 @@ async fn a_lost_slot_is_not_recreated_over_stored_changes() {
 async fn a_stored_position_past_the_source_s_wal_is_refused() {
     let db = TestDatabase::create().await.unwrap();
     let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let tracker = db.tracker_builder().unwrap().start().await.unwrap();
+    // A change stored: the sink has a position for the slot (a tracker stopped before it saw
+    // anything to record may have none).
+    sql.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    db.wait_for_changes(1, &tracker, Duration::from_secs(60))
+        .await
+        .unwrap();
     tracker.shutdown().await.unwrap();
     // as if `changes` and its progress were restored from another cluster, further along
     let far = Lsn(0xFF << 32); // FF/0
-    sql.execute(
-        "UPDATE _bemi_progress SET lsn = $2 WHERE slot = $1",
-        &[&db.slot(), &(far.0 as i64)],
-    )
-    .await
-    .unwrap();
+    let updated = sql
+        .execute(
+            "UPDATE _bemi_progress SET lsn = $2 WHERE slot = $1",
+            &[&db.slot(), &(far.0 as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
     let err = db.tracker_builder().unwrap().start().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{}", err.report());
     assert!(

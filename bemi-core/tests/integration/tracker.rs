@@ -334,6 +334,43 @@ async fn a_channel_sink_streams_changes_to_the_application() {
     tracker.shutdown().await.unwrap();
 }
 
+/// A committed transaction goes to the sink as soon as nothing more waits in the stream: the
+/// flush interval (an hour here, whose first tick passes as the session starts) and the batch
+/// size are upper bounds, not something each change waits for.
+#[tokio::test]
+async fn a_commit_is_stored_without_waiting_for_the_flush_interval_or_a_full_batch() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let tracker = db
+        .tracker_builder()
+        .unwrap()
+        .flush_interval(Duration::from_secs(3600))
+        .batch_size(1_000)
+        .spawn();
+    tracker.wait_for(|p| p.connected).await;
+    for id in 1..=3 {
+        sql.execute("INSERT INTO t VALUES ($1, 'v')", &[&id])
+            .await
+            .unwrap();
+        db.wait_for_changes(i64::from(id), &tracker, WAIT)
+            .await
+            .unwrap();
+        let stored: Vec<String> = sql
+            .query("SELECT primary_key FROM changes ORDER BY commit_lsn", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let expected: Vec<String> = (1..=id).map(|id| id.to_string()).collect();
+        assert_eq!(stored, expected, "each commit stored on its own, in order");
+    }
+    tracker.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_database_busy_only_in_untracked_tables_does_not_pin_wal() {
     let db = TestDatabase::create().await.unwrap();

@@ -1,0 +1,294 @@
+//! The tracker end to end as users see it, against references measured in the same run, on one
+//! throwaway PostgreSQL with production durability (`fsync`, `full_page_writes` and
+//! `synchronous_commit` on). The tracker stores into the default `changes` table (partitioned by
+//! month, Bemi's indexes) of another database of the same server.
+//!
+//! 1. **Backlog drain.** `BEMI_BENCH_BACKLOG` one-row transactions (default 50,000), committed
+//!    by 8 connections while no consumer runs, onto two slots positioned before them:
+//!    `pg_recvlogical` drains one (to `/dev/null`), then the tracker drains the other into
+//!    `changes`; `BEMI_BENCH_ROUNDS` times (default 3; the table grows by the backlog each
+//!    round). Reported as the tracker's rate over `pg_recvlogical`'s per round and as their mean
+//!    ± half its 95 % confidence interval, with this process's peak RSS (the tracker, its
+//!    decoder and sink, the runtime; not the server) once it is done.
+//! 2. **Latency.** With the tracker caught up, `BEMI_BENCH_WRITERS` connections (default 4) commit
+//!    one-row transactions at a steady `BEMI_BENCH_RATE` a second in all (default 1,000) for
+//!    `BEMI_BENCH_SECONDS` (default 30): the p50, p99 and maximum of `created_at - committed_at`
+//!    of their rows in `changes` (commit on the source → the sink's transaction that stores it).
+//!
+//! `BEMI_BENCH_GIN_OPTIONS` (say `fastupdate = off`, or `gin_pending_list_limit = 256`) is set
+//! on every GIN index of the table (`ALTER INDEX … SET (…)`) before the tracker starts, to
+//! compare with the table as the sink creates it.
+//!
+//! ```text
+//! cargo bench -p bemi-core --bench end_to_end
+//! BEMI_BENCH_BACKLOG=5000 BEMI_BENCH_SECONDS=5 cargo bench -p bemi-core --bench end_to_end
+//! ```
+//!
+//! Without `--bench` (as under `cargo test --benches`) it makes a short smoke run.
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use bemi_core::setup::SourceSetup;
+use bemi_core::sink::{ChangeSink, PostgresSink, SourceInfo};
+use bemi_core::{ConnectOptions, Tracker};
+use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::drain::{self, rate};
+use bemi_testkit::overhead::ratio_spread;
+
+/// Connections that commit the backlog.
+const BACKLOG_WRITERS: u64 = 8;
+
+/// What to measure, from the environment.
+struct Options {
+    backlog: u64,
+    rounds: u64,
+    rate: f64,
+    seconds: f64,
+    writers: u64,
+    gin_options: Option<String>,
+}
+
+impl Options {
+    fn from_env() -> Options {
+        let smoke = !std::env::args().any(|arg| arg == "--bench");
+        let number = |name: &str, default: f64| -> f64 {
+            std::env::var(name).map_or(default, |v| {
+                v.replace(['_', ','], "")
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: a number"))
+            })
+        };
+        let (backlog, seconds) = if smoke {
+            (200.0, 0.5)
+        } else {
+            (50_000.0, 30.0)
+        };
+        Options {
+            backlog: number("BEMI_BENCH_BACKLOG", backlog) as u64,
+            rounds: (number("BEMI_BENCH_ROUNDS", 3.0) as u64).max(1),
+            rate: number("BEMI_BENCH_RATE", 1_000.0),
+            seconds: number("BEMI_BENCH_SECONDS", seconds),
+            writers: (number("BEMI_BENCH_WRITERS", 4.0) as u64).max(1),
+            gin_options: std::env::var("BEMI_BENCH_GIN_OPTIONS").ok(),
+        }
+    }
+}
+
+fn main() {
+    let options = Options::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(options));
+}
+
+async fn run(options: Options) {
+    let pg = tokio::task::spawn_blocking(|| {
+        TempPostgres::builder()
+            .setting("fsync", "on")
+            .setting("full_page_writes", "on")
+            .setting("synchronous_commit", "on")
+            .setting("shared_buffers", "128MB")
+            .start()
+    })
+    .await
+    .expect("join")
+    .expect("throwaway PostgreSQL");
+    let source: ConnectOptions = pg.url("postgres").parse().expect("url");
+    let sql = source.connect().await.expect("connect");
+    // One statement each: CREATE DATABASE cannot run in the implicit transaction of a batch.
+    for statement in [
+        "CREATE DATABASE audit",
+        "CREATE TABLE backlog (id int8 PRIMARY KEY, label text, n int4, at timestamptz)",
+        "CREATE TABLE steady (id int8 PRIMARY KEY, label text, n int4, at timestamptz)",
+    ] {
+        sql.batch_execute(statement).await.expect(statement);
+    }
+    SourceSetup::new("tracker", "bench")
+        .prepare(&sql)
+        .await
+        .expect("the tracker's slot");
+    let destination = source.clone().with_dbname("audit");
+    create_changes_table(&destination, options.gin_options.as_deref()).await;
+    println!(
+        "PostgreSQL {}, fsync and synchronous_commit on; GIN options: {}",
+        pg.version(),
+        options
+            .gin_options
+            .as_deref()
+            .unwrap_or("as the sink creates them")
+    );
+
+    // 1. The backlog, round by round.
+    let mut ratios = Vec::new();
+    for round in 0..options.rounds {
+        // The reference's slot is created before the backlog, like the tracker's (which the
+        // previous round left at the end of WAL).
+        let reference = format!("reference_{round}");
+        sql.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&reference],
+        )
+        .await
+        .expect("the reference slot");
+        let first = (round * options.backlog) as i64;
+        commit_paced(
+            &source,
+            "backlog",
+            first,
+            BACKLOG_WRITERS,
+            None,
+            options.backlog,
+        )
+        .await;
+        let end = drain::wal_end(&sql).await;
+        let recvlogical = drain::pg_recvlogical(&pg, "postgres", &reference, "bench", &end);
+        sql.execute("SELECT pg_drop_replication_slot($1)", &[&reference])
+            .await
+            .expect("drop the reference slot");
+        let sink = PostgresSink::connect(&destination).expect("sink");
+        let tracked = drain::tracker(&source, "tracker", "bench", sink, options.backlog).await;
+        let (recvlogical_rate, tracked_rate) = (
+            rate(options.backlog, recvlogical),
+            rate(options.backlog, tracked),
+        );
+        ratios.push(tracked_rate / recvlogical_rate);
+        println!(
+            "backlog of {} one-row transactions, round {}: pg_recvlogical {recvlogical:.2?} \
+             ({recvlogical_rate:.0}/s); tracker → changes {tracked:.2?} ({tracked_rate:.0}/s): \
+             {:.2}× pg_recvlogical",
+            options.backlog,
+            round + 1,
+            tracked_rate / recvlogical_rate
+        );
+    }
+    println!(
+        "backlog drain: tracker → changes {:.2} ± {:.2} × pg_recvlogical (mean of {} rounds)",
+        ratios.iter().sum::<f64>() / ratios.len() as f64,
+        ratio_spread(ratios.iter().copied()),
+        ratios.len()
+    );
+    println!(
+        "peak RSS of the tracker's process: {:.1} MiB",
+        drain::peak_rss_kib() as f64 / 1024.0
+    );
+
+    // 2. Latency at a steady rate.
+    let sink = PostgresSink::connect(&destination).expect("sink");
+    let tracker = Tracker::builder(source.clone(), sink)
+        .slot("tracker")
+        .publication("bench")
+        .spawn();
+    tracker.sync().await.expect("caught up");
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs_f64(options.seconds);
+    let committed = commit_paced(
+        &source,
+        "steady",
+        0,
+        options.writers,
+        Some((options.rate, deadline)),
+        u64::MAX,
+    )
+    .await;
+    let achieved = rate(committed, began.elapsed());
+    tracker.sync().await.expect("stored");
+    tracker.shutdown().await.expect("clean stop");
+    let audit = destination.connect().await.expect("destination");
+    let row = audit
+        .query_one(
+            "SELECT count(*), \
+                    percentile_disc(0.5) WITHIN GROUP (ORDER BY ms), \
+                    percentile_disc(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
+             FROM (SELECT extract(epoch FROM created_at - committed_at)::float8 * 1000 AS ms \
+                   FROM changes WHERE \"table\" = 'steady') latency",
+            &[],
+        )
+        .await
+        .expect("latency");
+    let stored: i64 = row.get(0);
+    assert_eq!(stored as u64, committed, "every steady transaction stored");
+    let (p50, p99, max): (f64, f64, f64) = (row.get(1), row.get(2), row.get(3));
+    println!(
+        "latency at {achieved:.0} tx/s ({committed} one-row transactions by {} connections): \
+         created_at - committed_at p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+        options.writers
+    );
+}
+
+/// Commits one-row transactions into `table` from `writers` connections, with ids from `first`
+/// on: `total` of them as fast as they go, or at a steady rate a second in all until a deadline.
+/// Returns how many.
+async fn commit_paced(
+    source: &ConnectOptions,
+    table: &str,
+    first: i64,
+    writers: u64,
+    pace: Option<(f64, Instant)>,
+    total: u64,
+) -> u64 {
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let source = source.clone();
+        let insert =
+            format!("INSERT INTO {table} VALUES ($1::int8, md5($1::int8::text), 1, now())");
+        // Writer w commits ids first + w, first + w + writers, first + w + 2 × writers, …
+        let quota = total / writers + u64::from(writer < total % writers);
+        tasks.push(tokio::spawn(async move {
+            let sql = source.connect().await.expect("connect");
+            let insert = sql.prepare(&insert).await.expect("prepare");
+            let mut ticks = pace.map(|(rate, _)| {
+                let mut ticks =
+                    tokio::time::interval(Duration::from_secs_f64(writers as f64 / rate));
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                ticks
+            });
+            let mut done = 0;
+            while done < quota && pace.is_none_or(|(_, deadline)| Instant::now() < deadline) {
+                if let Some(ticks) = &mut ticks {
+                    ticks.tick().await;
+                }
+                let id = first + (done * writers + writer) as i64;
+                sql.execute(&insert, &[&id]).await.expect("insert");
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await.expect("writer");
+    }
+    committed
+}
+
+/// Creates the `changes` table as the tracker's sink does at its start (so that no timing
+/// includes it), then sets `gin_options`, if any, on each of its GIN indexes (those of its
+/// partitions: a partitioned index has no storage options).
+async fn create_changes_table(destination: &ConnectOptions, gin_options: Option<&str>) {
+    let mut sink = PostgresSink::connect(destination).expect("sink");
+    sink.open(&SourceInfo::new("0", "postgres", "setup"))
+        .await
+        .expect("the changes table");
+    let Some(options) = gin_options else {
+        return;
+    };
+    let sql = destination.connect().await.expect("destination");
+    let indexes = sql
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam \
+             WHERE a.amname = 'gin' AND c.relkind = 'i'",
+            &[],
+        )
+        .await
+        .expect("GIN indexes");
+    for index in indexes {
+        let index: String = index.get(0);
+        sql.batch_execute(&format!("ALTER INDEX {index} SET ({options})"))
+            .await
+            .expect("ALTER INDEX");
+    }
+}

@@ -1,0 +1,93 @@
+//! What the end-to-end benchmarks time a slot's backlog against: `pg_recvlogical` draining it
+//! (the reference: the walsender's own limit), a tracker draining it into a sink, and the peak
+//! memory of the benchmark's process.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bemi_core::sink::ChangeSink;
+use bemi_core::{ConnectOptions, Tracker};
+use bemi_temp_postgres::TempPostgres;
+
+/// The server's current end of WAL (`pg_current_wal_lsn()`), as text for `pg_recvlogical -E`.
+///
+/// # Panics
+///
+/// When the query fails.
+pub async fn wal_end(sql: &tokio_postgres::Client) -> String {
+    sql.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn()")
+        .get(0)
+}
+
+/// How long `pg_recvlogical` takes to stream `slot` of `database` (a `pgoutput` slot) up to
+/// `end` with `publication`, writing the output to `/dev/null`.
+///
+/// # Panics
+///
+/// When `pg_recvlogical` cannot run or fails.
+pub fn pg_recvlogical(
+    pg: &TempPostgres,
+    database: &str,
+    slot: &str,
+    publication: &str,
+    end: &str,
+) -> Duration {
+    let started = Instant::now();
+    let status = Command::new(pg.bindir().join("pg_recvlogical"))
+        .args(["-d", &pg.connection_string(database), "-S", slot, "--start"])
+        .args(["-o", "proto_version=1"])
+        .args(["-o", &format!("publication_names={publication}")])
+        .args(["-E", end, "-f", "/dev/null", "--no-loop"])
+        .status()
+        .expect("pg_recvlogical runs");
+    assert!(status.success(), "pg_recvlogical failed");
+    started.elapsed()
+}
+
+/// How long a tracker on `slot` and `publication` of `source` takes from its start until `sink`
+/// has stored `changes` changes; then stops it.
+///
+/// # Panics
+///
+/// When the tracker stops with an error first, or does not stop cleanly.
+pub async fn tracker(
+    source: &ConnectOptions,
+    slot: &str,
+    publication: &str,
+    sink: impl ChangeSink,
+    changes: u64,
+) -> Duration {
+    let started = Instant::now();
+    let tracker = Tracker::builder(source.clone(), sink)
+        .slot(slot)
+        .publication(publication)
+        .spawn();
+    let progress = tracker
+        .wait_for(|p| p.changes >= changes || p.last_error.is_some())
+        .await;
+    let elapsed = started.elapsed();
+    tracker.shutdown().await.expect("clean stop");
+    assert_eq!(progress.changes, changes, "{progress:?}");
+    elapsed
+}
+
+/// This process's peak resident memory (`VmHWM` of `/proc/self/status`) in KiB, 0 where Linux's
+/// `/proc` is missing.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `changes` per second over `took`.
+pub fn rate(changes: u64, took: Duration) -> f64 {
+    changes as f64 / took.as_secs_f64().max(1e-9)
+}
