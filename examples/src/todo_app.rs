@@ -8,6 +8,7 @@
 //! | `PATCH /todos/{id}` `{"title"?: …, "done"?: …}` | edits a todo | [`bemi_sqlx::begin`], update, commit |
 //! | `DELETE /todos/{id}` | deletes a todo | [`bemi_sqlx::execute`], a single write |
 //! | `GET /changes` | the audit trail of this run, newest first | |
+//! | `/audit/…` | the audit trail UI ([`bemi_ui::router`] nested) | |
 //!
 //! [`request_context`] makes each request's context, `{"user_id", "method", "path"}` (the user
 //! from the `x-user-id` header), and [`bemi_context::ContextLayer`] puts the handler in its
@@ -86,7 +87,10 @@ impl TodoApp {
             .await?;
         let tracker = spawn_tracker(&self.options, &self.slot, &self.publication).await?;
         tracing::info!(addr = %listener.local_addr()?, "serving the todo api");
-        let served = axum::serve(listener, router(pool.clone(), since))
+        // The audit trail UI, nested (put your own authentication layer in front of it).
+        let ui = bemi_ui::UiConfig::new(self.options.clone()).tracker(tracker.watch());
+        let app = router(pool.clone(), since).nest("/audit", bemi_ui::router(ui)?);
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         let stopped = tracker.shutdown().await;

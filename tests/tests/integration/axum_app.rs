@@ -146,6 +146,18 @@ async fn each_request_context_reaches_the_audit_trail() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
+    // The audit trail UI nested at /audit: its pages link under /audit.
+    let ui = request(addr, "GET", "/audit/", None, None).await;
+    assert_eq!(ui.status, 200, "{ui:?}");
+    assert!(
+        ui.body.contains("<h1>Changes</h1>") && ui.body.contains("href=\"/audit/change/"),
+        "{}",
+        ui.body
+    );
+    let status = request(addr, "GET", "/audit/status", None, None).await;
+    assert_eq!(status.status, 200, "{status:?}");
+    assert!(status.body.contains("streaming"), "{}", status.body);
+
     // Newest first.
     let summary: Vec<(String, Value, Value)> = changes
         .iter()
