@@ -36,9 +36,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Base {
 }
 
 impl Base {
-    /// The address of `path` (which starts with `/`) under the mount point.
+    /// The address of `path` (which starts with `/`) under the mount point. The root of a
+    /// nested UI is the mount point itself (`/audit`, `/audit?…`): axum routes `/audit/` to no
+    /// route of the nested router.
     pub(crate) fn to(&self, path: &str) -> String {
-        format!("{}{path}", self.0)
+        match path.strip_prefix('/') {
+            Some(rest) if !self.0.is_empty() && (rest.is_empty() || rest.starts_with('?')) => {
+                format!("{}{rest}", self.0)
+            }
+            _ => format!("{}{path}", self.0),
+        }
     }
 }
 

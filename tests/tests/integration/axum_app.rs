@@ -147,10 +147,14 @@ async fn each_request_context_reaches_the_audit_trail() {
     };
 
     // The audit trail UI nested at /audit: its pages link under /audit.
-    let ui = request(addr, "GET", "/audit/", None, None).await;
+    let ui = request(addr, "GET", "/audit", None, None).await;
     assert_eq!(ui.status, 200, "{ui:?}");
     assert!(
-        ui.body.contains("<h1>Changes</h1>") && ui.body.contains("href=\"/audit/change/"),
+        ui.body.contains("<h1>Changes</h1>")
+            && ui.body.contains("href=\"/audit/change/")
+            && ui
+                .body
+                .contains("<a href=\"/audit\" aria-current=\"page\">Changes</a>"),
         "{}",
         ui.body
     );
