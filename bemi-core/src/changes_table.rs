@@ -9,9 +9,10 @@
 //! default), with Bemi's columns, so Bemi's readers (bemi-django, the Rails helpers, plain SQL)
 //! read it unchanged; its [`Partition`]s are created ahead of the commit times the tracker
 //! stores, with a default partition for anything else. Its primary key is `(id, committed_at)`
-//! and its idempotency key `(system_id, commit_lsn, ordinal, committed_at)`: a partitioned
+//! and its idempotency key `(commit_lsn, ordinal, system_id, committed_at)`: a partitioned
 //! table's unique keys must hold the partition key, and a transaction's commit time is the same
-//! at every replay. [`Retention`] drops whole partitions past a window, and
+//! at every replay. The key leads with `(commit_lsn, ordinal)`, the trail's order, so reading
+//! the newest changes page by page walks it backwards instead of sorting the table. [`Retention`] drops whole partitions past a window, and
 //! [`PartitionMigration`] (`bemi migrate --partition`) turns an unpartitioned table, made by
 //! Bemi's worker or an earlier version, into a partitioned one.
 
@@ -285,8 +286,8 @@ pub(super) struct WantedIndex {
 }
 
 impl WantedIndex {
-    /// Whether `index` serves as this one. The idempotency key must be exactly it (`ON
-    /// CONFLICT` names its columns); another index counts when it has the same method and
+    /// Whether `index` serves as this one. The idempotency key must have exactly its columns,
+    /// in any order (`ON CONFLICT` names them); another index counts when it has the same method and
     /// starts with the same columns, whatever its operator class (Bemi's GIN indexes may use
     /// `jsonb_ops`).
     pub(super) fn served_by(&self, index: &ExistingIndex) -> bool {
@@ -294,7 +295,9 @@ impl WantedIndex {
             return false;
         }
         if self.unique {
-            return index.unique && index.using == self.using;
+            // The same columns in any order are the same key: tables made before the key led
+            // with `commit_lsn` keep theirs.
+            return index.unique && index.columns == self.columns();
         }
         let leading = self
             .using
@@ -304,6 +307,26 @@ impl WantedIndex {
             .using
             .strip_prefix(leading)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',', ')']))
+    }
+
+    /// Its columns, sorted (as [`ExistingIndex::columns`]).
+    fn columns(&self) -> Vec<String> {
+        let list = self
+            .using
+            .split_once('(')
+            .map_or("", |(_, list)| list.trim_end_matches(')'));
+        let mut columns: Vec<String> = list
+            .split(", ")
+            .map(|c| {
+                c.split(' ')
+                    .next()
+                    .unwrap_or(c)
+                    .trim_matches('"')
+                    .to_owned()
+            })
+            .collect();
+        columns.sort();
+        columns
     }
 
     /// The index's name for `table`.
@@ -329,18 +352,18 @@ impl WantedIndex {
 
 /// The idempotency key of an unpartitioned table.
 const KEY: WantedIndex = WantedIndex {
-    suffix: "system_id_commit_lsn_ordinal_key",
+    suffix: "commit_lsn_ordinal_system_id_key",
     unique: true,
-    using: "btree (system_id, commit_lsn, ordinal)",
+    using: "btree (commit_lsn, ordinal, system_id)",
     with: None,
 };
 
 /// The idempotency key of a partitioned table: a unique index must hold the partition key, and
 /// a transaction's commit time is the same at every replay.
 const PARTITIONED_KEY: WantedIndex = WantedIndex {
-    suffix: "system_id_commit_lsn_ordinal_committed_at_key",
+    suffix: "commit_lsn_ordinal_system_id_committed_at_key",
     unique: true,
-    using: "btree (system_id, commit_lsn, ordinal, committed_at)",
+    using: "btree (commit_lsn, ordinal, system_id, committed_at)",
     with: None,
 };
 
@@ -433,5 +456,39 @@ where
             let parts: Option<Vec<Cow<'a, str>>> = values.collect();
             Some(format!("[{}]", parts?.join(",")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unique(using: &str, columns: &[&str]) -> ExistingIndex {
+        ExistingIndex {
+            name: "changes_key".to_owned(),
+            using: using.to_owned(),
+            unique: true,
+            valid: true,
+            constraint: None,
+            is_primary_key: false,
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_idempotency_key_is_its_columns_in_any_order() {
+        let earlier = unique(
+            "btree (system_id, commit_lsn, ordinal, committed_at)",
+            &["commit_lsn", "committed_at", "ordinal", "system_id"],
+        );
+        assert!(PARTITIONED_KEY.served_by(&earlier));
+        assert!(!KEY.served_by(&earlier));
+        let plain = unique(
+            "btree (system_id, commit_lsn, ordinal)",
+            &["commit_lsn", "ordinal", "system_id"],
+        );
+        assert!(KEY.served_by(&plain));
+        let older = unique("btree (commit_lsn, ordinal)", &["commit_lsn", "ordinal"]);
+        assert!(!KEY.served_by(&older), "the key before system_id is not it");
     }
 }

@@ -124,3 +124,34 @@ pub async fn rows(sql: &Client, table: &str, order: &str) -> Vec<Value> {
     .map(|r| serde_json::from_str(r.get::<_, &str>(0)).expect("JSON"))
     .collect()
 }
+
+/// Adds `n` synthetic changes of `database` to its `changes` table in one statement, then
+/// analyzes it, for tests and benchmarks of the read side on a large trail: 20 tables
+/// (`bench_0` …), 50,000 keys, 1,000 users (`user_id`), a `request_id` per three changes,
+/// operations in turn, committed one millisecond apart up to now, with commit LSNs above any
+/// real one.
+///
+/// # Panics
+///
+/// When the statement fails.
+pub async fn fill_changes(sql: &Client, database: &str, n: i64) {
+    sql.execute(
+        "INSERT INTO changes (primary_key, before, after, context, database, schema, \"table\",
+                              operation, committed_at, queued_at, transaction_id, position,
+                              commit_lsn, ordinal)
+         SELECT (i % 50000)::text, '{}', jsonb_build_object('id', i % 50000, 'n', i),
+                jsonb_build_object('user_id', i % 1000, 'request_id', 'r' || (i / 3)),
+                $1, 'public', 'bench_' || (i % 20),
+                (ARRAY['CREATE', 'UPDATE', 'DELETE'])[1 + i % 3],
+                now() - ($2::int8 - i) * interval '1 millisecond',
+                now() - ($2::int8 - i) * interval '1 millisecond',
+                i, 1099511627776 + i * 64, 1099511627776 + i * 64, 0
+         FROM generate_series(1, $2::int8) i",
+        &[&database, &n],
+    )
+    .await
+    .expect("synthetic changes");
+    sql.batch_execute("ANALYZE changes")
+        .await
+        .expect("analyze changes");
+}

@@ -46,6 +46,8 @@
 
 mod assets;
 mod error;
+#[cfg(test)]
+mod explain;
 mod filters;
 mod html;
 mod pages;

@@ -392,7 +392,7 @@ async fn a_changes_table_made_by_bemi_is_upgraded_in_place_and_filled() {
         0
     );
     assert_eq!(
-        count(&sql, "SELECT count(*) FROM pg_indexes WHERE tablename = 'changes' AND indexdef LIKE '%UNIQUE%(system_id, commit_lsn, ordinal)%'").await,
+        count(&sql, "SELECT count(*) FROM pg_indexes WHERE tablename = 'changes' AND indexdef LIKE '%UNIQUE%(commit_lsn, ordinal, system_id)%'").await,
         1
     );
     // No duplicate indexes were added next to Bemi's.

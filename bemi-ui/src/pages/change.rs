@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use bemi_query::{ChangeFilter, Cursor, StoredChange};
+use bemi_query::{ChangeFilter, ChangeQuery, Cursor, StoredChange};
 use maud::{html, Markup};
 use serde_json::value::RawValue;
 
@@ -26,14 +26,7 @@ pub(crate) async fn page(
     let cursor: Cursor = cursor.parse()?;
     let mut connection = state.changes().await?;
     let tx = read_only(&mut connection).await?;
-    let transaction = ChangeFilter::new()
-        .database(&state.database)
-        .transaction(cursor.commit_lsn)
-        .query()
-        .changes_table(state.table.clone())
-        .limit(TRANSACTION_LIMIT)
-        .fetch(&tx)
-        .await?;
+    let transaction = transaction_query(&state, cursor).fetch(&tx).await?;
     tx.commit().await?;
     let change = transaction
         .iter()
@@ -69,6 +62,16 @@ pub(crate) async fn page(
         }
     };
     Ok(shell(&base, &title, Nav::None, body))
+}
+
+/// The changes of the transaction of the change at `cursor`.
+pub(crate) fn transaction_query(state: &UiState, cursor: Cursor) -> ChangeQuery {
+    ChangeFilter::new()
+        .database(&state.database)
+        .transaction(cursor.commit_lsn)
+        .query()
+        .changes_table(state.table.clone())
+        .limit(TRANSACTION_LIMIT)
 }
 
 /// Links to every change whose context has the same value under a key, for each key of this

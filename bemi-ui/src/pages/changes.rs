@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use bemi_query::{context_keys, Order, StoredChange};
+use bemi_query::{context_keys, ChangeQuery, Cursor, Order, StoredChange};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -36,16 +36,8 @@ pub(crate) async fn page(
     base: Base,
     Query(params): Query<Params>,
 ) -> PageResult<Markup> {
-    let filter = params.filters.to_filter(&state.database)?;
     let after = cursor(&params.after)?;
-    let mut query = filter
-        .query()
-        .changes_table(state.table.clone())
-        .order(Order::Desc)
-        .limit(PAGE);
-    if let Some(after) = after {
-        query = query.after(after);
-    }
+    let query = page_query(&state, &params.filters, after)?;
     let mut connection = state.changes().await?;
     let tx = read_only(&mut connection).await?;
     let page = query.fetch_page(&tx).await?;
@@ -82,6 +74,24 @@ pub(crate) async fn page(
         }
     };
     Ok(shell(&base, "Changes", Nav::Changes, body))
+}
+
+/// The page's query: the filtered changes, newest first, a page after `after`.
+pub(crate) fn page_query(
+    state: &UiState,
+    filters: &Filters,
+    after: Option<Cursor>,
+) -> bemi_core::Result<ChangeQuery> {
+    let mut query = filters
+        .to_filter(&state.database)?
+        .query()
+        .changes_table(state.table.clone())
+        .order(Order::Desc)
+        .limit(PAGE);
+    if let Some(after) = after {
+        query = query.after(after);
+    }
+    Ok(query)
 }
 
 /// `query&` when there is a query, for appending one more parameter.

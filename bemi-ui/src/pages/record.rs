@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use bemi_query::{ChangeFilter, SnapshotRow, StoredChange, TableName, TimeTravel};
+use bemi_query::{ChangeFilter, ChangeQuery, SnapshotRow, StoredChange, TableName, TimeTravel};
 use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -44,15 +44,7 @@ pub(crate) async fn page(
 
     let mut changes_connection = state.changes().await?;
     let changes = read_only(&mut changes_connection).await?;
-    let timeline = ChangeFilter::new()
-        .database(&state.database)
-        .table_name(table.clone())
-        .primary_key(pk)
-        .query()
-        .changes_table(state.table.clone())
-        .limit(TIMELINE_LIMIT)
-        .fetch(&changes)
-        .await?;
+    let timeline = timeline_query(&state, &table, pk).fetch(&changes).await?;
     let snapshot = match at {
         Some(at) => {
             let mut source_connection = state.source().await?;
@@ -111,6 +103,17 @@ pub(crate) async fn page(
         }
     };
     Ok(shell(&base, &title, Nav::None, body))
+}
+
+/// The changes of one record, oldest first.
+pub(crate) fn timeline_query(state: &UiState, table: &TableName, pk: &str) -> ChangeQuery {
+    ChangeFilter::new()
+        .database(&state.database)
+        .table_name(table.clone())
+        .primary_key(pk)
+        .query()
+        .changes_table(state.table.clone())
+        .limit(TIMELINE_LIMIT)
 }
 
 /// The change's diff, shortened.

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use bemi_query::{ChangeFilter, Order};
 use chrono::Utc;
 use maud::{html, Markup};
 
 use crate::error::{error_chain, PageResult};
+use crate::filters::Filters;
 use crate::html::{change_href, operation, page as shell, time, Base, Nav};
 use crate::state::{read_only, State as UiState};
 
@@ -22,6 +22,15 @@ struct Slot {
     /// How long ago the last change the tracker confirmed was written (the walsender's
     /// `replay_lag`; none when it is caught up or not streaming).
     lag: Option<String>,
+}
+
+/// How many changes of the database `$1` committed in the last minute, on the committed_at
+/// index.
+pub(crate) fn last_minute_sql(state: &UiState) -> String {
+    format!(
+        "SELECT count(*) FROM {} WHERE database = $1 AND committed_at > now() - interval '1 minute'",
+        state.table.qualified()
+    )
 }
 
 pub(crate) async fn page(State(state): State<Arc<UiState>>, base: Base) -> PageResult<Markup> {
@@ -52,24 +61,13 @@ pub(crate) async fn page(State(state): State<Arc<UiState>>, base: Base) -> PageR
 
     let mut changes_connection = state.changes().await?;
     let changes = read_only(&mut changes_connection).await?;
-    let newest = ChangeFilter::new()
-        .database(&state.database)
-        .query()
-        .changes_table(state.table.clone())
-        .order(Order::Desc)
+    let newest = super::changes::page_query(&state, &Filters::default(), None)?
         .limit(1)
         .fetch(&changes)
         .await?
         .pop();
-    // The rate of the last minute, on the committed_at index.
     let last_minute: i64 = changes
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {} WHERE database = $1 AND committed_at > now() - interval '1 minute'",
-                state.table.qualified()
-            ),
-            &[&state.database],
-        )
+        .query_one(&last_minute_sql(&state), &[&state.database])
         .await?
         .get(0);
     changes.commit().await?;
