@@ -224,7 +224,7 @@ impl Browser {
         stream.write_all(request.as_bytes()).await?;
         // chromedriver may keep the connection open: read the head, then the body's length.
         let mut answer = Vec::new();
-        let mut buffer = [0u8; 16 * 1024];
+        let mut buffer = vec![0u8; 16 * 1024];
         loop {
             let read = stream.read(&mut buffer).await?;
             answer.extend_from_slice(&buffer[..read]);
