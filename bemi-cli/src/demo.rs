@@ -96,6 +96,21 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<()> {
     } else {
         tracker.shutdown().await?;
     }
+    // The server ends the tracker's walsender a moment after the tracker disconnects.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let active: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&SLOT],
+            )
+            .await?
+            .get(0);
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sql.batch_execute(&format!(
         "SELECT pg_drop_replication_slot('{SLOT}');
          DROP PUBLICATION {SLOT}; DROP TABLE {TABLE}; DROP TABLE {CHANGES};

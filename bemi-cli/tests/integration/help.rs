@@ -37,7 +37,7 @@ fn assert_every_option_is_described(text: &str, command: &str) {
 fn every_command_describes_every_option() {
     let top = help(&[]);
     for command in [
-        "run", "setup", "status", "demo", "history", "changes", "revert",
+        "run", "setup", "status", "demo", "history", "changes", "revert", "ui",
     ] {
         assert!(top.contains(command), "bemi --help lists {command}");
         let text = help(&[command]);

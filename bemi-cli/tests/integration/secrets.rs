@@ -66,6 +66,7 @@ fn help_hides_the_values_of_secret_variables() {
         ("DESTINATION_DATABASE_URL", url.as_str()),
         ("DB_PASSWORD", PASSWORD),
         ("DESTINATION_DB_PASSWORD", PASSWORD),
+        ("BEMI_UI_TOKEN", PASSWORD),
     ];
     for command in [
         &[][..],
@@ -76,6 +77,7 @@ fn help_hides_the_values_of_secret_variables() {
         &["history"],
         &["changes"],
         &["revert"],
+        &["ui"],
     ] {
         let args: Vec<&str> = command.iter().copied().chain(["--help"]).collect();
         let (out, text) = run(bemi(&args, &env));

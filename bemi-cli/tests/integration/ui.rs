@@ -11,7 +11,7 @@ use bemi_testkit::browser::Browser;
 use bemi_testkit::trail::{start, sync, write};
 use bemi_testkit::TestDatabase;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 const TODO: &str =
@@ -286,4 +286,71 @@ async fn the_ui_in_a_real_browser_filters_diffs_time_travels_and_reverts() {
 
     drop(browser);
     tracker.shutdown().await.expect("the tracker stops cleanly");
+}
+
+/// One `GET` on its own connection: the whole answer, head and body.
+async fn http_get(address: &str, path: &str) -> String {
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("the UI answers");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("a request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("an answer");
+    answer
+}
+
+#[tokio::test]
+async fn the_demo_opens_the_ui_on_its_data_and_cleans_up_on_ctrl_c() {
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_bemi"))
+        .args(["demo", "--ui", "--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bemi demo starts");
+    let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let address = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("stdout reads") {
+            if let Some(at) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                return at.trim_end_matches('/').to_owned();
+            }
+        }
+        panic!("the demo ended without opening the UI");
+    })
+    .await
+    .expect("the demo opens the UI within two minutes");
+    let page = http_get(&address, "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("alice") && page.contains("bemi_demo_todo"),
+        "{page}"
+    );
+    let status = http_get(&address, "/status").await;
+    assert!(
+        status.contains("streaming"),
+        "the demo's tracker runs: {status}"
+    );
+
+    let pid = demo.id().expect("a pid").to_string();
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), demo.wait())
+        .await
+        .expect("the demo stops within a minute")
+        .expect("wait");
+    let mut rest = String::new();
+    while let Some(line) = lines.next_line().await.expect("stdout reads") {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    assert!(exit.success(), "{exit:?}: {rest}");
+    assert!(rest.contains("were removed"), "{rest}");
 }
