@@ -24,7 +24,7 @@ pub(crate) type PageResult<T> = std::result::Result<T, PageError>;
 impl From<Error> for PageError {
     fn from(error: Error) -> Self {
         match error.kind() {
-            ErrorKind::Config => PageError::BadRequest(error_chain(&error)),
+            ErrorKind::Config => PageError::BadRequest(error.report()),
             _ => PageError::Failed(error),
         }
     }
@@ -36,21 +36,6 @@ impl From<tokio_postgres::Error> for PageError {
     }
 }
 
-/// The error and its causes on one line.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
@@ -58,7 +43,7 @@ impl IntoResponse for PageError {
             PageError::Forbidden(message) => (StatusCode::FORBIDDEN, message),
             PageError::NotFound(message) => (StatusCode::NOT_FOUND, message),
             PageError::Failed(error) => {
-                let message = error_chain(&error);
+                let message = error.report();
                 tracing::error!(error = %message, "a page of the audit trail UI failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, message)
             }

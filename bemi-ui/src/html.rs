@@ -103,9 +103,8 @@ pub(crate) fn operation(operation: Operation) -> Markup {
     html! { span class=(class) { (operation) } }
 }
 
-/// A JSON value as compact text, shortened to `limit` characters.
-pub(crate) fn json_short(value: &RawValue, limit: usize) -> String {
-    let text = value.get();
+/// JSON text shortened to `limit` characters.
+pub(crate) fn json_short(text: &str, limit: usize) -> String {
     match text.char_indices().nth(limit) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),

@@ -25,7 +25,7 @@ pub(crate) fn change_rows(base: &Base, changes: &[StoredChange], class: Option<&
                         _ => span.muted { "–" },
                     }
                 }
-                td { code { (json_short(&change.context, 80)) } }
+                td { code { (json_short(change.context.get(), 80)) } }
                 td { (change.diff().columns().collect::<Vec<_>>().join(", ")) }
                 td { a href=(change_href(base, change)) { "Details" } }
             }

@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use crate::error::{error_chain, PageError, PageResult};
+use crate::error::{PageError, PageResult};
 use crate::filters::{given, parse_time, percent_encode};
 use crate::html::{
     change_href, json_pretty, json_short, operation, page as shell, time, Base, Nav,
@@ -89,7 +89,7 @@ pub(crate) async fn page(
                     tr {
                         td { (time(&change.committed_at)) }
                         td { (operation(change.operation)) }
-                        td { code { (json_short(&change.context, 80)) } }
+                        td { code { (json_short(change.context.get(), 80)) } }
                         td { code { (json_short_diff(change)) } }
                         td {
                             a href=(href(&(change.committed_at - chrono::Duration::microseconds(1)))) { "before" }
@@ -118,11 +118,10 @@ pub(crate) fn timeline_query(state: &UiState, table: &TableName, pk: &str) -> Ch
 
 /// The change's diff, shortened.
 fn json_short_diff(change: &StoredChange) -> String {
-    let diff = serde_json::to_string(&change.diff()).unwrap_or_default();
-    match serde_json::value::RawValue::from_string(diff) {
-        Ok(raw) => json_short(&raw, 120),
-        Err(_) => String::new(),
-    }
+    json_short(
+        &serde_json::to_string(&change.diff()).unwrap_or_default(),
+        120,
+    )
 }
 
 fn snapshot_view(at: &DateTime<Utc>, row: &bemi_core::Result<Option<SnapshotRow>>) -> Markup {
@@ -138,7 +137,7 @@ fn snapshot_view(at: &DateTime<Utc>, row: &bemi_core::Result<Option<SnapshotRow>
                     }
                 }
                 Ok(None) => p.absent { "The row did not exist at that moment." },
-                Err(error) => p.error { "Time travel failed: " (error_chain(error)) },
+                Err(error) => p.error { "Time travel failed: " (error.report()) },
             }
         }
     }

@@ -27,9 +27,9 @@ pub(crate) struct Apply {
     csrf: String,
 }
 
-/// The revert of what `filters` select, planned: refused when reverting is off or nothing is
-/// selected.
-async fn plan(state: &UiState, filters: &Filters, writable: bool) -> PageResult<RevertPlan> {
+/// The revert of what `filters` select, planned (reading only): refused when reverting is off
+/// or nothing is selected.
+async fn plan(state: &UiState, filters: &Filters) -> PageResult<RevertPlan> {
     if !state.allow_revert {
         return Err(PageError::Forbidden(
             "Reverting is off: start the UI with --allow-revert (bemi ui) or \
@@ -47,16 +47,11 @@ async fn plan(state: &UiState, filters: &Filters, writable: bool) -> PageResult<
         .by(BY);
     let mut changes = state.changes().await?;
     let mut source = state.source().await?;
-    let plan = if writable {
-        revert.plan(&**changes, &**source).await?
-    } else {
-        let changes = read_only(&mut changes).await?;
-        let source = read_only(&mut source).await?;
-        let plan = revert.plan(&changes, &source).await?;
-        changes.commit().await?;
-        source.commit().await?;
-        plan
-    };
+    let changes = read_only(&mut changes).await?;
+    let source = read_only(&mut source).await?;
+    let plan = revert.plan(&changes, &source).await?;
+    changes.commit().await?;
+    source.commit().await?;
     Ok(plan)
 }
 
@@ -65,7 +60,7 @@ pub(crate) async fn page(
     base: Base,
     Query(filters): Query<Filters>,
 ) -> PageResult<Markup> {
-    let plan = plan(&state, &filters, false).await?;
+    let plan = plan(&state, &filters).await?;
     let body = html! {
         h1 { "Revert" }
         @if plan.changes.is_empty() {
@@ -116,7 +111,7 @@ pub(crate) async fn apply(
             "The form's CSRF token is missing or stale: open the revert page again.".to_owned(),
         ));
     }
-    let plan = plan(&state, &form.filters, true).await?;
+    let plan = plan(&state, &form.filters).await?;
     if plan.changes.is_empty() {
         return Err(PageError::BadRequest(
             "No changes match: nothing to revert.".to_owned(),

@@ -8,7 +8,7 @@ use axum::extract::State;
 use chrono::Utc;
 use maud::{html, Markup};
 
-use crate::error::{error_chain, PageResult};
+use crate::error::PageResult;
 use crate::filters::Filters;
 use crate::html::{change_href, operation, page as shell, time, Base, Nav};
 use crate::state::{read_only, State as UiState};
@@ -110,7 +110,7 @@ pub(crate) async fn page(State(state): State<Arc<UiState>>, base: Base) -> PageR
             @if let Some(tracker) = &state.tracker {
                 dt { "Last error" }
                 dd { @match &tracker.progress().last_error {
-                    Some(error) => span.error { (error_chain(error)) },
+                    Some(error) => span.error { (error.report()) },
                     None => "none",
                 } }
             }
