@@ -271,6 +271,21 @@ async fn a_lost_slot_is_not_recreated_over_stored_changes() {
     tracker.shutdown().await.unwrap();
 
     // the slot is lost while the tracker is down; changes made meanwhile cannot be streamed
+    // (the server ends the tracker's walsender a moment after it disconnects)
+    for _ in 0..100 {
+        let active: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&db.slot()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sql.execute("SELECT pg_drop_replication_slot($1)", &[&db.slot()])
         .await
         .unwrap();
