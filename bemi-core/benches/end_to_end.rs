@@ -10,10 +10,24 @@
 //!    round). Reported as the tracker's rate over `pg_recvlogical`'s per round and as their mean
 //!    ± half its 95 % confidence interval, with this process's peak RSS (the tracker, its
 //!    decoder and sink, the runtime; not the server) once it is done.
-//! 2. **Latency.** With the tracker caught up, `BEMI_BENCH_WRITERS` connections (default 4) commit
+//!    The CPU of each process during both drains is read from `/proc` (the tracker's process,
+//!    `pg_recvlogical`, the walsender, the sink's backends, the server's other processes).
+//! 2. **One large transaction.** `BEMI_BENCH_LARGE` rows in one transaction (default 300,000):
+//!    `pg_recvlogical` drains it from a slot made before it, the tracker stores it into
+//!    `changes`, and the same rows are copied from `changes` into a table made like it (the same
+//!    partitions and indexes) with a binary `COPY`: the end-to-end rate against the rate at which
+//!    the server takes those rows at all.
+//! 3. **Latency.** With the tracker caught up, `BEMI_BENCH_WRITERS` connections (default 4) commit
 //!    one-row transactions at a steady `BEMI_BENCH_RATE` a second in all (default 1,000) for
 //!    `BEMI_BENCH_SECONDS` (default 30): the p50, p99 and maximum of `created_at - committed_at`
 //!    of their rows in `changes` (commit on the source → the sink's transaction that stores it).
+//! 4. **Application throughput.** `BEMI_BENCH_CLIENTS` connections (default 8) commit one-row
+//!    transactions as fast as they can for `BEMI_BENCH_TPS_SECONDS` (default 10) with no
+//!    consumer, with a bare `pg_recvlogical` streaming, and with the tracker storing into
+//!    `changes`, in `BEMI_BENCH_TPS_ROUNDS` rounds (default 3) of rotating order: the TPS with
+//!    each consumer over the TPS with none, per round and as mean ± half its 95 % confidence
+//!    interval. Each round's consumers stream from slots made at its start, so none starts with
+//!    a backlog.
 //!
 //! `BEMI_BENCH_GIN_OPTIONS` (say `fastupdate = off`, or `gin_pending_list_limit = 256`) is set
 //! on every GIN index of the table (`ALTER INDEX … SET (…)`) before the tracker starts, to
@@ -33,8 +47,10 @@ use bemi_core::setup::SourceSetup;
 use bemi_core::sink::{ChangeSink, PostgresSink, SourceInfo};
 use bemi_core::{ConnectOptions, Tracker};
 use bemi_temp_postgres::TempPostgres;
+use bemi_testkit::cpu::{self, CpuMeter};
 use bemi_testkit::drain::{self, rate};
 use bemi_testkit::overhead::ratio_spread;
+use futures_util::{SinkExt as _, TryStreamExt as _};
 
 /// Connections that commit the backlog.
 const BACKLOG_WRITERS: u64 = 8;
@@ -43,9 +59,13 @@ const BACKLOG_WRITERS: u64 = 8;
 struct Options {
     backlog: u64,
     rounds: u64,
+    large: u64,
     rate: f64,
     seconds: f64,
     writers: u64,
+    clients: u64,
+    tps_seconds: f64,
+    tps_rounds: u64,
     gin_options: Option<String>,
 }
 
@@ -59,17 +79,21 @@ impl Options {
                     .unwrap_or_else(|_| panic!("{name}: a number"))
             })
         };
-        let (backlog, seconds) = if smoke {
-            (200.0, 0.5)
+        let (backlog, large, seconds, tps_seconds) = if smoke {
+            (200.0, 1_000.0, 0.5, 0.5)
         } else {
-            (50_000.0, 30.0)
+            (50_000.0, 300_000.0, 30.0, 10.0)
         };
         Options {
             backlog: number("BEMI_BENCH_BACKLOG", backlog) as u64,
             rounds: (number("BEMI_BENCH_ROUNDS", 3.0) as u64).max(1),
+            large: (number("BEMI_BENCH_LARGE", large) as u64).max(1),
             rate: number("BEMI_BENCH_RATE", 1_000.0),
             seconds: number("BEMI_BENCH_SECONDS", seconds),
             writers: (number("BEMI_BENCH_WRITERS", 4.0) as u64).max(1),
+            clients: (number("BEMI_BENCH_CLIENTS", 8.0) as u64).max(1),
+            tps_seconds: number("BEMI_BENCH_TPS_SECONDS", tps_seconds),
+            tps_rounds: (number("BEMI_BENCH_TPS_ROUNDS", 3.0) as u64).max(1),
             gin_options: std::env::var("BEMI_BENCH_GIN_OPTIONS").ok(),
         }
     }
@@ -104,6 +128,7 @@ async fn run(options: Options) {
         "CREATE DATABASE audit",
         "CREATE TABLE backlog (id int8 PRIMARY KEY, label text, n int4, at timestamptz)",
         "CREATE TABLE steady (id int8 PRIMARY KEY, label text, n int4, at timestamptz)",
+        "CREATE TABLE app (id bigserial PRIMARY KEY, label text, n int4, at timestamptz)",
     ] {
         sql.batch_execute(statement).await.expect(statement);
     }
@@ -112,7 +137,8 @@ async fn run(options: Options) {
         .await
         .expect("the tracker's slot");
     let destination = source.clone().with_dbname("audit");
-    create_changes_table(&destination, options.gin_options.as_deref()).await;
+    create_changes_table(&destination, "changes", options.gin_options.as_deref()).await;
+    let postmaster = cpu::postmaster_pid(&pg.data_dir());
     println!(
         "PostgreSQL {}, fsync and synchronous_commit on; GIN options: {}",
         pg.version(),
@@ -145,12 +171,16 @@ async fn run(options: Options) {
         )
         .await;
         let end = drain::wal_end(&sql).await;
+        let meter = CpuMeter::start(postmaster);
         let recvlogical = drain::pg_recvlogical(&pg, "postgres", &reference, "bench", &end);
+        let recvlogical_cpu = meter.stop();
         sql.execute("SELECT pg_drop_replication_slot($1)", &[&reference])
             .await
             .expect("drop the reference slot");
         let sink = PostgresSink::connect(&destination).expect("sink");
+        let meter = CpuMeter::start(postmaster);
         let tracked = drain::tracker(&source, "tracker", "bench", sink, options.backlog).await;
+        let tracked_cpu = meter.stop();
         let (recvlogical_rate, tracked_rate) = (
             rate(options.backlog, recvlogical),
             rate(options.backlog, tracked),
@@ -164,6 +194,8 @@ async fn run(options: Options) {
             round + 1,
             tracked_rate / recvlogical_rate
         );
+        println!("  CPU, pg_recvlogical's drain: {recvlogical_cpu}");
+        println!("  CPU, the tracker's drain: {tracked_cpu}");
     }
     println!(
         "backlog drain: tracker → changes {:.2} ± {:.2} × pg_recvlogical (mean of {} rounds)",
@@ -176,7 +208,10 @@ async fn run(options: Options) {
         drain::peak_rss_kib() as f64 / 1024.0
     );
 
-    // 2. Latency at a steady rate.
+    // 2. One large transaction.
+    large_transaction(&pg, &sql, &source, &destination, postmaster, &options).await;
+
+    // 3. Latency at a steady rate.
     let sink = PostgresSink::connect(&destination).expect("sink");
     let tracker = Tracker::builder(source.clone(), sink)
         .slot("tracker")
@@ -217,6 +252,222 @@ async fn run(options: Options) {
          created_at - committed_at p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
         options.writers
     );
+    sql.execute("SELECT pg_drop_replication_slot('tracker')", &[])
+        .await
+        .expect("drop the tracker's slot");
+
+    // 4. The application's throughput with each consumer.
+    application_throughput(&pg, &sql, &source, &destination, postmaster, &options).await;
+    println!(
+        "peak RSS of the tracker's process: {:.1} MiB",
+        drain::peak_rss_kib() as f64 / 1024.0
+    );
+}
+
+/// One transaction of `options.large` rows: `pg_recvlogical`, the tracker into `changes`, and
+/// a binary `COPY` of the rows the tracker stored into a table made like `changes`.
+async fn large_transaction(
+    pg: &TempPostgres,
+    sql: &tokio_postgres::Client,
+    source: &ConnectOptions,
+    destination: &ConnectOptions,
+    postmaster: u32,
+    options: &Options,
+) {
+    let rows = options.large;
+    sql.execute(
+        "SELECT pg_create_logical_replication_slot('reference_large', 'pgoutput')",
+        &[],
+    )
+    .await
+    .expect("the reference slot");
+    let first = (options.rounds * options.backlog) as i64;
+    sql.execute(
+        "INSERT INTO backlog SELECT g, md5(g::text), 1, now() \
+         FROM generate_series($1::int8, $2::int8) g",
+        &[&first, &(first + rows as i64 - 1)],
+    )
+    .await
+    .expect("the large transaction");
+    let end = drain::wal_end(sql).await;
+    let meter = CpuMeter::start(postmaster);
+    let recvlogical = drain::pg_recvlogical(pg, "postgres", "reference_large", "bench", &end);
+    let recvlogical_cpu = meter.stop();
+    sql.execute("SELECT pg_drop_replication_slot('reference_large')", &[])
+        .await
+        .expect("drop the reference slot");
+    let sink = PostgresSink::connect(destination).expect("sink");
+    let meter = CpuMeter::start(postmaster);
+    let tracked = drain::tracker(source, "tracker", "bench", sink, rows).await;
+    let tracked_cpu = meter.stop();
+
+    // The reference: the rows the tracker stored, copied into a table made like `changes`.
+    create_changes_table(
+        destination,
+        "copy_reference",
+        options.gin_options.as_deref(),
+    )
+    .await;
+    let audit = destination.connect().await.expect("destination");
+    let columns = "id, primary_key, before, after, context, database, schema, \"table\", \
+                   operation, committed_at, queued_at, created_at, transaction_id, position, \
+                   system_id, commit_lsn, ordinal";
+    let copied: Vec<bytes::Bytes> = audit
+        .copy_out(&format!(
+            "COPY (SELECT {columns} FROM changes \
+                   WHERE commit_lsn = (SELECT max(commit_lsn) FROM changes)) \
+             TO STDOUT (FORMAT binary)"
+        ))
+        .await
+        .expect("COPY out")
+        .try_collect()
+        .await
+        .expect("the rows");
+    let started = Instant::now();
+    let copy_in = audit
+        .copy_in(&format!(
+            "COPY copy_reference ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await
+        .expect("COPY in");
+    futures_util::pin_mut!(copy_in);
+    for chunk in copied {
+        copy_in.send(chunk).await.expect("COPY data");
+    }
+    let copied_rows = copy_in.finish().await.expect("COPY");
+    let copy = started.elapsed();
+    assert_eq!(copied_rows, rows, "the transaction's rows copied");
+
+    let (recvlogical_rate, tracked_rate, copy_rate) = (
+        rate(rows, recvlogical),
+        rate(rows, tracked),
+        rate(rows, copy),
+    );
+    println!(
+        "one transaction of {rows} rows: pg_recvlogical {recvlogical:.2?} ({recvlogical_rate:.0}/s); \
+         tracker → changes {tracked:.2?} ({tracked_rate:.0}/s): {:.2}× pg_recvlogical; \
+         binary COPY of the same rows into a table with the same indexes {copy:.2?} \
+         ({copy_rate:.0}/s): end to end {:.2}× COPY",
+        tracked_rate / recvlogical_rate,
+        tracked_rate / copy_rate
+    );
+    println!("  CPU, pg_recvlogical: {recvlogical_cpu}");
+    println!("  CPU, the tracker: {tracked_cpu}");
+}
+
+/// Who streams the changes while the application commits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Consumer {
+    None,
+    PgRecvlogical,
+    Tracker,
+}
+
+/// The application's TPS with no consumer, a bare `pg_recvlogical` and the tracker, in rounds
+/// of rotating order.
+async fn application_throughput(
+    pg: &TempPostgres,
+    sql: &tokio_postgres::Client,
+    source: &ConnectOptions,
+    destination: &ConnectOptions,
+    postmaster: u32,
+    options: &Options,
+) {
+    let consumers = [Consumer::None, Consumer::PgRecvlogical, Consumer::Tracker];
+    let (mut recvlogical_ratios, mut tracker_ratios) = (Vec::new(), Vec::new());
+    for round in 0..options.tps_rounds {
+        let mut tps = [0.0; 3];
+        for turn in 0..consumers.len() {
+            let index = (turn + round as usize) % consumers.len();
+            let consumer = consumers[index];
+            let slot = format!("tps_{index}_{round}");
+            if consumer != Consumer::None {
+                sql.execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
+                .await
+                .expect("the round's slot");
+            }
+            let mut recvlogical = (consumer == Consumer::PgRecvlogical)
+                .then(|| drain::pg_recvlogical_live(pg, "postgres", &slot, "bench"));
+            let tracker = (consumer == Consumer::Tracker).then(|| {
+                let sink = PostgresSink::connect(destination).expect("sink");
+                Tracker::builder(source.clone(), sink)
+                    .slot(&slot)
+                    .publication("bench")
+                    .spawn()
+            });
+            if let Some(tracker) = &tracker {
+                tracker.sync().await.expect("the tracker streams");
+            }
+            let began = Instant::now();
+            let meter = CpuMeter::start(postmaster);
+            let committed = commit_app(source, options.clients, options.tps_seconds).await;
+            let cpu = meter.stop();
+            tps[index] = rate(committed, began.elapsed());
+            let behind = Instant::now();
+            if let Some(tracker) = tracker {
+                tracker.sync().await.expect("stored");
+                tracker.shutdown().await.expect("clean stop");
+            }
+            let caught_up = behind.elapsed();
+            if let Some(child) = &mut recvlogical {
+                drain::stop(child);
+            }
+            if consumer != Consumer::None {
+                drain::drop_slot_when_free(sql, &slot).await;
+            }
+            println!(
+                "  application, round {}, {consumer:?}: {:.0} tx/s ({committed} by {} \
+                 connections; caught up {caught_up:.2?} after); CPU: {cpu}",
+                round + 1,
+                tps[index],
+                options.clients
+            );
+        }
+        recvlogical_ratios.push(tps[1] / tps[0]);
+        tracker_ratios.push(tps[2] / tps[0]);
+    }
+    let mean = |ratios: &[f64]| ratios.iter().sum::<f64>() / ratios.len() as f64;
+    println!(
+        "application TPS ÷ TPS with no consumer: bare pg_recvlogical {:.2} ± {:.2} {:.2?}; \
+         tracker → changes {:.2} ± {:.2} {:.2?}",
+        mean(&recvlogical_ratios),
+        ratio_spread(recvlogical_ratios.iter().copied()),
+        recvlogical_ratios,
+        mean(&tracker_ratios),
+        ratio_spread(tracker_ratios.iter().copied()),
+        tracker_ratios,
+    );
+}
+
+/// Commits one-row transactions into `app` from `clients` connections, each as fast as it
+/// can, for `seconds`. Returns how many.
+async fn commit_app(source: &ConnectOptions, clients: u64, seconds: f64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let source = source.clone();
+        tasks.push(tokio::spawn(async move {
+            let sql = source.connect().await.expect("connect");
+            let insert = sql
+                .prepare("INSERT INTO app (label, n, at) VALUES (md5(random()::text), 1, now())")
+                .await
+                .expect("prepare");
+            let mut done = 0;
+            while Instant::now() < deadline {
+                sql.execute(&insert, &[]).await.expect("insert");
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await.expect("client");
+    }
+    committed
 }
 
 /// Commits one-row transactions into `table` from `writers` connections, with ids from `first`
@@ -265,11 +516,17 @@ async fn commit_paced(
     committed
 }
 
-/// Creates the `changes` table as the tracker's sink does at its start (so that no timing
-/// includes it), then sets `gin_options`, if any, on each of its GIN indexes (those of its
-/// partitions: a partitioned index has no storage options).
-async fn create_changes_table(destination: &ConnectOptions, gin_options: Option<&str>) {
-    let mut sink = PostgresSink::connect(destination).expect("sink");
+/// Creates the changes table `table` as the tracker's sink does at its start (so that no
+/// timing includes it), then sets `gin_options`, if any, on each GIN index of the database
+/// (those of partitions: a partitioned index has no storage options).
+async fn create_changes_table(
+    destination: &ConnectOptions,
+    table: &str,
+    gin_options: Option<&str>,
+) {
+    let mut sink = PostgresSink::connect(destination)
+        .expect("sink")
+        .table(table);
     sink.open(&SourceInfo::new("0", "postgres", "setup"))
         .await
         .expect("the changes table");

@@ -91,3 +91,67 @@ pub fn peak_rss_kib() -> u64 {
 pub fn rate(changes: u64, took: Duration) -> f64 {
     changes as f64 / took.as_secs_f64().max(1e-9)
 }
+
+/// `pg_recvlogical` streaming `slot` of `database` with `publication` to `/dev/null` until
+/// [`stop`]ped: a bare consumer, the reference for what streaming costs the server.
+///
+/// # Panics
+///
+/// When `pg_recvlogical` cannot start.
+pub fn pg_recvlogical_live(
+    pg: &TempPostgres,
+    database: &str,
+    slot: &str,
+    publication: &str,
+) -> std::process::Child {
+    Command::new(pg.bindir().join("pg_recvlogical"))
+        .args(["-d", &pg.connection_string(database), "-S", slot, "--start"])
+        .args(["-o", "proto_version=1"])
+        .args(["-o", &format!("publication_names={publication}")])
+        .args(["-f", "/dev/null", "--no-loop"])
+        .spawn()
+        .expect("pg_recvlogical starts")
+}
+
+/// Stops a [`pg_recvlogical_live`] and waits for it to end.
+///
+/// # Panics
+///
+/// When it cannot be signalled or waited for.
+pub fn stop(child: &mut std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "SIGTERM to pg_recvlogical");
+    child.wait().expect("pg_recvlogical ends");
+}
+
+/// Drops `slot` once no walsender holds it any more (a consumer that just stopped may still be
+/// releasing it), waiting at most 10 seconds.
+///
+/// # Panics
+///
+/// When the slot is still held after that, or cannot be dropped.
+pub async fn drop_slot_when_free(sql: &tokio_postgres::Client, slot: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: bool = sql
+            .query_one(
+                "SELECT active_pid IS NOT NULL FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("the slot")
+            .get(0);
+        if !held {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot {slot} still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .expect("drop the slot");
+}

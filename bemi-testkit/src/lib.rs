@@ -15,6 +15,7 @@
 //! ```
 
 pub mod browser;
+pub mod cpu;
 pub mod drain;
 pub mod nats;
 pub mod overhead;
