@@ -258,10 +258,6 @@ async fn run(options: Options) {
 
     // 4. The application's throughput with each consumer.
     application_throughput(&pg, &sql, &source, &destination, postmaster, &options).await;
-    println!(
-        "peak RSS of the tracker's process: {:.1} MiB",
-        drain::peak_rss_kib() as f64 / 1024.0
-    );
 }
 
 /// One transaction of `options.large` rows: `pg_recvlogical`, the tracker into `changes`, and
@@ -300,6 +296,8 @@ async fn large_transaction(
     let meter = CpuMeter::start(postmaster);
     let tracked = drain::tracker(source, "tracker", "bench", sink, rows).await;
     let tracked_cpu = meter.stop();
+    // Before the reference below holds the copied rows in memory.
+    let peak_rss = drain::peak_rss_kib() as f64 / 1024.0;
 
     // The reference: the rows the tracker stored, copied into a table made like `changes`.
     create_changes_table(
@@ -353,6 +351,7 @@ async fn large_transaction(
     );
     println!("  CPU, pg_recvlogical: {recvlogical_cpu}");
     println!("  CPU, the tracker: {tracked_cpu}");
+    println!("  peak RSS of the tracker's process: {peak_rss:.1} MiB");
 }
 
 /// Who streams the changes while the application commits.

@@ -22,6 +22,7 @@ use tokio_postgres::GenericClient;
 
 mod migration;
 mod partition;
+mod pending_list;
 mod retention;
 mod row_id;
 mod upkeep;
@@ -29,6 +30,7 @@ mod upkeep;
 pub use migration::{MigrationPlan, MigrationStep, PartitionMigration};
 use partition::missing_ranges;
 pub use partition::{partition_parent, Layout, Partition, PartitionInterval};
+pub(crate) use pending_list::PendingListCleaner;
 pub use retention::Retention;
 pub use row_id::RowIds;
 pub(crate) use row_id::{IdClock, RowId};
@@ -280,9 +282,6 @@ pub(super) struct WantedIndex {
     pub(super) unique: bool,
     /// Its definition after `USING`, as `pg_get_indexdef` prints it.
     pub(super) using: &'static str,
-    /// The storage parameters it is created with (`WITH (…)`), if any. An existing index
-    /// serves without them.
-    pub(super) with: Option<&'static str>,
 }
 
 impl WantedIndex {
@@ -334,18 +333,15 @@ impl WantedIndex {
         format!("{}_{}", table.name(), self.suffix)
     }
 
-    /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS … ON table USING … [WITH (…)]`.
+    /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS … ON table USING …`.
     pub(super) fn create_sql(&self, table: &ChangesTable, concurrently: bool) -> String {
         format!(
-            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} USING {}{}",
+            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} USING {}",
             if self.unique { "UNIQUE " } else { "" },
             if concurrently { "CONCURRENTLY " } else { "" },
             quote_identifier(&self.name(table)),
             table.qualified(),
             self.using,
-            self.with
-                .map(|with| format!(" WITH ({with})"))
-                .unwrap_or_default()
         )
     }
 }
@@ -355,7 +351,6 @@ const KEY: WantedIndex = WantedIndex {
     suffix: "commit_lsn_ordinal_system_id_key",
     unique: true,
     using: "btree (commit_lsn, ordinal, system_id)",
-    with: None,
 };
 
 /// The idempotency key of a partitioned table: a unique index must hold the partition key, and
@@ -364,53 +359,34 @@ const PARTITIONED_KEY: WantedIndex = WantedIndex {
     suffix: "commit_lsn_ordinal_system_id_committed_at_key",
     unique: true,
     using: "btree (commit_lsn, ordinal, system_id, committed_at)",
-    with: None,
 };
 
 /// Bemi's indexes, and one on `(table, primary_key, committed_at)` for a record's history.
 const INDEXES: [WantedIndex; 8] = [
-    plain_index("committed_at_index", "btree (committed_at)"),
-    plain_index("table_index", "btree (\"table\")"),
-    plain_index("primary_key_index", "btree (primary_key)"),
-    plain_index("operation_index", "btree (operation)"),
-    json_index("before_index", "gin (before jsonb_path_ops)"),
-    json_index("after_index", "gin (after jsonb_path_ops)"),
-    json_index("context_index", "gin (context jsonb_path_ops)"),
-    plain_index(
+    index("committed_at_index", "btree (committed_at)"),
+    index("table_index", "btree (\"table\")"),
+    index("primary_key_index", "btree (primary_key)"),
+    index("operation_index", "btree (operation)"),
+    index("before_index", "gin (before jsonb_path_ops)"),
+    index("after_index", "gin (after jsonb_path_ops)"),
+    index("context_index", "gin (context jsonb_path_ops)"),
+    index(
         "table_primary_key_committed_at_index",
         "btree (\"table\", primary_key, committed_at)",
     ),
 ];
 
-const fn plain_index(suffix: &'static str, using: &'static str) -> WantedIndex {
+/// A non-unique index. The GIN indexes keep PostgreSQL's pending list (`fastupdate`), which
+/// takes a batch's entries in bulk; the sink empties it off the write path
+/// (`PendingListCleaner`), so no insert stalls
+/// cleaning it up.
+const fn index(suffix: &'static str, using: &'static str) -> WantedIndex {
     WantedIndex {
         suffix,
         unique: false,
         using,
-        with: None,
     }
 }
-
-/// A GIN index on a JSON column, without a pending list (`fastupdate = off`): each insert
-/// updates the index itself, a little slower in bulk, instead of queueing its entries in a
-/// list that the insert that overflows it cleans up, stalling that one insert (and the
-/// tracker's latency) for up to a second on a large table. A partitioned table's partitions,
-/// also those attached later, inherit the setting from the table's index; the partitions the
-/// sink attaches to a table made before get it when they are made. Existing indexes keep their
-/// pending lists unless altered: `ALTER INDEX <index> SET (fastupdate = off)` for each GIN
-/// index (of each partition, for a partitioned table: a partitioned index takes no storage
-/// parameters), then `VACUUM` to empty the lists.
-const fn json_index(suffix: &'static str, using: &'static str) -> WantedIndex {
-    WantedIndex {
-        suffix,
-        unique: false,
-        using,
-        with: Some(FAST_UPDATE_OFF),
-    }
-}
-
-/// The storage parameter of the GIN indexes of the table and its partitions.
-const FAST_UPDATE_OFF: &str = "fastupdate = off";
 
 /// The indexes a table of the layout needs, its key first.
 pub(super) fn wanted_indexes(partitioned: bool) -> impl Iterator<Item = WantedIndex> {

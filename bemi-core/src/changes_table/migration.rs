@@ -57,7 +57,6 @@ const ID_KEY: WantedIndex = WantedIndex {
     suffix: "id_committed_at_key",
     unique: true,
     using: "btree (id, committed_at)",
-    with: None,
 };
 
 /// One step of a [`MigrationPlan`].

@@ -18,7 +18,7 @@ use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use super::{ChangesTable, FAST_UPDATE_OFF};
+use super::ChangesTable;
 use crate::error::{Error, Result};
 use crate::sql::{quote_identifier, quote_literal, quote_qualified};
 
@@ -335,23 +335,6 @@ impl ChangesTable {
             default = self.sibling(default),
         ))
         .await?;
-        // A partition clones the table's indexes as they are: one of a table made before its
-        // GIN indexes lost their pending lists (see `json_index`) gets them here.
-        let pending_lists = tx
-            .query(
-                "SELECT i.indexrelid::regclass::text FROM pg_catalog.pg_index i \
-                 JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
-                 JOIN pg_catalog.pg_am a ON a.oid = c.relam \
-                 WHERE i.indrelid = $1::text::regclass AND a.amname = 'gin' \
-                   AND NOT coalesce(c.reloptions @> ARRAY['fastupdate=off'], false)",
-                &[&partition],
-            )
-            .await?;
-        for index in pending_lists {
-            let index: String = index.get(0);
-            tx.batch_execute(&format!("ALTER INDEX {index} SET ({FAST_UPDATE_OFF})"))
-                .await?;
-        }
         tracing::info!(partition = %name, %from, %to, "created a partition of the changes table");
         Ok(())
     }

@@ -7,7 +7,9 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::{Batch, ChangeSink, SinkStart, SourceInfo};
 use crate::change::Change;
-use crate::changes_table::{ChangesTable, IdClock, Layout, Retention, RowId, RowIds, Upkeep};
+use crate::changes_table::{
+    ChangesTable, IdClock, Layout, PendingListCleaner, Retention, RowId, RowIds, Upkeep,
+};
 use crate::config::ConnectOptions;
 use crate::error::{retry_when_locked, Error, ErrorKind, Result};
 use crate::sql::{quote_identifier, quote_qualified};
@@ -34,6 +36,11 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// newest), without blocking inserts or queries, with a default partition for anything else;
 /// and drops (or archives) partitions past the [`retention`](Self::retention) window, at start
 /// and then hourly. New rows get time-ordered ids ([`RowIds`]).
+///
+/// The GIN indexes on `before`, `after` and `context` keep PostgreSQL's pending list, which
+/// takes a batch's entries in bulk; a task of the sink merges the lists into the indexes twice
+/// a second on a connection of its own (`gin_clean_pending_list`, which needs the sink's role
+/// to own the table), so no insert stalls merging a full one.
 ///
 /// The idempotency key is `(system_id, commit_lsn, ordinal)`, with `committed_at` in a
 /// partitioned table (a transaction's commit time is the same at every replay): the source
@@ -76,6 +83,8 @@ pub struct PostgresSink {
     source: Option<(i64, String, String)>,
     /// The upkeep of the table's partitions, when it is partitioned (known after `open`).
     upkeep: Option<Upkeep>,
+    /// Merges the GIN indexes' pending lists off the write path (from `open` on).
+    cleaner: Option<PendingListCleaner>,
     ids: IdClock,
     insert_sql: String,
     insert_with_progress_sql: String,
@@ -109,6 +118,7 @@ impl PostgresSink {
             retention: None,
             source: None,
             upkeep: None,
+            cleaner: None,
             ids: IdClock::new(),
             insert_sql: String::new(),
             insert_with_progress_sql: String::new(),
@@ -439,6 +449,10 @@ impl PostgresSink {
         let upkeep = self.discard_if_failed(client, upkeep)?;
         self.build_sql(upkeep.is_some());
         self.upkeep = upkeep;
+        self.cleaner = Some(PendingListCleaner::spawn(
+            self.pool.clone(),
+            self.changes.clone(),
+        ));
         Ok(())
     }
 
