@@ -58,7 +58,7 @@ impl CpuMeter {
         let running = Arc::new(AtomicBool::new(true));
         let me = std::process::id();
         let sampler = std::thread::spawn({
-            let running = running.clone();
+            let running = Arc::clone(&running);
             move || {
                 let mut readings = BTreeMap::new();
                 let mut first_round = true;
