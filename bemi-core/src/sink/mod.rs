@@ -116,9 +116,17 @@ impl Batch {
 /// * **Idempotency.** After a crash or reconnect, changes after the last durable position are
 ///   written again, with the same key [`Change::commit_lsn`] + [`Change::ordinal`]. A sink that
 ///   promises exactly once ignores a change whose key it already holds.
-/// * **Concurrency.** Calls are sequential (`&mut self`): `open`, then `write`s, until the
-///   tracker stops or reconnects, when `open` is called again. The tracker keeps answering the
-///   server while a call is slow.
+/// * **Concurrency.** Calls are sequential (`&mut self`): `open`, then `write`s (or
+///   [`submit`](Self::submit)s), until the tracker stops or reconnects, when `open` is called
+///   again. The tracker keeps answering the server while a call is slow.
+/// * **Pipelining.** The tracker hands batches to [`submit`](Self::submit), which may return
+///   before the batch is durable, with a [`Pending`] that completes when it is: the tracker then
+///   submits the next batch while this one is stored (up to
+///   [`concurrent_writes`](crate::TrackerBuilder::concurrent_writes) at once) and confirms
+///   positions in submission order. A sink that pipelines must make batches durable in order:
+///   a position it keeps must never cover a batch that is not stored, and when a batch fails,
+///   no later one may record its position. By default `submit` is `write`: one batch at a
+///   time.
 /// * **Errors.** An error whose [`Error::is_transient`](crate::Error::is_transient) is true
 ///   makes the tracker reconnect with backoff and replay from the durable position; any other
 ///   error stops the tracker. A sink says which of its own errors are worth retrying with
@@ -132,7 +140,18 @@ pub trait ChangeSink: Send + 'static {
 
     /// Stores a batch; see the trait's contract.
     async fn write(&mut self, batch: Batch) -> Result<()>;
+
+    /// Starts storing a batch and returns what completes once it is durable; see the trait's
+    /// contract (pipelining). The default writes it before returning.
+    async fn submit(&mut self, batch: Batch) -> Result<Pending> {
+        self.write(batch).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 }
+
+/// A submitted batch: completes with `Ok` once the batch is durable, or with the error that
+/// kept it from being stored.
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 #[async_trait]
 impl<S: ChangeSink + ?Sized> ChangeSink for Box<S> {
@@ -142,5 +161,9 @@ impl<S: ChangeSink + ?Sized> ChangeSink for Box<S> {
 
     async fn write(&mut self, batch: Batch) -> Result<()> {
         (**self).write(batch).await
+    }
+
+    async fn submit(&mut self, batch: Batch) -> Result<Pending> {
+        (**self).submit(batch).await
     }
 }

@@ -2,10 +2,14 @@
 
 use async_trait::async_trait;
 use bytes::BufMut as _;
-use deadpool_postgres::Pool;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use std::sync::Arc;
 
-use super::{Batch, ChangeSink, SinkStart, SourceInfo};
+use deadpool_postgres::Pool;
+use tokio::sync::oneshot;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tracing::Instrument as _;
+
+use super::{Batch, ChangeSink, Pending, SinkStart, SourceInfo};
 use crate::change::Change;
 use crate::changes_table::{
     ChangesTable, IdClock, Layout, PendingListCleaner, Retention, RowId, RowIds, Upkeep,
@@ -50,11 +54,15 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// The durable position is kept per source too, in the progress table (`_bemi_progress`, one
 /// row per system id, database and slot).
 ///
-/// Each batch is one SQL statement, so one round trip and one transaction: the rows go in
-/// through `UNNEST` of column arrays (each distinct context once, however many rows share it)
-/// with `ON CONFLICT … DO NOTHING`, and the durable position goes into the progress table in
-/// the same statement. That transaction commits durably (flushed to disk) even where the
-/// database or role sets `synchronous_commit = off`, because the slot is confirmed after it.
+/// Each batch is one transaction: the rows go in through `UNNEST` of column arrays (each
+/// distinct context once, however many rows share it) with `ON CONFLICT … DO NOTHING`, and the
+/// durable position goes into the progress table in the same transaction — one statement, one
+/// round trip, when no other batch is being stored. The sink pipelines
+/// ([`submit`](ChangeSink::submit)): while a batch is stored, the next is inserted on another
+/// connection in a transaction that commits, with its position, only after the one before
+/// committed, so positions are recorded in order and never past a failed batch. Every
+/// transaction commits durably (flushed to disk) even where the database or role sets
+/// `synchronous_commit = off`, because the slot is confirmed after it.
 ///
 /// The sink's sessions set their own `statement_timeout` (5 minutes), so a shorter one on the
 /// destination's role or database cannot make every batch fail.
@@ -86,13 +94,30 @@ pub struct PostgresSink {
     /// Merges the GIN indexes' pending lists off the write path (from `open` on).
     cleaner: Option<PendingListCleaner>,
     ids: IdClock,
-    insert_sql: String,
-    insert_with_progress_sql: String,
+    statements: Arc<Statements>,
+    /// Whether the batch submitted last committed (`true`) or failed: the next one commits only
+    /// after it.
+    last_commit: Option<oneshot::Receiver<bool>>,
+}
+
+/// The statements of a write, for the table's layout.
+#[derive(Debug, Default)]
+struct Statements {
+    /// Inserts a batch's rows.
+    insert: String,
+    /// Inserts a batch's rows and records the position they complete, in one statement.
+    insert_with_progress: String,
+    /// Records a position.
+    progress: String,
 }
 
 /// The sink's own `statement_timeout`: long enough for the largest batch, short enough that a
 /// statement stuck on a lock is cancelled (and retried) in the end.
 const STATEMENT_TIMEOUT: &str = "-c statement_timeout=300000";
+
+/// Connections of a sink's own pool: batches in flight (the tracker's default two, and the
+/// next being readied) and the pending-list cleaner.
+const POOL_SIZE: usize = 4;
 
 /// How long a table upgrade waits for its lock before it lets readers through and tries again.
 const UPGRADE_LOCK_TIMEOUT: &str = "5s";
@@ -102,7 +127,7 @@ impl PostgresSink {
     /// A sink writing through a new connection pool to the database of `options`.
     pub fn connect(options: &ConnectOptions) -> Result<Self> {
         Ok(Self::with_pool(
-            options.pool_with_options(2, STATEMENT_TIMEOUT)?,
+            options.pool_with_options(POOL_SIZE, STATEMENT_TIMEOUT)?,
         ))
     }
 
@@ -120,8 +145,8 @@ impl PostgresSink {
             upkeep: None,
             cleaner: None,
             ids: IdClock::new(),
-            insert_sql: String::new(),
-            insert_with_progress_sql: String::new(),
+            statements: Arc::default(),
+            last_commit: None,
         };
         sink.build_sql(false);
         sink
@@ -198,17 +223,26 @@ impl PostgresSink {
             self.changes.qualified()
         );
         let next = if ids { 18 } else { 17 };
-        self.insert_with_progress_sql = format!(
-            "WITH inserted AS ({insert} RETURNING 1) \
-             INSERT INTO {progress} AS p (system_id, database, slot, lsn, updated_at) \
-             SELECT $15, ${next}, ${}, ${}, now() FROM {DURABLE_COMMIT} \
-             ON CONFLICT (system_id, database, slot) \
-             DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
-            next + 1,
-            next + 2,
-            progress = self.progress()
-        );
-        self.insert_sql = insert;
+        let record = |values: &str| {
+            format!(
+                "INSERT INTO {} AS p (system_id, database, slot, lsn, updated_at) {values} \
+                 ON CONFLICT (system_id, database, slot) \
+                 DO UPDATE SET lsn = GREATEST(p.lsn, excluded.lsn), updated_at = now()",
+                self.progress()
+            )
+        };
+        self.statements = Arc::new(Statements {
+            insert_with_progress: format!(
+                "WITH inserted AS ({insert} RETURNING 1) {}",
+                record(&format!(
+                    "SELECT $15, ${next}, ${}, ${}, now() FROM {DURABLE_COMMIT}",
+                    next + 1,
+                    next + 2
+                ))
+            ),
+            progress: record("VALUES ($1, $2, $3, $4, now())"),
+            insert,
+        });
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -342,28 +376,14 @@ impl PostgresSink {
             )
             .await?)
     }
-
-    /// Passes `result` on; after a failure the connection, and every idle one, is closed rather
-    /// than reused: a session that failed may be stale (read-only since it began, say), and
-    /// the next attempt should start afresh.
-    fn discard_if_failed<T>(
-        &self,
-        client: deadpool_postgres::Object,
-        result: Result<T>,
-    ) -> Result<T> {
-        if result.is_err() {
-            drop(deadpool_postgres::Object::take(client));
-            self.pool.retain(|_, _| false);
-        }
-        result
-    }
 }
 
 /// A one-row subquery that makes the statement's transaction commit durably: a database or
 /// role with `synchronous_commit = off` would acknowledge a commit still in memory, and the
 /// tracker confirms the slot past what a crash of the destination would then lose. `off`
-/// becomes `local` (flushed to this server's disk); stronger settings are kept. Each statement
-/// of the sink is its own transaction, so the setting ends with it.
+/// becomes `local` (flushed to this server's disk); stronger settings are kept. The setting is
+/// local to the batch's transaction (its one statement, or the transaction a pipelined batch
+/// commits), so it ends with it.
 const DURABLE_COMMIT: &str = "(SELECT set_config('synchronous_commit', \
      CASE current_setting('synchronous_commit') WHEN 'off' THEN 'local' \
      ELSE current_setting('synchronous_commit') END, true)) AS durable_commit";
@@ -372,10 +392,11 @@ const DURABLE_COMMIT: &str = "(SELECT set_config('synchronous_commit', \
 impl ChangeSink for PostgresSink {
     async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart> {
         let system_id = parse_system_id(&source.system_id)?;
+        self.writes_done().await;
         self.ready().await?;
         let client = self.client().await?;
         let found = self.stored_position(&client, system_id, source).await;
-        let row = self.discard_if_failed(client, found)?;
+        let row = discard_if_failed(&self.pool, client, found)?;
         let durable: Option<i64> = row.get(0);
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
@@ -398,8 +419,15 @@ impl ChangeSink for PostgresSink {
     }
 
     async fn write(&mut self, batch: Batch) -> Result<()> {
+        self.submit(batch).await?.await
+    }
+
+    /// Starts the batch's transaction on a connection of its own and returns: the next batch is
+    /// inserted while this one is. Each commits only after the one before it committed, so
+    /// positions are recorded in order, and none after a failed batch.
+    async fn submit(&mut self, batch: Batch) -> Result<Pending> {
         if batch.changes.is_empty() && batch.durable_through.is_none() {
-            return Ok(());
+            return Ok(Box::pin(std::future::ready(Ok(()))));
         }
         let Some((system_id, database, slot)) = &self.source else {
             return Err(Error::new(
@@ -407,13 +435,25 @@ impl ChangeSink for PostgresSink {
                 "PostgresSink::write was called before open",
             ));
         };
-        let (system_id, progress) = (
-            *system_id,
-            batch
-                .durable_through
-                .map(|lsn| (database.clone(), slot.clone(), lsn.to_int8())),
+        let progress = batch
+            .durable_through
+            .map(|lsn| (database.clone(), slot.clone(), lsn.to_int8()));
+        let insert = self.insert(*system_id, &batch.changes, progress).await?;
+        let (committed, next) = oneshot::channel();
+        let after = self.last_commit.replace(next);
+        let task = tokio::spawn(
+            async move {
+                let result = insert.run(&batch.changes, after).await;
+                let _ = committed.send(result.is_ok());
+                result
+            }
+            .in_current_span(),
         );
-        self.insert(system_id, &batch.changes, progress).await
+        Ok(Box::pin(async move {
+            task.await.map_err(|e| {
+                Error::new(ErrorKind::Sink, "the sink panicked while writing").with_source(e)
+            })?
+        }))
     }
 }
 
@@ -431,7 +471,11 @@ impl PostgresSink {
     /// stores; a change whose key the table holds is skipped. One transaction, committed
     /// durably when this returns.
     pub async fn store(&mut self, system_id: &str, changes: &[Change]) -> Result<()> {
-        self.insert(parse_system_id(system_id)?, changes, None)
+        let system_id = parse_system_id(system_id)?;
+        self.writes_done().await;
+        self.insert(system_id, changes, None)
+            .await?
+            .run(changes, None)
             .await
     }
 
@@ -446,7 +490,7 @@ impl PostgresSink {
             &mut client,
         )
         .await;
-        let upkeep = self.discard_if_failed(client, upkeep)?;
+        let upkeep = discard_if_failed(&self.pool, client, upkeep)?;
         self.build_sql(upkeep.is_some());
         self.upkeep = upkeep;
         self.cleaner = Some(PendingListCleaner::spawn(
@@ -456,24 +500,72 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Inserts `changes`, and the position (database, slot, LSN) with them when given, in one
-    /// statement.
+    /// Waits until the batches submitted before have committed or failed.
+    async fn writes_done(&mut self) {
+        if let Some(last) = self.last_commit.take() {
+            let _ = last.await;
+        }
+    }
+
+    /// Readies the insert of `changes` (and of the position they complete, when given) on a
+    /// connection of its own, the partitions its rows need created.
     async fn insert(
         &mut self,
         system_id: i64,
         changes: &[Change],
         progress: Option<(String, String, i64)>,
-    ) -> Result<()> {
-        let ids: Vec<RowId> = match self.row_ids {
-            RowIds::TimeOrdered => changes.iter().map(|_| self.ids.next_id()).collect(),
-            RowIds::Random => Vec::new(),
+    ) -> Result<Insert> {
+        let ids = match self.row_ids {
+            RowIds::TimeOrdered => Some(changes.iter().map(|_| self.ids.next_id()).collect()),
+            RowIds::Random => None,
         };
-        let columns = Columns::new(changes)?;
         let mut client = self.client().await?;
         if let Some(upkeep) = &mut self.upkeep {
             let committed = changes.iter().map(|change| change.committed_at);
             upkeep.before_write(&mut client, committed).await;
         }
+        Ok(Insert {
+            pool: self.pool.clone(),
+            client,
+            statements: Arc::clone(&self.statements),
+            system_id,
+            ids,
+            progress,
+        })
+    }
+}
+
+/// One batch's insert, on its connection.
+struct Insert {
+    pool: Pool,
+    client: deadpool_postgres::Object,
+    statements: Arc<Statements>,
+    system_id: i64,
+    /// The rows' ids, when the sink makes them (see [`RowIds`]).
+    ids: Option<Vec<RowId>>,
+    progress: Option<(String, String, i64)>,
+}
+
+impl Insert {
+    /// Inserts `changes` and records the position. When the batch before (`after`) is still
+    /// being stored, the rows go in a transaction that commits, with the position, only once
+    /// that batch committed; otherwise one statement does it all. Fails, storing nothing, when
+    /// the batch before failed.
+    async fn run(self, changes: &[Change], after: Option<oneshot::Receiver<bool>>) -> Result<()> {
+        let Insert {
+            pool,
+            client,
+            statements,
+            system_id,
+            ids,
+            progress,
+        } = self;
+        let after = match after.map(|mut last| (last.try_recv(), last)) {
+            None | Some((Ok(true), _)) => None,
+            Some((Err(oneshot::error::TryRecvError::Empty), last)) => Some(last),
+            Some(_) => return Err(earlier_batch_failed()),
+        };
+        let columns = Columns::new(changes)?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &columns.primary_key,
             &columns.before,
@@ -492,44 +584,85 @@ impl PostgresSink {
             &system_id,
             &columns.contexts,
         ];
-        if self.row_ids == RowIds::TimeOrdered {
-            params.push(&ids);
+        if let Some(ids) = &ids {
+            params.push(ids);
         }
-        let sql = match &progress {
-            Some((database, slot, lsn)) => {
-                params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
-                &self.insert_with_progress_sql
-            }
-            None => &self.insert_sql,
-        };
         let written = async {
-            let statement = client.prepare_cached(sql).await?;
-            client.execute(&statement, &params).await
+            match (after, &progress) {
+                (None, Some((database, slot, lsn))) => {
+                    params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
+                    let statement = client
+                        .prepare_cached(&statements.insert_with_progress)
+                        .await?;
+                    client.execute(&statement, &params).await?;
+                }
+                (None, None) => {
+                    let statement = client.prepare_cached(&statements.insert).await?;
+                    client.execute(&statement, &params).await?;
+                }
+                (Some(last), progress) => {
+                    client.batch_execute("BEGIN").await?;
+                    let statement = client.prepare_cached(&statements.insert).await?;
+                    client.execute(&statement, &params).await?;
+                    if !last.await.unwrap_or(false) {
+                        return Err(earlier_batch_failed());
+                    }
+                    if let Some((database, slot, lsn)) = progress {
+                        let statement = client.prepare_cached(&statements.progress).await?;
+                        client
+                            .execute(&statement, &[&system_id, database, slot, lsn])
+                            .await?;
+                    }
+                    client.batch_execute("COMMIT").await?;
+                }
+            }
+            Ok(())
         }
         .await;
-        self.discard_if_failed(client, written.map_err(Error::from))
-            .map_err(|e| match e.kind() {
-                ErrorKind::Connect => e,
-                _ if layout_changed(&e) => Error::new(
-                    ErrorKind::Sink,
-                    format!(
-                        "the changes table changed under the sink ({}); it reopens on the new \
-                         layout and stores the batch again",
-                        e.message()
-                    ),
-                )
-                .with_code(e.code().unwrap_or_default().to_owned())
-                .with_transient(true)
-                .with_source(e),
-                _ => Error::new(
-                    ErrorKind::Sink,
-                    format!("could not store {} changes: {}", changes.len(), e.message()),
-                )
-                .with_code(e.code().unwrap_or_default().to_owned())
-                .with_source(e),
-            })?;
-        Ok(())
+        discard_if_failed(&pool, client, written).map_err(|e| match e.kind() {
+            ErrorKind::Connect => e,
+            _ if e.message() == EARLIER_BATCH_FAILED => e,
+            _ if layout_changed(&e) => Error::new(
+                ErrorKind::Sink,
+                format!(
+                    "the changes table changed under the sink ({}); it reopens on the new \
+                     layout and stores the batch again",
+                    e.message()
+                ),
+            )
+            .with_code(e.code().unwrap_or_default().to_owned())
+            .with_transient(true)
+            .with_source(e),
+            _ => Error::new(
+                ErrorKind::Sink,
+                format!("could not store {} changes: {}", changes.len(), e.message()),
+            )
+            .with_code(e.code().unwrap_or_default().to_owned())
+            .with_source(e),
+        })
     }
+}
+
+const EARLIER_BATCH_FAILED: &str =
+    "a batch submitted before this one failed, so this one was not stored (it is streamed again)";
+
+fn earlier_batch_failed() -> Error {
+    Error::new(ErrorKind::Sink, EARLIER_BATCH_FAILED).with_transient(true)
+}
+
+/// Passes `result` on; after a failure the connection (rolling back what it had begun), and
+/// every idle one, is closed rather than reused: a session that failed may be stale (read-only
+/// since it began, say), and the next attempt should start afresh.
+fn discard_if_failed<T>(
+    pool: &Pool,
+    client: deadpool_postgres::Object,
+    result: Result<T>,
+) -> Result<T> {
+    if result.is_err() {
+        drop(deadpool_postgres::Object::take(client));
+        pool.retain(|_, _| false);
+    }
+    result
 }
 
 /// The system identifier as the tables hold it: `IDENTIFY_SYSTEM` prints it unsigned,

@@ -89,6 +89,7 @@ impl Tracker {
                 accept_gap: false,
                 batch_size: 1_000,
                 batch_bytes: 64 * 1024 * 1024,
+                concurrent_writes: 2,
                 flush_interval: Duration::from_millis(100),
                 record_interval: Duration::from_secs(10),
                 status_interval: crate::replication::DEFAULT_STATUS_INTERVAL,
@@ -172,6 +173,18 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     /// The most changes handed to the sink at once (default 1,000); a full batch goes at once.
     pub fn batch_size(mut self, size: usize) -> Self {
         self.settings.batch_size = size.max(1);
+        self
+    }
+
+    /// How many full batches the sink may store at once (default 2). A sink that pipelines
+    /// ([`ChangeSink::submit`], as [`PostgresSink`](crate::sink::PostgresSink) does) stores the
+    /// next batch of a backlog or a large transaction while the one before commits; positions
+    /// are confirmed in order, each once every batch up to it is durable. Each batch in flight
+    /// holds its changes in memory (up to [`batch_bytes`](Self::batch_bytes)). Transactions
+    /// that go to the sink as soon as they commit (the stream is quiet) still go one batch at a
+    /// time, so that those committing meanwhile gather into the next one.
+    pub fn concurrent_writes(mut self, batches: usize) -> Self {
+        self.settings.concurrent_writes = batches.max(1);
         self
     }
 
@@ -463,6 +476,7 @@ struct Settings {
     accept_gap: bool,
     batch_size: usize,
     batch_bytes: usize,
+    concurrent_writes: usize,
     flush_interval: Duration,
     record_interval: Duration,
     status_interval: Duration,

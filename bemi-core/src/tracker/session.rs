@@ -152,7 +152,12 @@ impl Session {
         stop: &mut watch::Receiver<bool>,
         progress: &watch::Sender<Progress>,
     ) -> (Result<S>, Result<()>) {
-        let mut writer = Writer::spawn(sink, config.write_timeout, self.metrics.clone());
+        let mut writer = Writer::spawn(
+            sink,
+            config.write_timeout,
+            config.concurrent_writes,
+            self.metrics.clone(),
+        );
         let outcome = self
             .stream_until_stopped(config, &mut writer, stop, progress)
             .await;

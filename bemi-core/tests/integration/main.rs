@@ -10,6 +10,7 @@ mod feedback;
 mod nats;
 mod outage;
 mod partitions;
+mod pipelining;
 mod read_your_writes;
 mod reliability;
 mod rules;
