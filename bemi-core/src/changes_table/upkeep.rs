@@ -65,13 +65,16 @@ impl Upkeep {
         Ok(())
     }
 
-    /// Before a batch whose rows were committed at `committed`: creates the partitions their
-    /// periods need, and the one after the newest; runs retention when it is due.
-    pub(crate) async fn before_write(
-        &mut self,
-        client: &mut Client,
-        committed: impl Iterator<Item = DateTime<Utc>>,
-    ) {
+    /// Whether [`before_write`](Self::before_write) for rows committed at `committed` would
+    /// change the table (create partitions or run retention): the sink lets the batches it is
+    /// storing commit first, so that no lock of theirs holds the change up.
+    pub(crate) fn is_due(&self, committed: impl Iterator<Item = DateTime<Utc>>) -> bool {
+        let quiet = self.quiet_until.is_some_and(|until| Instant::now() < until);
+        (!quiet && !self.holds_all(&self.periods(committed))) || self.retention_due()
+    }
+
+    /// The periods of rows committed at `committed`, and the one after the newest.
+    fn periods(&self, committed: impl Iterator<Item = DateTime<Utc>>) -> Vec<DateTime<Utc>> {
         let mut periods: Vec<DateTime<Utc>> = Vec::new();
         for at in committed {
             let start = self.interval.period_start(at);
@@ -82,6 +85,22 @@ impl Upkeep {
         if let Some(newest) = periods.iter().max().copied() {
             periods.push(self.interval.next_period(newest));
         }
+        periods
+    }
+
+    fn retention_due(&self) -> bool {
+        self.retained_at
+            .is_none_or(|at| at.elapsed() >= RETENTION_EVERY)
+    }
+
+    /// Before a batch whose rows were committed at `committed`: creates the partitions their
+    /// periods need, and the one after the newest; runs retention when it is due.
+    pub(crate) async fn before_write(
+        &mut self,
+        client: &mut Client,
+        committed: impl Iterator<Item = DateTime<Utc>>,
+    ) {
+        let periods = self.periods(committed);
         let quiet = self.quiet_until.is_some_and(|until| Instant::now() < until);
         if !quiet && !self.holds_all(&periods) {
             match self.create(client, &periods).await {
@@ -101,10 +120,7 @@ impl Upkeep {
                 }
             }
         }
-        let due = self
-            .retained_at
-            .is_none_or(|at| at.elapsed() >= RETENTION_EVERY);
-        if due {
+        if self.retention_due() {
             self.retain(&*client, Utc::now()).await;
         }
     }

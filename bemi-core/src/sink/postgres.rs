@@ -519,10 +519,13 @@ impl PostgresSink {
             RowIds::TimeOrdered => Some(changes.iter().map(|_| self.ids.next_id()).collect()),
             RowIds::Random => None,
         };
+        let committed = || changes.iter().map(|change| change.committed_at);
+        if self.upkeep.as_ref().is_some_and(|u| u.is_due(committed())) {
+            self.writes_done().await;
+        }
         let mut client = self.client().await?;
         if let Some(upkeep) = &mut self.upkeep {
-            let committed = changes.iter().map(|change| change.committed_at);
-            upkeep.before_write(&mut client, committed).await;
+            upkeep.before_write(&mut client, committed()).await;
         }
         Ok(Insert {
             pool: self.pool.clone(),
