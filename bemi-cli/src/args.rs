@@ -257,7 +257,12 @@ pub(crate) struct RunArgs {
     pub(crate) nats: crate::nats::NatsArgs,
     /// Append the changes as JSON lines to this file instead of a `changes` table, exactly
     /// once (the file's position is kept in <FILE>.position)
-    #[arg(long, env = "BEMI_OUTPUT", value_name = "FILE", conflicts_with = "nats_destination")]
+    #[arg(
+        long,
+        env = "BEMI_OUTPUT",
+        value_name = "FILE",
+        conflicts_with = "nats_destination"
+    )]
     pub(crate) output: Option<PathBuf>,
     /// With --output or a NATS destination, a backlog of at least this many bytes of WAL at
     /// start is read through SQL, faster than streaming, before streaming resumes (catch-up)

@@ -87,7 +87,10 @@ async fn run(changes: u64, per_transaction: u64, batch: usize) {
     let began = Instant::now();
     commit_backlog(&source, changes, per_transaction).await;
     let end = drain::wal_end(&sql).await;
-    println!("backlog committed in {:.1?} (WAL to {end})", began.elapsed());
+    println!(
+        "backlog committed in {:.1?} (WAL to {end})",
+        began.elapsed()
+    );
 
     let reference = tokio::task::block_in_place(|| {
         drain::pg_recvlogical(&pg, "postgres", "reference", "bench", &end)

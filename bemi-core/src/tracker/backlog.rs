@@ -20,7 +20,9 @@
 //! the stream of events ends and the session switches to streaming from the durable position.
 //!
 //! A peek needs the slot inactive, as streaming does: with another process streaming from it,
-//! the peek fails with SQLSTATE 55006 and the tracker waits as a standby.
+//! the peek fails with SQLSTATE 55006 and the tracker waits as a standby. A tracker that stops
+//! or dies during a peek leaves the server's backend decoding the chunk to its end, holding the
+//! slot until then; the next session meanwhile waits as a standby.
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
@@ -113,6 +115,13 @@ impl Backlog {
         self.task.abort();
         let _ = (&mut self.task).await;
         advance(sql, slot, self.confirmed()).await
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        // A session that ends with an error stops reading too.
+        self.task.abort();
     }
 }
 
