@@ -229,7 +229,7 @@ pub(crate) struct RunArgs {
             "sslmode", "sslrootcert", "slot", "publication", "tables", "destination_url",
             "destination_db_host", "destination_db_port", "destination_db_name",
             "destination_db_user", "destination_db_password", "destination_schema",
-            "nats_destination",
+            "nats_destination", "output",
         ]
     )]
     pub(crate) config: Option<PathBuf>,
@@ -255,6 +255,19 @@ pub(crate) struct RunArgs {
     pub(crate) nats_destination: Option<String>,
     #[command(flatten)]
     pub(crate) nats: crate::nats::NatsArgs,
+    /// Append the changes as JSON lines to this file instead of a `changes` table, exactly
+    /// once (the file's position is kept in <FILE>.position)
+    #[arg(
+        long,
+        env = "BEMI_OUTPUT",
+        value_name = "FILE",
+        conflicts_with = "nats_destination"
+    )]
+    pub(crate) output: Option<PathBuf>,
+    /// With --output or a NATS destination, a backlog of at least this many bytes of WAL at
+    /// start is read through SQL, faster than streaming, before streaming resumes (catch-up)
+    #[arg(long, env = "BEMI_CATCH_UP_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub(crate) catch_up_bytes: u64,
 }
 
 /// A NATS URL (nats:// or tls://); anything else is refused with where it belongs.

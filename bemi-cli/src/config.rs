@@ -223,6 +223,8 @@ impl SourceEntry {
             retention: args.retention.retention()?,
             // A config file's sources store into their `changes` tables.
             nats: None,
+            output: None,
+            catch_up_bytes: args.catch_up_bytes,
             rules,
         })
     }

@@ -1,12 +1,13 @@
 //! `bemi run`: the standalone worker, over one source (the connection flags and variables) or
 //! the sources of a config file, each tracked by its own tracker task.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bemi_core::changes_table::{Layout, Retention};
 use bemi_core::rules::Rules;
 use bemi_core::setup::Tables;
-use bemi_core::sink::{ChangeSink, NatsSink, PostgresSink};
+use bemi_core::sink::{ChangeSink, JsonLinesFileSink, NatsSink, PostgresSink};
 use bemi_core::{ConnectOptions, Error, ErrorKind, Result, Tracker, TrackerHandle};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -34,6 +35,10 @@ pub(crate) struct Source {
     pub(crate) retention: Option<Retention>,
     /// Publish to NATS JetStream instead of `destination` (`--destination nats://…`).
     pub(crate) nats: Option<NatsSink>,
+    /// Append JSON lines to this file instead (`--output`).
+    pub(crate) output: Option<PathBuf>,
+    /// The backlog read through SQL before streaming, into NATS or a file.
+    pub(crate) catch_up_bytes: u64,
     /// What is recorded.
     pub(crate) rules: Rules,
 }
@@ -62,15 +67,23 @@ impl Source {
                 .nats_destination
                 .as_ref()
                 .map(|url| args.nats.sink(url)),
+            output: args.output.clone(),
+            catch_up_bytes: args.catch_up_bytes,
             rules,
         })
     }
 
     fn spawn(self) -> Result<TrackerHandle> {
         let (source, destination) = (&self.options, &self.destination);
-        let (sink, destination): (Box<dyn ChangeSink>, String) = match self.nats {
-            Some(nats) => (Box::new(nats), "NATS JetStream".to_owned()),
-            None => {
+        // Sinks faster than the walsender catch up through SQL; the `changes` table is slower.
+        let catch_up = self.nats.is_some() || self.output.is_some();
+        let (sink, destination): (Box<dyn ChangeSink>, String) = match (self.nats, self.output) {
+            (Some(nats), _) => (Box::new(nats), "NATS JetStream".to_owned()),
+            (None, Some(path)) => {
+                let at = path.display().to_string();
+                (Box::new(JsonLinesFileSink::new(path)), at)
+            }
+            (None, None) => {
                 let mut sink = PostgresSink::connect(destination)?
                     .schema(&self.destination_schema)
                     .layout(self.layout);
@@ -93,7 +106,11 @@ impl Source {
             slot = %self.slot,
             "starting a tracker"
         );
-        Ok(Tracker::builder(self.options, sink)
+        let mut builder = Tracker::builder(self.options, sink);
+        if catch_up {
+            builder = builder.catch_up(self.catch_up_bytes);
+        }
+        Ok(builder
             .name(self.name)
             .slot(self.slot)
             .publication(self.publication)

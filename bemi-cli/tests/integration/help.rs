@@ -72,6 +72,8 @@ fn the_worker_documents_bemis_variables() {
         "BEMI_CONFIG",
         "BEMI_METRICS_LISTEN",
         "BEMI_READY_MAX_LAG_BYTES",
+        "BEMI_OUTPUT",
+        "BEMI_CATCH_UP_BYTES",
     ] {
         assert!(
             run.contains(&format!("[env: {variable}")),

@@ -1,6 +1,7 @@
 //! The integration tests of bemi-cli, in one test binary (one link, one shared throwaway
 //! PostgreSQL for the tests that need no server of their own).
 
+mod catch_up;
 mod crash;
 mod help;
 mod history;

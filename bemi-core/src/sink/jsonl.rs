@@ -4,13 +4,15 @@ use async_trait::async_trait;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::{Batch, ChangeSink, SinkStart, SourceInfo};
+use crate::change::Change;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Writes each change as one JSON object per line (the serialized [`Change`](crate::Change))
 /// to any `AsyncWrite`, flushing after every batch.
 ///
 /// It keeps no position, so delivery is at least once across restarts: deduplicate by
-/// `commit_lsn` + `ordinal` downstream. A batch counts as stored once the writer's `flush`
+/// `commit_lsn` + `ordinal` downstream, or write to a file with
+/// [`JsonLinesFileSink`](super::JsonLinesFileSink), which keeps one. A batch counts as stored once the writer's `flush`
 /// returns, and the slot moves on: `flush` on a `tokio::fs::File` does not fsync, so lines
 /// written there survive the process dying but not the host losing power.
 ///
@@ -51,12 +53,17 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ChangeSink for JsonLinesSink<W> {
         };
         for change in &batch.changes {
             self.line.clear();
-            serde_json::to_writer(&mut self.line, change).map_err(|e| {
-                Error::new(ErrorKind::Sink, "could not serialize a change").with_source(e)
-            })?;
-            self.line.push(b'\n');
+            append_line(&mut self.line, change)?;
             self.writer.write_all(&self.line).await.map_err(failed)?;
         }
         self.writer.flush().await.map_err(failed)
     }
+}
+
+/// Appends `change` as one line of JSON to `buffer`.
+pub(super) fn append_line(buffer: &mut Vec<u8>, change: &Change) -> Result<()> {
+    serde_json::to_writer(&mut *buffer, change)
+        .map_err(|e| Error::new(ErrorKind::Sink, "could not serialize a change").with_source(e))?;
+    buffer.push(b'\n');
+    Ok(())
 }

@@ -5,10 +5,12 @@
 //! | [`PostgresSink`] | exactly once | the Bemi-compatible `changes` table, in the tracked database or another one |
 //! | [`ChannelSink`] | once per run; may repeat after a restart, and loses what is still in the channel if the process dies | changes as a `Stream` inside the application |
 //! | [`JsonLinesSink`] | at least once across restarts, as durable as the writer's `flush` | one JSON object per line to any writer |
+//! | [`JsonLinesFileSink`] | exactly once (its position in `<file>.position`), fsynced per batch | one JSON object per line to a file |
 //! | `NatsSink` (feature `nats`) | once within the stream's duplicate window, keyed for consumers beyond it | a NATS JetStream stream shared by many consumers |
 
 mod channel;
 mod jsonl;
+mod jsonl_file;
 #[cfg(feature = "nats")]
 mod nats;
 mod postgres;
@@ -17,6 +19,7 @@ use async_trait::async_trait;
 
 pub use channel::{ChangeStream, ChannelSink};
 pub use jsonl::JsonLinesSink;
+pub use jsonl_file::JsonLinesFileSink;
 #[cfg(feature = "nats")]
 pub use nats::{
     subject_token, NatsChange, NatsOptions, NatsSink, HEADER_COMMIT_LSN, HEADER_ORDINAL,

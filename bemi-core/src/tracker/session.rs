@@ -8,6 +8,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::backlog::{self, Backlog, Plan};
 use super::ledger::{Ledger, Limits};
 use super::source::SourceIdentity;
 use super::writer::{Ack, Writer};
@@ -25,7 +26,9 @@ use crate::Lsn;
 
 /// One connection's worth of streaming.
 pub(super) struct Session {
-    stream: ReplicationStream,
+    feed: Feed,
+    /// The replication connection while the backlog is read, until streaming starts on it.
+    replication: Option<ReplicationClient>,
     decoder: RowDecoder,
     stitcher: Stitcher,
     ledger: Ledger,
@@ -113,6 +116,30 @@ impl Session {
             Some(stored) => check_gap(config, accept_gap, slot, sink, &database, stored).await?,
             None => slot.unwrap_or(Lsn::ZERO),
         };
+        let plan = match config.catch_up {
+            Some(threshold) => {
+                let to = backlog::wal_end(&sql).await?;
+                let big = to.0.saturating_sub(durable.0) >= threshold;
+                if big && backlog::slot_active(&sql, &config.slot).await? {
+                    return Err(Error::new(
+                        ErrorKind::SlotInUse,
+                        format!(
+                            "replication slot {:?} is active: another process streams from it",
+                            config.slot
+                        ),
+                    ));
+                }
+                big.then(|| Plan {
+                    source: config.source.clone(),
+                    slot: config.slot.clone(),
+                    publication: config.publication.clone(),
+                    from: durable,
+                    to,
+                    chunk_bytes: config.catch_up_chunk,
+                })
+            }
+            None => None,
+        };
         let stitcher = Stitcher::new(database).resume_after(durable);
         let (schema, table) = setup::KEY_HISTORY;
         let decoder = start
@@ -123,12 +150,27 @@ impl Session {
                 |decoder, (schema, table)| decoder.ignore_table(schema, table),
             )
             .ignore_table(schema, table);
-        let stream = client
-            .start_replication(&config.slot, &[&config.publication], durable)
-            .await?;
-        tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
+        let (feed, replication) = match plan {
+            Some(plan) => {
+                tracing::info!(
+                    slot = %config.slot,
+                    durable = %durable,
+                    backlog_bytes = plan.to.0 - durable.0,
+                    "catching up: reading the backlog through SQL before streaming"
+                );
+                (Feed::Backlog(Backlog::spawn(plan)), Some(client))
+            }
+            None => {
+                let stream = client
+                    .start_replication(&config.slot, &[&config.publication], durable)
+                    .await?;
+                tracing::info!(slot = %config.slot, durable = %durable, "tracking changes");
+                (Feed::Stream(stream), None)
+            }
+        };
         Ok(Session {
-            stream,
+            feed,
+            replication,
             decoder,
             stitcher,
             metrics: metrics.clone(),
@@ -158,6 +200,10 @@ impl Session {
             config.concurrent_writes,
             self.metrics.clone(),
         );
+        let catching_up = matches!(self.feed, Feed::Backlog(_));
+        progress.send_if_modified(|p| {
+            std::mem::replace(&mut p.catching_up, catching_up) != catching_up
+        });
         let outcome = self
             .stream_until_stopped(config, &mut writer, stop, progress)
             .await;
@@ -191,15 +237,18 @@ impl Session {
                 ack = writer.acks.recv() => self.acknowledged(ack, progress)?,
                 _ = flush_timer.tick() => self.flush(writer, false).await?,
                 _ = slot_timer.tick() => self.check_slot(&config.slot).await?,
-                event = self.stream.next_event() => {
-                    let event = event?.ok_or_else(|| {
-                        Error::new(ErrorKind::Connect, "the server ended the replication stream")
-                    })?;
-                    self.handle(event, progress).await?;
-                    if self.ledger.is_full() {
-                        self.flush(writer, false).await?;
+                event = self.feed.next_event() => match event? {
+                    Some(event) => {
+                        self.handle(event, progress).await?;
+                        if self.ledger.is_full() {
+                            self.flush(writer, false).await?;
+                        }
                     }
-                }
+                    None if self.replication.is_some() => {
+                        self.start_streaming(config, writer, progress).await?
+                    }
+                    None => return Err(stream_ended()),
+                },
                 // Polled only when nothing waits in the stream (the branch above is pending):
                 // committed changes go to an idle writer now, and those that commit while it
                 // writes go together once it is done.
@@ -222,7 +271,10 @@ impl Session {
         let finish = async {
             self.flush(writer, true).await?;
             self.drain(writer, progress).await?;
-            self.catch_up(writer, progress).await
+            match self.feed {
+                Feed::Stream(_) => self.read_to_wal_end(writer, progress).await,
+                Feed::Backlog(_) => Ok(()),
+            }
         };
         match tokio::time::timeout(config.shutdown_timeout, finish).await {
             Ok(finished) => finished?,
@@ -231,8 +283,53 @@ impl Session {
                 "stopping before everything was stored; the rest is streamed again at the next start"
             ),
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.close()).await;
+        match &mut self.feed {
+            Feed::Stream(stream) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
+            }
+            Feed::Backlog(backlog) => {
+                backlog
+                    .close(self.decoder.keys().client(), &config.slot)
+                    .await?
+            }
+        }
         tracing::info!("tracker stopped");
+        Ok(())
+    }
+
+    /// The backlog is read whole: records its end once everything before it is stored,
+    /// advances the slot there and starts streaming from it.
+    async fn start_streaming<S: ChangeSink>(
+        &mut self,
+        config: &Settings,
+        writer: &mut Writer<S>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<()> {
+        let Feed::Backlog(backlog) = &self.feed else {
+            return Ok(());
+        };
+        let end = backlog.end();
+        self.flush(writer, true).await?;
+        self.drain(writer, progress).await?;
+        // Every transaction committed before the end was read, and is stored now.
+        self.ledger.keepalive(end, self.stitcher.in_transaction());
+        self.flush(writer, true).await?;
+        self.drain(writer, progress).await?;
+        let Some(client) = self.replication.take() else {
+            return Ok(());
+        };
+        if let Feed::Backlog(backlog) = &mut self.feed {
+            backlog
+                .close(self.decoder.keys().client(), &config.slot)
+                .await?;
+        }
+        let durable = self.feed.confirmed();
+        let stream = client
+            .start_replication(&config.slot, &[&config.publication], durable)
+            .await?;
+        self.feed = Feed::Stream(stream);
+        progress.send_modify(|p| p.catching_up = false);
+        tracing::info!(slot = %config.slot, durable = %durable, "caught up; tracking changes");
         Ok(())
     }
 
@@ -242,7 +339,7 @@ impl Session {
             Error::new(ErrorKind::Sink, "the sink's writer stopped unexpectedly")
         })??;
         if let Some(lsn) = self.ledger.acknowledged(durable) {
-            self.stream.confirm(lsn);
+            self.feed.confirm(lsn);
         }
         progress.send_modify(|p| {
             p.changes += count;
@@ -304,10 +401,10 @@ impl Session {
                 }
             }
             ReplicationEvent::Keepalive { wal_end, .. } => {
-                if self
+                let idle = self
                     .ledger
-                    .keepalive(wal_end, self.stitcher.in_transaction())
-                {
+                    .keepalive(wal_end, self.stitcher.in_transaction());
+                if idle && matches!(self.feed, Feed::Stream(_)) {
                     self.metrics.caught_up();
                 }
                 self.report(progress);
@@ -319,7 +416,7 @@ impl Session {
     /// Before stopping: reads on until the stream has passed the server's current end of WAL
     /// (which includes the sink's own last write when it shares the database), so the slot is
     /// left with no lag. Gives up quietly after a few seconds on a busy server.
-    async fn catch_up<S: ChangeSink>(
+    async fn read_to_wal_end<S: ChangeSink>(
         &mut self,
         writer: &mut Writer<S>,
         progress: &watch::Sender<Progress>,
@@ -335,13 +432,8 @@ impl Session {
             .parse()
             .map_err(|e| Error::protocol("the server returned an invalid LSN").with_source(e))?;
         let catch_up = async {
-            while self.stream.feedback().confirmed() < target {
-                let event = self.stream.next_event().await?.ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Connect,
-                        "the server ended the replication stream",
-                    )
-                })?;
+            while self.feed.confirmed() < target {
+                let event = self.feed.next_event().await?.ok_or_else(stream_ended)?;
                 self.handle(event, progress).await?;
                 self.flush(writer, true).await?;
                 self.drain(writer, progress).await?;
@@ -388,8 +480,7 @@ impl Session {
     }
 
     fn report(&self, progress: &watch::Sender<Progress>) {
-        let feedback = self.stream.feedback();
-        let (confirmed, server) = (feedback.confirmed(), feedback.received());
+        let (confirmed, server) = (self.feed.confirmed(), self.feed.received());
         let stored = self.ledger.stored().max(confirmed);
         self.metrics.lag_bytes(server.0.saturating_sub(confirmed.0));
         progress.send_if_modified(|p| {
@@ -402,6 +493,52 @@ impl Session {
             changed
         });
     }
+}
+
+/// Where a session reads changes from: the backlog through SQL while it catches up (see
+/// [`backlog`]), then the walsender.
+enum Feed {
+    Backlog(Backlog),
+    Stream(ReplicationStream),
+}
+
+impl Feed {
+    async fn next_event(&mut self) -> Result<Option<ReplicationEvent>> {
+        match self {
+            Feed::Backlog(backlog) => backlog.next_event().await,
+            Feed::Stream(stream) => stream.next_event().await,
+        }
+    }
+
+    /// Confirms a durable position: to the walsender, or to the slot before the next peek.
+    fn confirm(&self, lsn: Lsn) {
+        match self {
+            Feed::Backlog(backlog) => backlog.confirm(lsn),
+            Feed::Stream(stream) => stream.confirm(lsn),
+        }
+    }
+
+    fn confirmed(&self) -> Lsn {
+        match self {
+            Feed::Backlog(backlog) => backlog.confirmed(),
+            Feed::Stream(stream) => stream.feedback().confirmed(),
+        }
+    }
+
+    /// The server's position as far as the session knows: the end of the backlog, or of WAL.
+    fn received(&self) -> Lsn {
+        match self {
+            Feed::Backlog(backlog) => backlog.end(),
+            Feed::Stream(stream) => stream.feedback().received(),
+        }
+    }
+}
+
+fn stream_ended() -> Error {
+    Error::new(
+        ErrorKind::Connect,
+        "the server ended the replication stream",
+    )
 }
 
 /// Compares the slot's position with the sink's at start. When the slot is ahead, the changes

@@ -2,6 +2,7 @@
 //! PostgreSQL for the tests that need no server of their own).
 
 mod auth_tls;
+mod catch_up;
 mod context;
 mod decoding;
 mod failover;
