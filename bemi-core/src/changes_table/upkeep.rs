@@ -88,9 +88,12 @@ impl Upkeep {
         periods
     }
 
+    /// Whether retention is set and due to run.
     fn retention_due(&self) -> bool {
-        self.retained_at
-            .is_none_or(|at| at.elapsed() >= RETENTION_EVERY)
+        self.retention.is_some()
+            && self
+                .retained_at
+                .is_none_or(|at| at.elapsed() >= RETENTION_EVERY)
     }
 
     /// Before a batch whose rows were committed at `committed`: creates the partitions their

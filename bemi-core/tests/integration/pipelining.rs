@@ -70,12 +70,24 @@ async fn until_sessions(sql: &Client, idle: i64) {
         if (row.get::<_, i64>(0), row.get::<_, i64>(1)) == (1, idle) {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sessions: {} waiting for the lock, {} idle in a transaction",
-            row.get::<_, i64>(0),
-            row.get::<_, i64>(1)
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let sessions: Vec<String> = sql
+                .query(
+                    "SELECT concat_ws(' | ', state, wait_event, left(query, 60)) \
+                     FROM pg_stat_activity WHERE datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            panic!(
+                "sessions: {} waiting for the lock, {} idle in a transaction: {sessions:#?}",
+                row.get::<_, i64>(0),
+                row.get::<_, i64>(1)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
