@@ -256,7 +256,7 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) nats: crate::nats::NatsArgs,
     /// Append the changes as JSON lines to this file instead of a `changes` table, exactly
-    /// once (the file's position is kept in <FILE>.position)
+    /// once (the file's position is kept in FILE.position)
     #[arg(
         long,
         env = "BEMI_OUTPUT",
