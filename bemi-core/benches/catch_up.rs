@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use bemi_core::sink::JsonLinesFileSink;
 use bemi_core::{ConnectOptions, Tracker};
-use bemi_temp_postgres::TempPostgres;
 use bemi_testkit::drain::{self, rate};
 
 /// Connections that commit the backlog.
@@ -55,18 +54,7 @@ fn main() {
 }
 
 async fn run(changes: u64, per_transaction: u64, batch: usize) {
-    let pg = tokio::task::spawn_blocking(|| {
-        TempPostgres::builder()
-            .setting("fsync", "on")
-            .setting("full_page_writes", "on")
-            .setting("synchronous_commit", "on")
-            .setting("shared_buffers", "128MB")
-            .setting("max_wal_size", "4GB")
-            .start()
-    })
-    .await
-    .expect("join")
-    .expect("throwaway PostgreSQL");
+    let pg = drain::durable_server(&[("max_wal_size", "4GB")]).await;
     let source: ConnectOptions = pg.url("postgres").parse().expect("url");
     let sql = source.connect().await.expect("connect");
     // One statement each: a slot cannot be created in a transaction that wrote.

@@ -110,17 +110,7 @@ fn main() {
 }
 
 async fn run(options: Options) {
-    let pg = tokio::task::spawn_blocking(|| {
-        TempPostgres::builder()
-            .setting("fsync", "on")
-            .setting("full_page_writes", "on")
-            .setting("synchronous_commit", "on")
-            .setting("shared_buffers", "128MB")
-            .start()
-    })
-    .await
-    .expect("join")
-    .expect("throwaway PostgreSQL");
+    let pg = drain::durable_server(&[]).await;
     let source: ConnectOptions = pg.url("postgres").parse().expect("url");
     let sql = source.connect().await.expect("connect");
     // One statement each: CREATE DATABASE cannot run in the implicit transaction of a batch.

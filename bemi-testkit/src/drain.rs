@@ -155,3 +155,24 @@ pub async fn drop_slot_when_free(sql: &tokio_postgres::Client, slot: &str) {
         .await
         .expect("drop the slot");
 }
+
+/// A throwaway server with production durability (`fsync`, `full_page_writes` and
+/// `synchronous_commit` on, `shared_buffers` 128 MB), plus `settings`: the benchmarks' server.
+///
+/// # Panics
+///
+/// When the server cannot start.
+pub async fn durable_server(settings: &[(&str, &str)]) -> TempPostgres {
+    let mut builder = TempPostgres::builder()
+        .setting("fsync", "on")
+        .setting("full_page_writes", "on")
+        .setting("synchronous_commit", "on")
+        .setting("shared_buffers", "128MB");
+    for (name, value) in settings {
+        builder = builder.setting(*name, *value);
+    }
+    tokio::task::spawn_blocking(move || builder.start())
+        .await
+        .expect("join")
+        .expect("throwaway PostgreSQL")
+}
