@@ -88,6 +88,24 @@ impl Browser {
         url.as_str().unwrap_or_default().to_owned()
     }
 
+    /// The address of the page shown once `wanted` holds for it, waiting up to ten seconds (a
+    /// click may start a navigation that has not happened yet).
+    ///
+    /// # Panics
+    ///
+    /// When it does not hold by then.
+    pub async fn url_when(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.url().await;
+            if wanted(&url) {
+                return url;
+            }
+            assert!(Instant::now() < deadline, "the page stayed at {url}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) in the page and returns its
     /// result.
     pub async fn execute(&self, script: &str, args: Value) -> Value {

@@ -144,11 +144,10 @@ async fn the_ui_in_a_real_browser_filters_diffs_time_travels_and_reverts() {
         .await;
     browser.type_into("input[name=value]", "bob").await;
     browser.click("form.filters button[type=submit]").await;
-    let url = browser.url().await;
-    assert!(
-        url.contains("key=user") && url.contains("value=bob"),
-        "filters are in the URL: {url}"
-    );
+    // The filters are in the URL.
+    browser
+        .url_when(|url| url.contains("key=user") && url.contains("value=bob"))
+        .await;
     let bob = browser.execute("return Array.from(document.querySelectorAll('tbody tr[data-cursor]')).map(r => r.textContent);", json!([])).await;
     let bob = bob.as_array().expect("rows");
     assert_eq!(bob.len(), 1, "{bob:?}");

@@ -214,6 +214,21 @@ async fn setup_then_run_with_bemi_variables_then_sigterm_then_status() {
         1
     );
 
+    // The worker exited; its walsender ends as soon as the server notices.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(
+        &sql,
+        "SELECT count(*) FROM pg_replication_slots WHERE active",
+    )
+    .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stays active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let status = output(bemi(&db, &["status", "--json"]));
     assert!(status.status.success(), "{}", text(&status.stderr));
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();

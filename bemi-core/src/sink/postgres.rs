@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use bytes::BufMut as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::oneshot;
@@ -118,6 +119,9 @@ const STATEMENT_TIMEOUT: &str = "-c statement_timeout=300000";
 /// Connections of a sink's own pool: batches in flight (the tracker's default two, and the
 /// next being readied) and the pending-list cleaner.
 const POOL_SIZE: usize = 4;
+
+/// How long [`open`](ChangeSink::open) waits for the batches of a session that ended.
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a table upgrade waits for its lock before it lets readers through and tries again.
 const UPGRADE_LOCK_TIMEOUT: &str = "5s";
@@ -392,7 +396,18 @@ const DURABLE_COMMIT: &str = "(SELECT set_config('synchronous_commit', \
 impl ChangeSink for PostgresSink {
     async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart> {
         let system_id = parse_system_id(&source.system_id)?;
-        self.writes_done().await;
+        // Batches of a session that ended may still be committing, or hung on a destination
+        // that stopped answering. They commit in order among themselves and never past a failed
+        // one, and this session's writes are idempotent, so the wait for them is short.
+        if tokio::time::timeout(REOPEN_WAIT, self.writes_done())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waited = ?REOPEN_WAIT,
+                "batches of the previous session are still being stored; going on without them"
+            );
+        }
         self.ready().await?;
         let client = self.client().await?;
         let found = self.stored_position(&client, system_id, source).await;
