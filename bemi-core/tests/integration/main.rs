@@ -4,6 +4,7 @@
 mod auth_tls;
 mod catch_up;
 mod context;
+mod copy;
 mod decoding;
 mod failover;
 mod feedback;

@@ -1,13 +1,15 @@
 //! The Bemi-compatible `changes` table sink ([`PostgresSink`]).
 
+mod rows;
+
 use async_trait::async_trait;
-use bytes::BufMut as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::oneshot;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tracing::Instrument as _;
 
 use super::{Batch, ChangeSink, Pending, SinkStart, SourceInfo};
@@ -19,8 +21,7 @@ use crate::config::ConnectOptions;
 use crate::error::{retry_when_locked, Error, ErrorKind, Result};
 use crate::sql::{quote_identifier, quote_qualified};
 use crate::Lsn;
-
-const PRIMARY_KEY_CHARS: usize = 255;
+use rows::{copy_fits, copy_rows, copy_statement, Columns};
 
 /// Writes changes to a Bemi-compatible `changes` table, exactly once.
 ///
@@ -55,10 +56,17 @@ const PRIMARY_KEY_CHARS: usize = 255;
 /// The durable position is kept per source too, in the progress table (`_bemi_progress`, one
 /// row per system id, database and slot).
 ///
-/// Each batch is one transaction: the rows go in through `UNNEST` of column arrays (each
-/// distinct context once, however many rows share it) with `ON CONFLICT … DO NOTHING`, and the
-/// durable position goes into the progress table in the same transaction — one statement, one
-/// round trip, when no other batch is being stored. The sink pipelines
+/// Each batch is one transaction, with the durable position recorded in the progress table in
+/// the same transaction. A batch that may replay stored changes (the first ones after a
+/// restart) goes in through `UNNEST` of column arrays (each distinct context once, however
+/// many rows share it) with `ON CONFLICT … DO NOTHING` — one statement, one round trip, when no
+/// other batch is being stored — as does a small batch. A batch of at least 100 changes, all
+/// of transactions that committed after everything the table holds from the source (newer
+/// than the stored position and than the newest stored `commit_lsn`, which covers a
+/// transaction stored in part), goes in through a binary `COPY`, which costs the server less
+/// per row; should such a batch meet a key the table holds after all (another writer of the
+/// same source), it fails with a transient error, is stored again through `INSERT`, and the
+/// sink uses `INSERT` from then on. The sink pipelines
 /// ([`submit`](ChangeSink::submit)): while a batch is stored, the next is inserted on another
 /// connection in a transaction that commits, with its position, only after the one before
 /// committed, so positions are recorded in order and never past a failed batch. Every
@@ -96,6 +104,12 @@ pub struct PostgresSink {
     cleaner: Option<PendingListCleaner>,
     ids: IdClock,
     statements: Arc<Statements>,
+    /// Changes of transactions that committed after this position (the stored position or the
+    /// newest stored `commit_lsn` of the source, whichever is later) can go in by `COPY`:
+    /// none of them is stored. `None` before `open`.
+    copy_after: Option<i64>,
+    /// Set when a `COPY` met a key the table held: every batch goes in through `INSERT`.
+    copy_refused: Arc<AtomicBool>,
     /// Whether the batch submitted last committed (`true`) or failed: the next one commits only
     /// after it.
     last_commit: Option<oneshot::Receiver<bool>>,
@@ -110,7 +124,12 @@ struct Statements {
     insert_with_progress: String,
     /// Records a position.
     progress: String,
+    /// Copies a batch's rows, when the table's columns take a binary `COPY`.
+    copy: Option<String>,
 }
+
+/// The fewest changes a batch sends by `COPY` rather than in one `INSERT` statement.
+const COPY_MIN_CHANGES: usize = 100;
 
 /// The sink's own `statement_timeout`: long enough for the largest batch, short enough that a
 /// statement stuck on a lock is cancelled (and retried) in the end.
@@ -150,9 +169,11 @@ impl PostgresSink {
             cleaner: None,
             ids: IdClock::new(),
             statements: Arc::default(),
+            copy_after: None,
+            copy_refused: Arc::default(),
             last_commit: None,
         };
-        sink.build_sql(false);
+        sink.build_sql(false, false);
         sink
     }
 
@@ -196,9 +217,9 @@ impl PostgresSink {
     }
 
     /// The statements of `write`, for the table's layout: with `committed_at` in the conflict
-    /// target of a partitioned table, and the ids made here unless the column's default makes
-    /// them.
-    fn build_sql(&mut self, partitioned: bool) {
+    /// target of a partitioned table, the ids made here unless the column's default makes
+    /// them, and a `COPY` when the columns take one.
+    fn build_sql(&mut self, partitioned: bool, copy: bool) {
         let ids = self.row_ids == RowIds::TimeOrdered;
         let (id_column, id_value, id_array, id_alias) = match ids {
             true => ("id, ", "u.id, ", ", $17::uuid[]", ", id"),
@@ -246,6 +267,7 @@ impl PostgresSink {
             ),
             progress: record("VALUES ($1, $2, $3, $4, now())"),
             insert,
+            copy: copy.then(|| copy_statement(&self.changes, ids)),
         });
     }
 
@@ -339,8 +361,9 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Adopts a progress row of an older version, then reads the stored position of `source`
-    /// and where the destination is (system id, database).
+    /// Adopts a progress row of an older version, then reads the stored position of `source`,
+    /// where the destination is (system id, database) and the newest `commit_lsn` stored
+    /// from the source.
     async fn stored_position(
         &self,
         client: &deadpool_postgres::Object,
@@ -374,7 +397,9 @@ impl PostgresSink {
                     "SELECT (SELECT lsn FROM {progress} \
                                  WHERE system_id = $1 AND database = $2 AND slot = $3), \
                                 (SELECT system_identifier FROM pg_control_system()), \
-                                current_database()::text",
+                                current_database()::text, \
+                                (SELECT max(commit_lsn) FROM {changes} WHERE system_id = $1)",
+                    changes = self.changes.qualified(),
                 ),
                 &[&system_id, &source.database, &source.slot],
             )
@@ -415,6 +440,8 @@ impl ChangeSink for PostgresSink {
         let durable: Option<i64> = row.get(0);
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
+        let newest_stored: Option<i64> = row.get(3);
+        self.copy_after = Some(durable.max(newest_stored).unwrap_or(0));
         let mut start = SinkStart::at(durable.map(Lsn::from_int8));
         if destination_system == system_id && destination_database == source.database {
             let schema = self.changes.schema().to_owned();
@@ -453,7 +480,10 @@ impl ChangeSink for PostgresSink {
         let progress = batch
             .durable_through
             .map(|lsn| (database.clone(), slot.clone(), lsn.to_int8()));
-        let insert = self.insert(*system_id, &batch.changes, progress).await?;
+        let copy = self.copy_fits(&batch.changes);
+        let insert = self
+            .insert(*system_id, &batch.changes, progress, copy)
+            .await?;
         let (committed, next) = oneshot::channel();
         let after = self.last_commit.replace(next);
         let task = tokio::spawn(
@@ -488,7 +518,7 @@ impl PostgresSink {
     pub async fn store(&mut self, system_id: &str, changes: &[Change]) -> Result<()> {
         let system_id = parse_system_id(system_id)?;
         self.writes_done().await;
-        self.insert(system_id, changes, None)
+        self.insert(system_id, changes, None, false)
             .await?
             .run(changes, None)
             .await
@@ -498,15 +528,14 @@ impl PostgresSink {
     async fn ready(&mut self) -> Result<()> {
         self.migrate().await?;
         let mut client = self.client().await?;
-        let upkeep = upkeep_of(
-            &self.changes,
-            self.layout,
-            self.retention.clone(),
-            &mut client,
-        )
+        let found = async {
+            let retention = self.retention.clone();
+            let upkeep = upkeep_of(&self.changes, self.layout, retention, &mut client).await?;
+            Ok((upkeep, copy_fits(&client, &self.changes).await?))
+        }
         .await;
-        let upkeep = discard_if_failed(&self.pool, client, upkeep)?;
-        self.build_sql(upkeep.is_some());
+        let (upkeep, copy) = discard_if_failed(&self.pool, client, found)?;
+        self.build_sql(upkeep.is_some(), copy);
         self.upkeep = upkeep;
         self.cleaner = Some(PendingListCleaner::spawn(
             self.pool.clone(),
@@ -522,13 +551,27 @@ impl PostgresSink {
         }
     }
 
+    /// Whether `changes` go in by `COPY`: enough of them, none stored yet (see
+    /// [`copy_after`](Self::copy_after); changes come in commit order), and no `COPY` refused.
+    fn copy_fits(&self, changes: &[Change]) -> bool {
+        self.statements.copy.is_some()
+            && changes.len() >= COPY_MIN_CHANGES
+            && !self.copy_refused.load(Ordering::Relaxed)
+            && self.copy_after.is_some_and(|after| {
+                changes
+                    .first()
+                    .is_some_and(|first| first.commit_lsn.to_int8() > after)
+            })
+    }
+
     /// Readies the insert of `changes` (and of the position they complete, when given) on a
-    /// connection of its own, the partitions its rows need created.
+    /// connection of its own, the partitions its rows need created; by `COPY` when `copy`.
     async fn insert(
         &mut self,
         system_id: i64,
         changes: &[Change],
         progress: Option<(String, String, i64)>,
+        copy: bool,
     ) -> Result<Insert> {
         let ids = match self.row_ids {
             RowIds::TimeOrdered => Some(changes.iter().map(|_| self.ids.next_id()).collect()),
@@ -549,6 +592,7 @@ impl PostgresSink {
             system_id,
             ids,
             progress,
+            copy: copy.then(|| Arc::clone(&self.copy_refused)),
         })
     }
 }
@@ -562,13 +606,15 @@ struct Insert {
     /// The rows' ids, when the sink makes them (see [`RowIds`]).
     ids: Option<Vec<RowId>>,
     progress: Option<(String, String, i64)>,
+    /// Set when the rows go by `COPY`: the sink's flag to raise if the table held one of them.
+    copy: Option<Arc<AtomicBool>>,
 }
 
 impl Insert {
     /// Inserts `changes` and records the position. When the batch before (`after`) is still
-    /// being stored, the rows go in a transaction that commits, with the position, only once
-    /// that batch committed; otherwise one statement does it all. Fails, storing nothing, when
-    /// the batch before failed.
+    /// being stored, or the rows go by `COPY`, they go in a transaction that commits, with the
+    /// position, only once that batch committed; otherwise one statement does it all. Fails,
+    /// storing nothing, when the batch before failed.
     async fn run(self, changes: &[Change], after: Option<oneshot::Receiver<bool>>) -> Result<()> {
         let Insert {
             pool,
@@ -577,69 +623,53 @@ impl Insert {
             system_id,
             ids,
             progress,
+            copy,
         } = self;
         let after = match after.map(|mut last| (last.try_recv(), last)) {
             None | Some((Ok(true), _)) => None,
             Some((Err(oneshot::error::TryRecvError::Empty), last)) => Some(last),
             Some(_) => return Err(earlier_batch_failed()),
         };
-        let columns = Columns::new(changes)?;
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &columns.primary_key,
-            &columns.before,
-            &columns.after,
-            &columns.context_index,
-            &columns.database,
-            &columns.schema,
-            &columns.table,
-            &columns.operation,
-            &columns.committed_at,
-            &columns.queued_at,
-            &columns.transaction_id,
-            &columns.position,
-            &columns.commit_lsn,
-            &columns.ordinal,
-            &system_id,
-            &columns.contexts,
-        ];
-        if let Some(ids) = &ids {
-            params.push(ids);
-        }
-        let written = async {
-            match (after, &progress) {
-                (None, Some((database, slot, lsn))) => {
-                    params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
-                    let statement = client
-                        .prepare_cached(&statements.insert_with_progress)
+        let commit = Commit {
+            client: &client,
+            statements: &statements,
+            system_id,
+            progress: progress.as_ref(),
+        };
+        let written = match (&copy, &statements.copy) {
+            (Some(_), Some(copy)) => {
+                async {
+                    client
+                        .batch_execute(&format!("BEGIN; SELECT FROM {DURABLE_COMMIT}"))
                         .await?;
-                    client.execute(&statement, &params).await?;
+                    let statement = client.prepare_cached(copy).await?;
+                    copy_rows(&client, &statement, changes, system_id, ids.as_deref()).await?;
+                    commit.after(after).await
                 }
-                (None, None) => {
-                    let statement = client.prepare_cached(&statements.insert).await?;
-                    client.execute(&statement, &params).await?;
-                }
-                (Some(last), progress) => {
-                    client.batch_execute("BEGIN").await?;
-                    let statement = client.prepare_cached(&statements.insert).await?;
-                    client.execute(&statement, &params).await?;
-                    if !last.await.unwrap_or(false) {
-                        return Err(earlier_batch_failed());
-                    }
-                    if let Some((database, slot, lsn)) = progress {
-                        let statement = client.prepare_cached(&statements.progress).await?;
-                        client
-                            .execute(&statement, &[&system_id, database, slot, lsn])
-                            .await?;
-                    }
-                    client.batch_execute("COMMIT").await?;
-                }
+                .await
             }
-            Ok(())
-        }
-        .await;
+            _ => commit.insert(changes, ids.as_deref(), after).await,
+        };
         discard_if_failed(&pool, client, written).map_err(|e| match e.kind() {
             ErrorKind::Connect => e,
             _ if e.message() == EARLIER_BATCH_FAILED => e,
+            _ if e.code() == Some(UNIQUE_VIOLATION) && copy.is_some() => {
+                if let Some(refused) = &copy {
+                    refused.store(true, Ordering::Relaxed);
+                }
+                tracing::warn!(
+                    "a batch copied into the changes table met a change the table holds \
+                     (does another writer store this source too?): it is stored again, and \
+                     every batch goes in through INSERT … ON CONFLICT from now on"
+                );
+                Error::new(
+                    ErrorKind::Sink,
+                    format!("a copied change was stored already: {}", e.message()),
+                )
+                .with_code(UNIQUE_VIOLATION)
+                .with_transient(true)
+                .with_source(e)
+            }
             _ if layout_changed(&e) => Error::new(
                 ErrorKind::Sink,
                 format!(
@@ -658,6 +688,95 @@ impl Insert {
             .with_code(e.code().unwrap_or_default().to_owned())
             .with_source(e),
         })
+    }
+}
+
+/// The SQLSTATE of a duplicate key.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// How a batch's transaction ends, on its connection.
+struct Commit<'a> {
+    client: &'a deadpool_postgres::Object,
+    statements: &'a Statements,
+    system_id: i64,
+    progress: Option<&'a (String, String, i64)>,
+}
+
+impl Commit<'_> {
+    /// Inserts `changes` through `UNNEST` with `ON CONFLICT … DO NOTHING`: in one statement
+    /// with the position when no batch before is being stored (`after`), else in a transaction
+    /// that commits after it.
+    async fn insert(
+        &self,
+        changes: &[Change],
+        ids: Option<&[RowId]>,
+        after: Option<oneshot::Receiver<bool>>,
+    ) -> Result<()> {
+        let client = self.client;
+        let columns = Columns::new(changes)?;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &columns.primary_key,
+            &columns.before,
+            &columns.after,
+            &columns.context_index,
+            &columns.database,
+            &columns.schema,
+            &columns.table,
+            &columns.operation,
+            &columns.committed_at,
+            &columns.queued_at,
+            &columns.transaction_id,
+            &columns.position,
+            &columns.commit_lsn,
+            &columns.ordinal,
+            &self.system_id,
+            &columns.contexts,
+        ];
+        if let Some(ids) = &ids {
+            params.push(ids);
+        }
+        match (after, self.progress) {
+            (None, Some((database, slot, lsn))) => {
+                params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
+                let statement = client
+                    .prepare_cached(&self.statements.insert_with_progress)
+                    .await?;
+                client.execute(&statement, &params).await?;
+                Ok(())
+            }
+            (None, None) => {
+                let statement = client.prepare_cached(&self.statements.insert).await?;
+                client.execute(&statement, &params).await?;
+                Ok(())
+            }
+            (after, _) => {
+                client.batch_execute("BEGIN").await?;
+                let statement = client.prepare_cached(&self.statements.insert).await?;
+                client.execute(&statement, &params).await?;
+                self.after(after).await
+            }
+        }
+    }
+
+    /// Waits for the batch before (`after`) to commit, then records the position and commits
+    /// the transaction begun on the connection; fails, rolling back, when that batch failed.
+    async fn after(&self, after: Option<oneshot::Receiver<bool>>) -> Result<()> {
+        if let Some(last) = after {
+            if !last.await.unwrap_or(false) {
+                return Err(earlier_batch_failed());
+            }
+        }
+        if let Some((database, slot, lsn)) = self.progress {
+            let statement = self
+                .client
+                .prepare_cached(&self.statements.progress)
+                .await?;
+            self.client
+                .execute(&statement, &[&self.system_id, database, slot, lsn])
+                .await?;
+        }
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
     }
 }
 
@@ -727,106 +846,4 @@ async fn upkeep_of(
 /// running tracker), or it is gone.
 fn layout_changed(error: &Error) -> bool {
     matches!(error.code(), Some("42P10" | "42P01"))
-}
-
-/// The batch as one array per column, for `UNNEST`.
-struct Columns<'a> {
-    primary_key: Vec<Option<&'a str>>,
-    before: Vec<Jsonb<'a>>,
-    after: Vec<Jsonb<'a>>,
-    /// Each change's context, as a 1-based index into `contexts`.
-    context_index: Vec<i32>,
-    /// The distinct contexts of the batch, each once (a transaction's context is shared by
-    /// all its rows, and may be large).
-    contexts: Vec<Jsonb<'a>>,
-    database: Vec<&'a str>,
-    schema: Vec<&'a str>,
-    table: Vec<&'a str>,
-    operation: Vec<&'static str>,
-    committed_at: Vec<chrono::DateTime<chrono::Utc>>,
-    queued_at: Vec<chrono::DateTime<chrono::Utc>>,
-    transaction_id: Vec<i64>,
-    position: Vec<i64>,
-    commit_lsn: Vec<i64>,
-    ordinal: Vec<i32>,
-}
-
-impl<'a> Columns<'a> {
-    fn new(changes: &'a [Change]) -> Result<Self> {
-        let n = changes.len();
-        let mut c = Columns {
-            primary_key: Vec::with_capacity(n),
-            before: Vec::with_capacity(n),
-            after: Vec::with_capacity(n),
-            context_index: Vec::with_capacity(n),
-            contexts: Vec::new(),
-            database: Vec::with_capacity(n),
-            schema: Vec::with_capacity(n),
-            table: Vec::with_capacity(n),
-            operation: Vec::with_capacity(n),
-            committed_at: Vec::with_capacity(n),
-            queued_at: Vec::with_capacity(n),
-            transaction_id: Vec::with_capacity(n),
-            position: Vec::with_capacity(n),
-            commit_lsn: Vec::with_capacity(n),
-            ordinal: Vec::with_capacity(n),
-        };
-        let mut last_context = None;
-        for change in changes {
-            if last_context != Some(&change.context) {
-                c.contexts.push(Jsonb(change.context.as_str()));
-                last_context = Some(&change.context);
-            }
-            c.context_index.push(c.contexts.len() as i32);
-            c.primary_key.push(change.primary_key.as_deref().map(|key| {
-                match key.char_indices().nth(PRIMARY_KEY_CHARS) {
-                    Some((cut, _)) => {
-                        tracing::warn!(table = %change.table, "a primary key longer than 255 characters was cut to fit the primary_key column");
-                        &key[..cut]
-                    }
-                    None => key,
-                }
-            }));
-            c.before.push(Jsonb(change.before.as_json()));
-            c.after.push(Jsonb(change.after.as_json()));
-            c.database.push(&change.database);
-            c.schema.push(&change.schema);
-            c.table.push(&change.table);
-            c.operation.push(change.operation.as_str());
-            c.committed_at.push(change.committed_at);
-            c.queued_at.push(change.queued_at);
-            c.transaction_id.push(i64::from(change.transaction_id));
-            c.position.push(change.position.to_int8());
-            c.commit_lsn.push(change.commit_lsn.to_int8());
-            c.ordinal.push(i32::try_from(change.ordinal).map_err(|_| {
-                Error::new(
-                    ErrorKind::Sink,
-                    "a transaction has more than 2^31 changes, more than the ordinal column holds",
-                )
-            })?);
-        }
-        Ok(c)
-    }
-}
-
-/// JSON text sent as `jsonb` without re-encoding (binary format: version 1, then the text).
-#[derive(Debug)]
-struct Jsonb<'a>(&'a str);
-
-impl ToSql for Jsonb<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_u8(1);
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
 }
