@@ -9,7 +9,9 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Batch, ChangeSink, SinkStart, SourceInfo};
+use tokio::sync::oneshot;
+
+use super::{Batch, ChangeSink, Pending, SinkStart, SourceInfo};
 use crate::change::Change;
 use crate::error::{Error, ErrorKind, Result};
 use crate::Lsn;
@@ -194,7 +196,9 @@ struct StreamSettings {
 /// reports it from [`open`](ChangeSink::open), so a restarted tracker resumes right after what
 /// the stream holds. Messages between that position and a crash are published again: dropped
 /// by the duplicate window if it has not passed, otherwise stored twice with the same key and
-/// sequence, which consumers drop (`bemi store` by the `changes` table's unique key).
+/// sequence, which consumers drop (`bemi store` by the `changes` table's unique key). The sink
+/// pipelines ([`submit`](ChangeSink::submit)): the next batch is published while JetStream
+/// acknowledges one, and positions are stored in order, none after a batch that failed.
 ///
 /// **The stream.** When missing, it is created with file storage, the subjects `<prefix>.>`,
 /// limits retention with no limit unless [`max_age`](Self::max_age) sets one (consumers that
@@ -223,6 +227,9 @@ pub struct NatsSink {
     stream: StreamSettings,
     connection: Option<Connection>,
     source: Option<Source>,
+    /// Whether the batch submitted last became durable (`true`) or failed: the next records
+    /// its position only after it.
+    last_done: Option<oneshot::Receiver<bool>>,
 }
 
 /// An open connection to JetStream.
@@ -274,6 +281,7 @@ impl NatsSink {
             },
             connection: None,
             source: None,
+            last_done: None,
         }
     }
 
@@ -382,14 +390,11 @@ impl NatsSink {
             .map_err(|e| nats_error(format!("could not create the stream {name}"), e))
     }
 
-    /// Publishes `changes` and waits for every acknowledgement.
-    async fn publish(&mut self, changes: &[Change]) -> Result<()> {
+    /// Publishes `changes`, returning what completes once JetStream acknowledged every one.
+    async fn publish(&mut self, changes: &[Change]) -> Result<Acknowledgements> {
         let subjects: Vec<String> = changes.iter().map(|c| self.subject_of(c)).collect();
         let (Some(connection), Some(source)) = (&self.connection, &mut self.source) else {
-            return Err(Error::new(
-                ErrorKind::Sink,
-                "NatsSink::write was called before open",
-            ));
+            return Err(not_open());
         };
         let mut acks = Vec::with_capacity(changes.len());
         for (change, subject) in changes.iter().zip(subjects) {
@@ -420,35 +425,17 @@ impl NatsSink {
                 .map_err(|e| publish_error(&subject, e))?;
             acks.push((subject, ack));
         }
-        let mut duplicates = 0_usize;
-        for (subject, ack) in acks {
-            let ack = ack.await.map_err(|e| publish_error(&subject, e))?;
-            if ack.stream != self.stream.name {
-                return Err(Error::config(format!(
-                    "{subject} was stored by the stream {}, not {}; its subjects overlap ours",
-                    ack.stream, self.stream.name
-                )));
-            }
-            duplicates += usize::from(ack.duplicate);
-        }
-        if duplicates > 0 {
-            tracing::info!(
-                duplicates,
-                published = changes.len(),
-                "the stream already held some of these changes (published again after a \
-                 restart); it kept one copy of each"
-            );
-        }
-        Ok(())
+        Ok(Acknowledgements {
+            acks,
+            stream: self.stream.name.clone(),
+        })
     }
 
-    /// Stores `lsn` as the source's durable position, with the sequence reached there.
-    async fn store_progress(&mut self, lsn: Lsn) -> Result<()> {
+    /// The source's durable position once every transaction committed at or before `lsn` is
+    /// stored, with the sequence reached there: what to publish to the progress stream then.
+    fn progress_at(&mut self, lsn: Lsn) -> Result<ProgressUpdate> {
         let (Some(connection), Some(source)) = (&self.connection, &mut self.source) else {
-            return Err(Error::new(
-                ErrorKind::Sink,
-                "NatsSink::write was called before open",
-            ));
+            return Err(not_open());
         };
         // Transactions committed at or before `lsn` are complete; a later one may be under way.
         while let Some(&(commit, last)) = source.open.front() {
@@ -462,22 +449,79 @@ impl NatsSink {
         let value = serde_json::to_vec(&Progress { lsn, sequence }).map_err(|e| {
             Error::new(ErrorKind::Sink, "could not serialize the position").with_source(e)
         })?;
-        let ack = connection
-            .jetstream
-            .publish(source.progress_subject.clone(), value.into())
-            .await
-            .map_err(|e| nats_error("could not store the durable position in NATS", e))?;
-        ack.await
-            .map_err(|e| nats_error("could not store the durable position in NATS", e))?;
+        Ok(ProgressUpdate {
+            jetstream: connection.jetstream.clone(),
+            subject: source.progress_subject.clone(),
+            value,
+        })
+    }
+}
+
+/// The acknowledgements a published batch waits for.
+struct Acknowledgements {
+    acks: Vec<(String, jetstream::context::PublishAckFuture)>,
+    stream: String,
+}
+
+impl Acknowledgements {
+    /// Waits for every acknowledgement; fails when one did not come or came from another
+    /// stream.
+    async fn received(self) -> Result<()> {
+        let published = self.acks.len();
+        let mut duplicates = 0_usize;
+        for (subject, ack) in self.acks {
+            let ack = ack.await.map_err(|e| publish_error(&subject, e))?;
+            if ack.stream != self.stream {
+                return Err(Error::config(format!(
+                    "{subject} was stored by the stream {}, not {}; its subjects overlap ours",
+                    ack.stream, self.stream
+                )));
+            }
+            duplicates += usize::from(ack.duplicate);
+        }
+        if duplicates > 0 {
+            tracing::info!(
+                duplicates,
+                published,
+                "the stream already held some of these changes (published again after a \
+                 restart); it kept one copy of each"
+            );
+        }
         Ok(())
     }
+}
+
+/// A durable position to store in the progress stream.
+struct ProgressUpdate {
+    jetstream: jetstream::Context,
+    subject: String,
+    value: Vec<u8>,
+}
+
+impl ProgressUpdate {
+    async fn store(self) -> Result<()> {
+        let failed = |e| nats_error("could not store the durable position in NATS", e);
+        let ack = self
+            .jetstream
+            .publish(self.subject, self.value.into())
+            .await
+            .map_err(failed)?;
+        ack.await.map_err(failed)?;
+        Ok(())
+    }
+}
+
+fn not_open() -> Error {
+    Error::new(ErrorKind::Sink, "NatsSink::write was called before open")
 }
 
 #[async_trait]
 impl ChangeSink for NatsSink {
     async fn open(&mut self, source: &SourceInfo) -> Result<SinkStart> {
-        // A new session starts on a new connection: the old one may be what failed.
+        // A new session starts on a new connection: the old one may be what failed. Its
+        // batches in flight were abandoned with it.
         self.connection = None;
+        self.last_done = None;
         let client = self.options.connect().await?;
         let jetstream = jetstream::new(client);
         self.ensure_stream(&jetstream).await?;
@@ -528,11 +572,43 @@ impl ChangeSink for NatsSink {
     }
 
     async fn write(&mut self, batch: Batch) -> Result<()> {
-        self.publish(&batch.changes).await?;
-        if let Some(lsn) = batch.durable_through {
-            self.store_progress(lsn).await?;
-        }
-        Ok(())
+        self.submit(batch).await?.await
+    }
+
+    /// Publishes the batch and returns: the next batch is published while JetStream
+    /// acknowledges this one. A batch's position is stored once all its messages are
+    /// acknowledged and the batch before it is durable, so positions are stored in order and
+    /// none after a failed batch.
+    async fn submit(&mut self, batch: Batch) -> Result<Pending> {
+        let acks = self.publish(&batch.changes).await?;
+        let progress = batch
+            .durable_through
+            .map(|lsn| self.progress_at(lsn))
+            .transpose()?;
+        let (done, next) = oneshot::channel();
+        let before = self.last_done.replace(next);
+        Ok(Box::pin(async move {
+            let result = async {
+                acks.received().await?;
+                if let Some(before) = before {
+                    if !before.await.unwrap_or(false) {
+                        return Err(Error::new(
+                            ErrorKind::Sink,
+                            "a batch submitted before this one failed, so this one's position \
+                             was not stored (it is published again)",
+                        )
+                        .with_transient(true));
+                    }
+                }
+                match progress {
+                    Some(progress) => progress.store().await,
+                    None => Ok(()),
+                }
+            }
+            .await;
+            let _ = done.send(result.is_ok());
+            result
+        }))
     }
 }
 
