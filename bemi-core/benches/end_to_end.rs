@@ -29,6 +29,11 @@
 //!    interval. Each round's consumers stream from slots made at its start, so none starts with
 //!    a backlog.
 //!
+//! `BEMI_BENCH_BATCH_SIZE` and `BEMI_BENCH_CONCURRENT_WRITES` set the tracker's
+//! [`batch_size`](bemi_core::TrackerBuilder::batch_size) and
+//! [`concurrent_writes`](bemi_core::TrackerBuilder::concurrent_writes) (defaults 1,000 and 2, the
+//! tracker's own).
+//!
 //! `BEMI_BENCH_GIN_OPTIONS` (say `fastupdate = off`, or `gin_pending_list_limit = 256`) is set
 //! on every GIN index of the table (`ALTER INDEX … SET (…)`) before the tracker starts, to
 //! compare with the table as the sink creates it.
@@ -45,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use bemi_core::setup::SourceSetup;
 use bemi_core::sink::{ChangeSink, PostgresSink, SourceInfo};
-use bemi_core::{ConnectOptions, Tracker};
+use bemi_core::{ConnectOptions, Tracker, TrackerBuilder};
 use bemi_temp_postgres::TempPostgres;
 use bemi_testkit::cpu::{self, CpuMeter};
 use bemi_testkit::drain::{self, rate};
@@ -67,6 +72,8 @@ struct Options {
     tps_seconds: f64,
     tps_rounds: u64,
     gin_options: Option<String>,
+    batch_size: usize,
+    concurrent_writes: usize,
 }
 
 impl Options {
@@ -95,7 +102,25 @@ impl Options {
             tps_seconds: number("BEMI_BENCH_TPS_SECONDS", tps_seconds),
             tps_rounds: (number("BEMI_BENCH_TPS_ROUNDS", 3.0) as u64).max(1),
             gin_options: std::env::var("BEMI_BENCH_GIN_OPTIONS").ok(),
+            batch_size: number("BEMI_BENCH_BATCH_SIZE", 1_000.0) as usize,
+            concurrent_writes: number("BEMI_BENCH_CONCURRENT_WRITES", 2.0) as usize,
         }
+    }
+}
+
+impl Options {
+    /// The tracker of every measurement, on `slot` of the publication `bench`.
+    fn tracker(
+        &self,
+        source: &ConnectOptions,
+        sink: PostgresSink,
+        slot: &str,
+    ) -> TrackerBuilder<PostgresSink> {
+        Tracker::builder(source.clone(), sink)
+            .slot(slot)
+            .publication("bench")
+            .batch_size(self.batch_size)
+            .concurrent_writes(self.concurrent_writes)
     }
 }
 
@@ -169,7 +194,8 @@ async fn run(options: Options) {
             .expect("drop the reference slot");
         let sink = PostgresSink::connect(&destination).expect("sink");
         let meter = CpuMeter::start(postmaster);
-        let tracked = drain::tracker(&source, "tracker", "bench", sink, options.backlog).await;
+        let tracker = options.tracker(&source, sink, "tracker");
+        let tracked = drain::tracked(tracker, options.backlog).await;
         let tracked_cpu = meter.stop();
         let (recvlogical_rate, tracked_rate) = (
             rate(options.backlog, recvlogical),
@@ -203,10 +229,7 @@ async fn run(options: Options) {
 
     // 3. Latency at a steady rate.
     let sink = PostgresSink::connect(&destination).expect("sink");
-    let tracker = Tracker::builder(source.clone(), sink)
-        .slot("tracker")
-        .publication("bench")
-        .spawn();
+    let tracker = options.tracker(&source, sink, "tracker").spawn();
     tracker.sync().await.expect("caught up");
     let began = Instant::now();
     let deadline = began + Duration::from_secs_f64(options.seconds);
@@ -284,7 +307,7 @@ async fn large_transaction(
         .expect("drop the reference slot");
     let sink = PostgresSink::connect(destination).expect("sink");
     let meter = CpuMeter::start(postmaster);
-    let tracked = drain::tracker(source, "tracker", "bench", sink, rows).await;
+    let tracked = drain::tracked(options.tracker(source, sink, "tracker"), rows).await;
     let tracked_cpu = meter.stop();
     // Before the reference below holds the copied rows in memory.
     let peak_rss = drain::peak_rss_kib() as f64 / 1024.0;
@@ -382,10 +405,7 @@ async fn application_throughput(
                 .then(|| drain::pg_recvlogical_live(pg, "postgres", &slot, "bench"));
             let tracker = (consumer == Consumer::Tracker).then(|| {
                 let sink = PostgresSink::connect(destination).expect("sink");
-                Tracker::builder(source.clone(), sink)
-                    .slot(&slot)
-                    .publication("bench")
-                    .spawn()
+                options.tracker(source, sink, &slot).spawn()
             });
             if let Some(tracker) = &tracker {
                 tracker.sync().await.expect("the tracker streams");

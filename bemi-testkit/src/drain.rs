@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bemi_core::sink::ChangeSink;
-use bemi_core::{ConnectOptions, Tracker};
+use bemi_core::{ConnectOptions, Tracker, TrackerBuilder};
 use bemi_temp_postgres::TempPostgres;
 
 /// The server's current end of WAL (`pg_current_wal_lsn()`), as text for `pg_recvlogical -E`.
@@ -59,11 +59,20 @@ pub async fn tracker(
     sink: impl ChangeSink,
     changes: u64,
 ) -> Duration {
-    let started = Instant::now();
-    let tracker = Tracker::builder(source.clone(), sink)
+    let builder = Tracker::builder(source.clone(), sink)
         .slot(slot)
-        .publication(publication)
-        .spawn();
+        .publication(publication);
+    tracked(builder, changes).await
+}
+
+/// Like [`tracker`], for a tracker built with settings of its own.
+///
+/// # Panics
+///
+/// When the tracker stops with an error first, or does not stop cleanly.
+pub async fn tracked(builder: TrackerBuilder<impl ChangeSink>, changes: u64) -> Duration {
+    let started = Instant::now();
+    let tracker = builder.spawn();
     let progress = tracker
         .wait_for(|p| p.changes >= changes || p.last_error.is_some())
         .await;
