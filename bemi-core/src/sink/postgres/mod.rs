@@ -106,7 +106,7 @@ pub struct PostgresSink {
     statements: Arc<Statements>,
     /// Changes of transactions that committed after this position (the stored position or the
     /// newest stored `commit_lsn` of the source, whichever is later) can go in by `COPY`:
-    /// none of them is stored. `None` before `open`.
+    /// none of them is stored. `None` before `open`, or when it could not be found in time.
     copy_after: Option<i64>,
     /// Set when a `COPY` met a key the table held: every batch goes in through `INSERT`.
     copy_refused: Arc<AtomicBool>,
@@ -141,6 +141,9 @@ const POOL_SIZE: usize = 4;
 
 /// How long [`open`](ChangeSink::open) waits for the batches of a session that ended.
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// How long [`PostgresSink::copy_horizon`] looks for the newest change stored from a source.
+const HORIZON_LOOKUP_TIMEOUT: &str = "2s";
 
 /// How long a table upgrade waits for its lock before it lets readers through and tries again.
 const UPGRADE_LOCK_TIMEOUT: &str = "5s";
@@ -361,9 +364,8 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Adopts a progress row of an older version, then reads the stored position of `source`,
-    /// where the destination is (system id, database) and the newest `commit_lsn` stored
-    /// from the source.
+    /// Adopts a progress row of an older version, then reads the stored position of `source`
+    /// and where the destination is (system id, database).
     async fn stored_position(
         &self,
         client: &deadpool_postgres::Object,
@@ -397,13 +399,53 @@ impl PostgresSink {
                     "SELECT (SELECT lsn FROM {progress} \
                                  WHERE system_id = $1 AND database = $2 AND slot = $3), \
                                 (SELECT system_identifier FROM pg_control_system()), \
-                                current_database()::text, \
-                                (SELECT max(commit_lsn) FROM {changes} WHERE system_id = $1)",
-                    changes = self.changes.qualified(),
+                                current_database()::text",
                 ),
                 &[&system_id, &source.database, &source.slot],
             )
             .await?)
+    }
+
+    /// Where batches may start going in by `COPY`: after the stored position and the newest
+    /// `commit_lsn` stored from the source (rows of a transaction stored in part lie past the
+    /// position). A table shared with other sources may need a long index scan to tell; when
+    /// it takes longer than [`HORIZON_LOOKUP_TIMEOUT`], this session stores through `INSERT`
+    /// only (`None`).
+    async fn copy_horizon(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        system_id: i64,
+        durable: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = '{HORIZON_LOOKUP_TIMEOUT}'"
+        ))
+        .await?;
+        let newest = tx
+            .query_one(
+                &format!(
+                    "SELECT max(commit_lsn) FROM {} WHERE system_id = $1 AND commit_lsn > $2",
+                    self.changes.qualified()
+                ),
+                &[&system_id, &durable.unwrap_or(i64::MIN)],
+            )
+            .await;
+        match newest {
+            Ok(row) => {
+                tx.commit().await?;
+                Ok(Some(durable.max(row.get(0)).unwrap_or(0)))
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                tracing::info!(
+                    table = %self.changes.qualified(),
+                    "finding the newest change stored from this source took longer than \
+                     {HORIZON_LOOKUP_TIMEOUT}; this session stores through INSERT only"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -440,8 +482,9 @@ impl ChangeSink for PostgresSink {
         let durable: Option<i64> = row.get(0);
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
-        let newest_stored: Option<i64> = row.get(3);
-        self.copy_after = Some(durable.max(newest_stored).unwrap_or(0));
+        let mut client = self.client().await?;
+        let horizon = self.copy_horizon(&mut client, system_id, durable).await;
+        self.copy_after = discard_if_failed(&self.pool, client, horizon)?;
         let mut start = SinkStart::at(durable.map(Lsn::from_int8));
         if destination_system == system_id && destination_database == source.database {
             let schema = self.changes.schema().to_owned();
