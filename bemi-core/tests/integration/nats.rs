@@ -152,3 +152,90 @@ async fn changes_reach_the_stream_once_with_their_key_context_and_sequence() {
     again.write(Batch::new(replay, None)).await.unwrap();
     read_stream(&nats, 61).await;
 }
+
+/// A change committed at `commit` whose row carries `bytes` bytes of text.
+fn change_of(commit: u64, bytes: usize) -> bemi_core::Change {
+    let mut change = serde_json::to_value(bemi_core::Change::gap(
+        "app",
+        bemi_core::Lsn(commit),
+        bemi_core::Lsn(commit),
+        "test",
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    change["operation"] = "CREATE".into();
+    change["schema"] = "public".into();
+    change["table"] = "items".into();
+    change["ordinal"] = 0.into();
+    change["after"] = serde_json::json!({"id": commit, "text": "x".repeat(bytes)});
+    serde_json::from_value(change).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_record_positions_in_order_and_none_after_a_refused_one() {
+    let nats = NatsServer::start();
+    // A stream that refuses messages over 4 KiB, made before the sink checks it.
+    let js = jetstream::new(NatsOptions::new(nats.url()).connect().await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: "BEMI".to_owned(),
+        subjects: vec!["bemi.>".to_owned()],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_message_size: 4096,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let source = SourceInfo::new("7", "app", "slot");
+    let mut sink = NatsSink::new(NatsOptions::new(nats.url()));
+    assert_eq!(sink.open(&source).await.unwrap().durable, None);
+
+    // Two batches in flight, both stored: the position of the later one is kept.
+    let first = sink
+        .submit(Batch::new(
+            vec![change_of(10, 10)],
+            Some(bemi_core::Lsn(10)),
+        ))
+        .await
+        .unwrap();
+    let second = sink
+        .submit(Batch::new(
+            vec![change_of(20, 10)],
+            Some(bemi_core::Lsn(20)),
+        ))
+        .await
+        .unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+
+    // The stream refuses the first of the next two batches: the second is published but its
+    // position is not stored.
+    let refused = sink
+        .submit(Batch::new(
+            vec![change_of(30, 10_000)],
+            Some(bemi_core::Lsn(30)),
+        ))
+        .await
+        .unwrap();
+    let after = sink
+        .submit(Batch::new(
+            vec![change_of(40, 10)],
+            Some(bemi_core::Lsn(40)),
+        ))
+        .await
+        .unwrap();
+    let error = refused.await.unwrap_err();
+    assert!(error.to_string().contains("could not publish"), "{error}");
+    let error = after.await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(
+        error.to_string().contains("before this one failed"),
+        "{error}"
+    );
+
+    let mut again = NatsSink::new(NatsOptions::new(nats.url()));
+    assert_eq!(
+        again.open(&source).await.unwrap().durable,
+        Some(bemi_core::Lsn(20))
+    );
+}
