@@ -153,7 +153,13 @@ async fn changes_reach_the_stream_once_with_their_key_context_and_sequence() {
     read_stream(&nats, 61).await;
 }
 
-/// A change committed at `commit` whose row carries `bytes` bytes of text.
+/// Submits a batch of one change committed at `commit` whose row carries `bytes` bytes of
+/// text, with its position.
+async fn submit(sink: &mut NatsSink, commit: u64, bytes: usize) -> bemi_core::sink::Pending {
+    let batch = Batch::new(vec![change_of(commit, bytes)], Some(bemi_core::Lsn(commit)));
+    sink.submit(batch).await.unwrap()
+}
+
 fn change_of(commit: u64, bytes: usize) -> bemi_core::Change {
     let mut change = serde_json::to_value(bemi_core::Change::gap(
         "app",
@@ -191,39 +197,15 @@ async fn batches_in_flight_record_positions_in_order_and_none_after_a_refused_on
     assert_eq!(sink.open(&source).await.unwrap().durable, None);
 
     // Two batches in flight, both stored: the position of the later one is kept.
-    let first = sink
-        .submit(Batch::new(
-            vec![change_of(10, 10)],
-            Some(bemi_core::Lsn(10)),
-        ))
-        .await
-        .unwrap();
-    let second = sink
-        .submit(Batch::new(
-            vec![change_of(20, 10)],
-            Some(bemi_core::Lsn(20)),
-        ))
-        .await
-        .unwrap();
+    let first = submit(&mut sink, 10, 10).await;
+    let second = submit(&mut sink, 20, 10).await;
     first.await.unwrap();
     second.await.unwrap();
 
     // The stream refuses the first of the next two batches: the second is published but its
     // position is not stored.
-    let refused = sink
-        .submit(Batch::new(
-            vec![change_of(30, 10_000)],
-            Some(bemi_core::Lsn(30)),
-        ))
-        .await
-        .unwrap();
-    let after = sink
-        .submit(Batch::new(
-            vec![change_of(40, 10)],
-            Some(bemi_core::Lsn(40)),
-        ))
-        .await
-        .unwrap();
+    let refused = submit(&mut sink, 30, 10_000).await;
+    let after = submit(&mut sink, 40, 10).await;
     let error = refused.await.unwrap_err();
     assert!(error.to_string().contains("could not publish"), "{error}");
     let error = after.await.unwrap_err();
