@@ -108,6 +108,16 @@ impl<K: KeyLookup> RowDecoder<K> {
                     false => RelationRules::compile(&self.rules, &info),
                 };
                 rules.tracked &= !ignored;
+                if rules.tracked && info.primary_key.is_empty() {
+                    tracing::warn!(
+                        table = %format_args!("{}.{}", info.schema, info.table),
+                        looked_up = ?primary_key,
+                        full_identity = info.full_identity,
+                        commit_lsn = %self.commit_lsn,
+                        "no primary key is known for this table as of this transaction: its \
+                         changes are stored with primary_key NULL"
+                    );
+                }
                 let table = Table {
                     info: Arc::new(info),
                     rules,

@@ -393,6 +393,12 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     if passed && !args.keep_logs {
         logs.close()?;
     } else {
+        if !passed {
+            println!("the workers' warnings and errors (each once):");
+            for line in worker::warnings(logs.path(), 40) {
+                println!("  {line}");
+            }
+        }
         println!("worker logs kept in {}", logs.keep().display());
     }
     Ok(passed)

@@ -274,6 +274,25 @@ impl Drop for Worker {
     }
 }
 
+/// The distinct warnings and errors in the workers' logs under `dir` (compared without their
+/// time), at most `n`, oldest worker first: what to read first when a run fails.
+pub(crate) fn warnings(dir: &Path, n: usize) -> Vec<String> {
+    let mut logs: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    logs.sort();
+    let mut seen = std::collections::HashSet::new();
+    logs.iter()
+        .flat_map(|log| tail(log, usize::MAX))
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .filter(|line| seen.insert(line.split_once(' ').map_or("", |(_, rest)| rest).to_owned()))
+        .take(n)
+        .collect()
+}
+
 /// The last `n` lines of a log, without terminal escapes, each cut to 400 characters.
 fn tail(path: &Path, n: usize) -> Vec<String> {
     let text = fs::read_to_string(path).unwrap_or_default();
