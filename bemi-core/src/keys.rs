@@ -6,9 +6,15 @@
 //! ([`KEY_HISTORY`](crate::setup::KEY_HISTORY)), so a table dropped or re-keyed while the
 //! tracker lagged keeps the key of each change's time; then, for tables the history does not
 //! know yet (no setup trigger, or changes older than its first record), the live catalog
-//! (`pg_index`). Tests and benchmarks decode without a server through a closure.
+//! (`pg_index`). A table that neither shows yet, created by the very transaction being
+//! decoded, is looked up again for a moment: the server streams a transaction as soon as its
+//! commit is flushed, which can be before other sessions see it. Tests and benchmarks decode
+//! without a server through a closure.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
@@ -103,22 +109,54 @@ impl CatalogKeys {
         }
     }
 
-    /// The primary key's column names in key order, from the live catalog.
-    async fn current(&self, relation: Oid) -> Result<Vec<String>> {
+    /// The primary key's column names in key order, from the live catalog; `None` when the
+    /// catalog has no such table.
+    async fn current(&self, relation: Oid) -> Result<Option<Vec<String>>> {
         let row = self
             .client
-            .query_one(&crate::setup::key_columns_sql("$1"), &[&relation.0])
+            .query_one(
+                &format!(
+                    "SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = $1) \
+                                 THEN ({}) END",
+                    crate::setup::key_columns_sql("$1")
+                ),
+                &[&relation.0],
+            )
             .await?;
         Ok(row.get(0))
     }
 }
 
+/// How long a lookup waits for a table the catalog does not show yet. The server streams a
+/// transaction once its commit is flushed, a moment before other sessions see it committed:
+/// the key of a table created in that transaction is not readable until then.
+const INVISIBLE_TABLE_WAIT: Duration = Duration::from_secs(2);
+
 #[async_trait]
 impl KeyLookup for CatalogKeys {
+    /// The key the history recorded before `commit_lsn`, else the catalog's. A table that
+    /// neither knows yet (created by the transaction being decoded, whose commit other sessions
+    /// may not see yet) is looked up again until it shows, for up to 2 seconds; after that it
+    /// has no key, with a warning.
     async fn primary_key(&mut self, relation: Oid, commit_lsn: Lsn) -> Result<Vec<String>> {
-        match self.recorded(relation, commit_lsn).await? {
-            Some(key) => Ok(key),
-            None => self.current(relation).await,
+        let deadline = Instant::now() + INVISIBLE_TABLE_WAIT;
+        loop {
+            if let Some(key) = self.recorded(relation, commit_lsn).await? {
+                return Ok(key);
+            }
+            if let Some(key) = self.current(relation).await? {
+                return Ok(key);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    relation = relation.0,
+                    %commit_lsn,
+                    "the table is neither in the key history nor in the catalog (dropped, and \
+                     no history of its key?): its changes get no primary key"
+                );
+                return Ok(Vec::new());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

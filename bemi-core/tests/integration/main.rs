@@ -8,6 +8,7 @@ mod copy;
 mod decoding;
 mod failover;
 mod feedback;
+mod keys;
 #[cfg(feature = "nats")]
 mod nats;
 mod outage;
