@@ -137,7 +137,7 @@ impl KeyLookup for CatalogKeys {
     /// The key the history recorded before `commit_lsn`, else the catalog's. A table that
     /// neither knows yet (created by the transaction being decoded, whose commit other sessions
     /// may not see yet) is looked up again until it shows, for up to 2 seconds; after that it
-    /// has no key, with a warning.
+    /// has no key.
     async fn primary_key(&mut self, relation: Oid, commit_lsn: Lsn) -> Result<Vec<String>> {
         let deadline = Instant::now() + INVISIBLE_TABLE_WAIT;
         loop {
@@ -148,12 +148,7 @@ impl KeyLookup for CatalogKeys {
                 return Ok(key);
             }
             if Instant::now() >= deadline {
-                tracing::warn!(
-                    relation = relation.0,
-                    %commit_lsn,
-                    "the table is neither in the key history nor in the catalog (dropped, and \
-                     no history of its key?): its changes get no primary key"
-                );
+                // The decoder warns about a tracked table without a key.
                 return Ok(Vec::new());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

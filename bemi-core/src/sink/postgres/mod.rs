@@ -476,15 +476,18 @@ impl ChangeSink for PostgresSink {
             );
         }
         self.ready().await?;
-        let client = self.client().await?;
-        let found = self.stored_position(&client, system_id, source).await;
-        let row = discard_if_failed(&self.pool, client, found)?;
-        let durable: Option<i64> = row.get(0);
+        let mut client = self.client().await?;
+        let found = async {
+            let row = self.stored_position(&client, system_id, source).await?;
+            let durable: Option<i64> = row.get(0);
+            let horizon = self.copy_horizon(&mut client, system_id, durable).await?;
+            Ok((row, durable, horizon))
+        }
+        .await;
+        let (row, durable, horizon) = discard_if_failed(&self.pool, client, found)?;
+        self.copy_after = horizon;
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
-        let mut client = self.client().await?;
-        let horizon = self.copy_horizon(&mut client, system_id, durable).await;
-        self.copy_after = discard_if_failed(&self.pool, client, horizon)?;
         let mut start = SinkStart::at(durable.map(Lsn::from_int8));
         if destination_system == system_id && destination_database == source.database {
             let schema = self.changes.schema().to_owned();
@@ -523,7 +526,7 @@ impl ChangeSink for PostgresSink {
         let progress = batch
             .durable_through
             .map(|lsn| (database.clone(), slot.clone(), lsn.to_int8()));
-        let copy = self.copy_fits(&batch.changes);
+        let copy = self.goes_by_copy(&batch.changes);
         let insert = self
             .insert(*system_id, &batch.changes, progress, copy)
             .await?;
@@ -596,7 +599,7 @@ impl PostgresSink {
 
     /// Whether `changes` go in by `COPY`: enough of them, none stored yet (see
     /// [`copy_after`](Self::copy_after); changes come in commit order), and no `COPY` refused.
-    fn copy_fits(&self, changes: &[Change]) -> bool {
+    fn goes_by_copy(&self, changes: &[Change]) -> bool {
         self.statements.copy.is_some()
             && changes.len() >= COPY_MIN_CHANGES
             && !self.copy_refused.load(Ordering::Relaxed)
