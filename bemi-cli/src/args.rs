@@ -209,6 +209,10 @@ pub(crate) struct RunArgs {
     /// Longest wait, in milliseconds, before a partial batch is written
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     pub(crate) flush_interval_ms: u64,
+    /// How long, in milliseconds, a committed change waits for others to join its batch
+    /// before an idle destination gets it (fewer, larger writes under load)
+    #[arg(long, env = "BEMI_LINGER_MS", default_value_t = 5)]
+    pub(crate) linger_ms: u64,
     /// Start even though changes between the stored position and the slot's are gone (a
     /// destination restored from an older backup, a lost slot); the gap is recorded in
     /// `changes`. Applies to this start only
@@ -412,5 +416,9 @@ impl DestinationArgs {
 impl RunArgs {
     pub(crate) fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub(crate) fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
     }
 }

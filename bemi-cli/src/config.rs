@@ -11,6 +11,7 @@
 //! destination_schema = "audit"            # default "public"
 //! batch_size = 1000                       # default: --batch-size
 //! flush_interval_ms = 100                 # default: --flush-interval-ms
+//! linger_ms = 5                           # default: --linger-ms
 //! replica_identity = true                 # default: not --no-replica-identity
 //! ```
 //!
@@ -60,6 +61,7 @@ struct SourceEntry {
     destination_schema: String,
     batch_size: Option<usize>,
     flush_interval_ms: Option<u64>,
+    linger_ms: Option<u64>,
     replica_identity: Option<bool>,
 }
 
@@ -217,6 +219,7 @@ impl SourceEntry {
             flush_interval: self
                 .flush_interval_ms
                 .map_or(args.flush_interval(), Duration::from_millis),
+            linger: self.linger_ms.map_or(args.linger(), Duration::from_millis),
             accept_gap: args.accept_gap,
             replica_identity: self.replica_identity.unwrap_or(!args.no_replica_identity),
             layout: Layout::Partitioned(args.partitions.partition_interval),

@@ -27,6 +27,7 @@ pub(crate) struct Source {
     pub(crate) tables: Tables,
     pub(crate) batch_size: usize,
     pub(crate) flush_interval: Duration,
+    pub(crate) linger: Duration,
     pub(crate) accept_gap: bool,
     pub(crate) replica_identity: bool,
     /// How a `changes` table the worker creates is laid out.
@@ -59,6 +60,7 @@ impl Source {
             tables,
             batch_size: args.batch_size,
             flush_interval: args.flush_interval(),
+            linger: args.linger(),
             accept_gap: args.accept_gap,
             replica_identity: !args.no_replica_identity,
             layout: Layout::Partitioned(args.partitions.partition_interval),
@@ -117,6 +119,7 @@ impl Source {
             .tables(self.tables)
             .batch_size(self.batch_size)
             .flush_interval(self.flush_interval)
+            .linger(self.linger)
             .accept_gap(self.accept_gap)
             .replica_identity(self.replica_identity)
             .rules(self.rules)

@@ -4,7 +4,7 @@
 //! month, Bemi's indexes) of another database of the same server.
 //!
 //! 1. **Backlog drain.** `BEMI_BENCH_BACKLOG` one-row transactions (default 50,000), committed
-//!    by 8 connections while no consumer runs, onto two slots positioned before them:
+//!    by 8 connections while no consumer runs, onto two slots made just before them:
 //!    `pg_recvlogical` drains one (to `/dev/null`), then the tracker drains the other into
 //!    `changes`; `BEMI_BENCH_ROUNDS` times (default 3; the table grows by the backlog each
 //!    round). Reported as the tracker's rate over `pg_recvlogical`'s per round and as their mean
@@ -23,16 +23,19 @@
 //!    of their rows in `changes` (commit on the source → the sink's transaction that stores it).
 //! 4. **Application throughput.** `BEMI_BENCH_CLIENTS` connections (default 8) commit one-row
 //!    transactions as fast as they can for `BEMI_BENCH_TPS_SECONDS` (default 10) with no
-//!    consumer, with a bare `pg_recvlogical` streaming, and with the tracker storing into
+//!    consumer, with a bare `pg_recvlogical` streaming, with the tracker's physical reference
+//!    (a bare `pg_recvlogical` streaming while a bare writer stores one audit row like the
+//!    tracker's into `changes` for each committed transaction, by one durable `INSERT … SELECT`
+//!    every 10 ms with the values made by the server), and with the tracker storing into
 //!    `changes`, in `BEMI_BENCH_TPS_ROUNDS` rounds (default 3) of rotating order: the TPS with
 //!    each consumer over the TPS with none, per round and as mean ± half its 95 % confidence
-//!    interval. Each round's consumers stream from slots made at its start, so none starts with
-//!    a backlog.
+//!    interval, and the mean size of the audit rows each writer stored. Each round's consumers
+//!    stream from slots made at its start, so none starts with a backlog.
 //!
-//! `BEMI_BENCH_BATCH_SIZE` and `BEMI_BENCH_CONCURRENT_WRITES` set the tracker's
-//! [`batch_size`](bemi_core::TrackerBuilder::batch_size) and
-//! [`concurrent_writes`](bemi_core::TrackerBuilder::concurrent_writes) (defaults 1,000 and 2, the
-//! tracker's own).
+//! `BEMI_BENCH_BATCH_SIZE`, `BEMI_BENCH_CONCURRENT_WRITES` and `BEMI_BENCH_LINGER_MS` set the
+//! tracker's [`batch_size`](bemi_core::TrackerBuilder::batch_size),
+//! [`concurrent_writes`](bemi_core::TrackerBuilder::concurrent_writes) and
+//! [`linger`](bemi_core::TrackerBuilder::linger) (defaults 1,000, 2 and 5 ms, the tracker's own).
 //!
 //! `BEMI_BENCH_GIN_OPTIONS` (say `fastupdate = off`, or `gin_pending_list_limit = 256`) is set
 //! on every GIN index of the table (`ALTER INDEX … SET (…)`) before the tracker starts, to
@@ -46,6 +49,8 @@
 //! Without `--bench` (as under `cargo test --benches`) it makes a short smoke run.
 #![allow(clippy::print_stdout)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bemi_core::setup::SourceSetup;
@@ -74,6 +79,7 @@ struct Options {
     gin_options: Option<String>,
     batch_size: usize,
     concurrent_writes: usize,
+    linger: Duration,
 }
 
 impl Options {
@@ -104,6 +110,7 @@ impl Options {
             gin_options: std::env::var("BEMI_BENCH_GIN_OPTIONS").ok(),
             batch_size: number("BEMI_BENCH_BATCH_SIZE", 1_000.0) as usize,
             concurrent_writes: number("BEMI_BENCH_CONCURRENT_WRITES", 2.0) as usize,
+            linger: Duration::from_secs_f64(number("BEMI_BENCH_LINGER_MS", 5.0) / 1000.0),
         }
     }
 }
@@ -121,6 +128,7 @@ impl Options {
             .publication("bench")
             .batch_size(self.batch_size)
             .concurrent_writes(self.concurrent_writes)
+            .linger(self.linger)
     }
 }
 
@@ -147,12 +155,10 @@ async fn run(options: Options) {
     ] {
         sql.batch_execute(statement).await.expect(statement);
     }
-    SourceSetup::new("tracker", "bench")
-        .prepare(&sql)
-        .await
-        .expect("the tracker's slot");
     let destination = source.clone().with_dbname("audit");
     create_changes_table(&destination, "changes", options.gin_options.as_deref()).await;
+    // The publication, before any change it publishes.
+    fresh_slot(&sql, &drain_slot(0)).await;
     let postmaster = cpu::postmaster_pid(&pg.data_dir());
     println!(
         "PostgreSQL {}, fsync and synchronous_commit on; GIN options: {}",
@@ -166,8 +172,11 @@ async fn run(options: Options) {
     // 1. The backlog, round by round.
     let mut ratios = Vec::new();
     for round in 0..options.rounds {
-        // The reference's slot is created before the backlog, like the tracker's (which the
-        // previous round left at the end of WAL).
+        // Both slots are made just before the backlog, so that both consumers read the same
+        // WAL from the same start (a slot left by an earlier round would make its walsender
+        // read again the WAL since its last restart point, the sink's included).
+        let slot = drain_slot(round);
+        fresh_slot(&sql, &slot).await;
         let reference = format!("reference_{round}");
         sql.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -194,9 +203,10 @@ async fn run(options: Options) {
             .expect("drop the reference slot");
         let sink = PostgresSink::connect(&destination).expect("sink");
         let meter = CpuMeter::start(postmaster);
-        let tracker = options.tracker(&source, sink, "tracker");
+        let tracker = options.tracker(&source, sink, &slot);
         let tracked = drain::tracked(tracker, options.backlog).await;
         let tracked_cpu = meter.stop();
+        drain::drop_slot_when_free(&sql, &slot).await;
         let (recvlogical_rate, tracked_rate) = (
             rate(options.backlog, recvlogical),
             rate(options.backlog, tracked),
@@ -228,6 +238,7 @@ async fn run(options: Options) {
     large_transaction(&pg, &sql, &source, &destination, postmaster, &options).await;
 
     // 3. Latency at a steady rate.
+    fresh_slot(&sql, "tracker").await;
     let sink = PostgresSink::connect(&destination).expect("sink");
     let tracker = options.tracker(&source, sink, "tracker").spawn();
     tracker.sync().await.expect("caught up");
@@ -273,6 +284,19 @@ async fn run(options: Options) {
     application_throughput(&pg, &sql, &source, &destination, postmaster, &options).await;
 }
 
+/// The slot the tracker drains round `round`'s backlog from.
+fn drain_slot(round: u64) -> String {
+    format!("drain_{round}")
+}
+
+/// Makes the tracker's slot `slot` (and the publication `bench`, if missing) as its setup does.
+async fn fresh_slot(sql: &tokio_postgres::Client, slot: &str) {
+    SourceSetup::new(slot, "bench")
+        .prepare(sql)
+        .await
+        .expect("the tracker's slot");
+}
+
 /// One transaction of `options.large` rows: `pg_recvlogical`, the tracker into `changes`, and
 /// a binary `COPY` of the rows the tracker stored into a table made like `changes`.
 async fn large_transaction(
@@ -284,6 +308,7 @@ async fn large_transaction(
     options: &Options,
 ) {
     let rows = options.large;
+    fresh_slot(sql, "tracker_large").await;
     sql.execute(
         "SELECT pg_create_logical_replication_slot('reference_large', 'pgoutput')",
         &[],
@@ -307,8 +332,9 @@ async fn large_transaction(
         .expect("drop the reference slot");
     let sink = PostgresSink::connect(destination).expect("sink");
     let meter = CpuMeter::start(postmaster);
-    let tracked = drain::tracked(options.tracker(source, sink, "tracker"), rows).await;
+    let tracked = drain::tracked(options.tracker(source, sink, "tracker_large"), rows).await;
     let tracked_cpu = meter.stop();
+    drain::drop_slot_when_free(sql, "tracker_large").await;
     // Before the reference below holds the copied rows in memory.
     let peak_rss = drain::peak_rss_kib() as f64 / 1024.0;
 
@@ -372,11 +398,15 @@ async fn large_transaction(
 enum Consumer {
     None,
     PgRecvlogical,
+    /// The physical reference of the tracker: a bare `pg_recvlogical` streaming, and a bare
+    /// writer storing one audit row per committed transaction into `changes`.
+    PgRecvlogicalAndInsert,
     Tracker,
 }
 
-/// The application's TPS with no consumer, a bare `pg_recvlogical` and the tracker, in rounds
-/// of rotating order.
+/// The application's TPS with no consumer, a bare `pg_recvlogical`, a bare `pg_recvlogical`
+/// with the same number of audit rows stored by a bare writer, and the tracker, in rounds of
+/// rotating order.
 async fn application_throughput(
     pg: &TempPostgres,
     sql: &tokio_postgres::Client,
@@ -385,10 +415,15 @@ async fn application_throughput(
     postmaster: u32,
     options: &Options,
 ) {
-    let consumers = [Consumer::None, Consumer::PgRecvlogical, Consumer::Tracker];
-    let (mut recvlogical_ratios, mut tracker_ratios) = (Vec::new(), Vec::new());
+    let consumers = [
+        Consumer::None,
+        Consumer::PgRecvlogical,
+        Consumer::PgRecvlogicalAndInsert,
+        Consumer::Tracker,
+    ];
+    let mut ratios = vec![Vec::new(); consumers.len()];
     for round in 0..options.tps_rounds {
-        let mut tps = [0.0; 3];
+        let mut tps = [0.0; 4];
         for turn in 0..consumers.len() {
             let index = (turn + round as usize) % consumers.len();
             let consumer = consumers[index];
@@ -401,8 +436,11 @@ async fn application_throughput(
                 .await
                 .expect("the round's slot");
             }
-            let mut recvlogical = (consumer == Consumer::PgRecvlogical)
-                .then(|| drain::pg_recvlogical_live(pg, "postgres", &slot, "bench"));
+            let mut recvlogical = matches!(
+                consumer,
+                Consumer::PgRecvlogical | Consumer::PgRecvlogicalAndInsert
+            )
+            .then(|| drain::pg_recvlogical_live(pg, "postgres", &slot, "bench"));
             let tracker = (consumer == Consumer::Tracker).then(|| {
                 let sink = PostgresSink::connect(destination).expect("sink");
                 options.tracker(source, sink, &slot).spawn()
@@ -410,12 +448,27 @@ async fn application_throughput(
             if let Some(tracker) = &tracker {
                 tracker.sync().await.expect("the tracker streams");
             }
+            let counter = Arc::new(AtomicU64::new(0));
+            let (done, stopped) = tokio::sync::oneshot::channel();
+            let writer = (consumer == Consumer::PgRecvlogicalAndInsert).then(|| {
+                tokio::spawn(insert_audit_rows(
+                    destination.clone(),
+                    Arc::clone(&counter),
+                    stopped,
+                ))
+            });
             let began = Instant::now();
             let meter = CpuMeter::start(postmaster);
-            let committed = commit_app(source, options.clients, options.tps_seconds).await;
+            let committed =
+                commit_app(source, options.clients, options.tps_seconds, &counter).await;
             let cpu = meter.stop();
             tps[index] = rate(committed, began.elapsed());
             let behind = Instant::now();
+            if let Some(writer) = writer {
+                done.send(()).expect("the writer runs");
+                let inserted = writer.await.expect("the writer");
+                assert_eq!(inserted, committed, "one audit row per transaction");
+            }
             if let Some(tracker) = tracker {
                 tracker.sync().await.expect("stored");
                 tracker.shutdown().await.expect("clean stop");
@@ -435,29 +488,91 @@ async fn application_throughput(
                 options.clients
             );
         }
-        recvlogical_ratios.push(tps[1] / tps[0]);
-        tracker_ratios.push(tps[2] / tps[0]);
+        for (index, ratios) in ratios.iter_mut().enumerate() {
+            ratios.push(tps[index] / tps[0]);
+        }
     }
     let mean = |ratios: &[f64]| ratios.iter().sum::<f64>() / ratios.len() as f64;
+    println!("application TPS ÷ TPS with no consumer:");
+    for (consumer, ratios) in consumers.iter().zip(&ratios).skip(1) {
+        println!(
+            "  {consumer:?} {:.2} ± {:.2} {ratios:.2?}",
+            mean(ratios),
+            ratio_spread(ratios.iter().copied()),
+        );
+    }
+    let audit = destination.connect().await.expect("destination");
+    let sizes = audit
+        .query_one(
+            "SELECT avg(pg_column_size(c.*)) FILTER (WHERE system_id <> 0)::float8, \
+                    avg(pg_column_size(c.*)) FILTER (WHERE system_id = 0)::float8 \
+             FROM changes c WHERE \"table\" = 'app'",
+            &[],
+        )
+        .await
+        .expect("row sizes");
+    let (tracked, inserted): (f64, f64) = (sizes.get(0), sizes.get(1));
     println!(
-        "application TPS ÷ TPS with no consumer: bare pg_recvlogical {:.2} ± {:.2} {:.2?}; \
-         tracker → changes {:.2} ± {:.2} {:.2?}",
-        mean(&recvlogical_ratios),
-        ratio_spread(recvlogical_ratios.iter().copied()),
-        recvlogical_ratios,
-        mean(&tracker_ratios),
-        ratio_spread(tracker_ratios.iter().copied()),
-        tracker_ratios,
+        "  mean size of an audit row of `app`: stored by the tracker {tracked:.0} bytes, by the \
+         bare writer {inserted:.0} bytes"
     );
 }
 
+/// The bare writer of [`Consumer::PgRecvlogicalAndInsert`]: every 10 ms, one durable
+/// `INSERT … SELECT` of an audit row for each transaction the application committed since,
+/// shaped like the tracker's rows of `app` (the values built by the server, nothing parsed);
+/// once `stopped`, the rest. Returns how many rows. Its rows have `system_id` 0 and negative
+/// `commit_lsn`s, so they meet none of the tracker's.
+async fn insert_audit_rows(
+    destination: ConnectOptions,
+    committed: Arc<AtomicU64>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) -> u64 {
+    let audit = destination.connect().await.expect("destination");
+    let insert = audit
+        .prepare(
+            "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
+                                  committed_at, queued_at, transaction_id, position, system_id, \
+                                  commit_lsn, ordinal) \
+             SELECT g::text, \
+                    jsonb_build_object('id', g, 'label', md5(g::text), 'n', 1, 'at', now()), \
+                    'postgres', 'public', 'app', 'CREATE', now(), now(), g, g, 0, -g, 0 \
+             FROM generate_series($1::int8, $2::int8) g",
+        )
+        .await
+        .expect("prepare");
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let mut inserted = 0;
+    loop {
+        let last = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = &mut stopped => true,
+        };
+        let now = committed.load(Ordering::Relaxed);
+        if now > inserted {
+            let (from, to) = (inserted as i64 + 1, now as i64);
+            audit.execute(&insert, &[&from, &to]).await.expect("insert");
+            inserted = now;
+        }
+        if last {
+            return inserted;
+        }
+    }
+}
+
 /// Commits one-row transactions into `app` from `clients` connections, each as fast as it
-/// can, for `seconds`. Returns how many.
-async fn commit_app(source: &ConnectOptions, clients: u64, seconds: f64) -> u64 {
+/// can, for `seconds`, adding each to `counter` as it commits. Returns how many.
+async fn commit_app(
+    source: &ConnectOptions,
+    clients: u64,
+    seconds: f64,
+    counter: &Arc<AtomicU64>,
+) -> u64 {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let source = source.clone();
+        let counter = Arc::clone(counter);
         tasks.push(tokio::spawn(async move {
             let sql = source.connect().await.expect("connect");
             let insert = sql
@@ -467,6 +582,7 @@ async fn commit_app(source: &ConnectOptions, clients: u64, seconds: f64) -> u64 
             let mut done = 0;
             while Instant::now() < deadline {
                 sql.execute(&insert, &[]).await.expect("insert");
+                counter.fetch_add(1, Ordering::Relaxed);
                 done += 1;
             }
             done

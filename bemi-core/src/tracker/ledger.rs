@@ -33,6 +33,8 @@ pub(super) struct Limits {
     pub(super) batch_size: usize,
     pub(super) batch_bytes: usize,
     pub(super) record_interval: Duration,
+    /// How long the oldest buffered change waits for company before an idle writer gets it.
+    pub(super) linger: Duration,
 }
 
 /// See the [module docs](self).
@@ -42,6 +44,8 @@ pub(super) struct Ledger {
     batch: Batch,
     /// Bytes of row and context JSON in `batch`.
     batch_bytes: usize,
+    /// When the oldest change of `batch` was buffered.
+    oldest: Option<Instant>,
     /// Changes were handed on without a position recorded after them.
     unrecorded: bool,
     /// A position reached with nothing to store, not yet handed on to be recorded.
@@ -64,6 +68,7 @@ impl Ledger {
             limits,
             batch: Batch::default(),
             batch_bytes: 0,
+            oldest: None,
             unrecorded: false,
             pending: None,
             recorded_at: now,
@@ -85,6 +90,9 @@ impl Ledger {
         let (earlier, added) = self.batch.changes.split_at(from);
         self.batch_bytes += weight(added, earlier.last());
         self.unrecorded |= !added.is_empty();
+        if earlier.is_empty() && !added.is_empty() {
+            self.oldest = Some(Instant::now());
+        }
         if let Some(end) = commit_end {
             self.batch.durable_through = Some(end);
             self.reached = self.reached.max(end);
@@ -117,6 +125,18 @@ impl Ledger {
         self.batch.durable_through.is_some() && (!self.batch.changes.is_empty() || self.unrecorded)
     }
 
+    /// When the buffered changes are due to an idle writer: `None` while a batch is in flight
+    /// or no transaction is complete; else once the oldest has lingered its time.
+    pub(super) fn due(&self) -> Option<Instant> {
+        if self.in_flight > 0 || !self.has_commit() {
+            return None;
+        }
+        Some(
+            self.oldest
+                .map_or_else(Instant::now, |oldest| oldest + self.limits.linger),
+        )
+    }
+
     /// Whether the batch is full (by count or bytes).
     pub(super) fn is_full(&self) -> bool {
         self.batch.changes.len() >= self.limits.batch_size
@@ -131,6 +151,7 @@ impl Ledger {
         let batch = if !self.batch.changes.is_empty() || (durable.is_some() && self.unrecorded) {
             self.unrecorded = durable.is_none();
             self.batch_bytes = 0;
+            self.oldest = None;
             if durable.is_some() {
                 self.pending = self.pending.filter(|pending| Some(*pending) > durable);
             }
@@ -202,6 +223,7 @@ mod tests {
         batch_size: 3,
         batch_bytes: 1_000_000,
         record_interval: Duration::from_secs(10),
+        linger: Duration::ZERO,
     };
 
     fn change(commit: u64, ordinal: u32) -> Change {
@@ -235,6 +257,53 @@ mod tests {
         assert_eq!(batch.changes.len(), 2);
         assert_eq!(batch.durable_through, Some(Lsn(210)));
         assert_eq!(ledger.acknowledged(batch.durable_through), Some(Lsn(210)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn committed_changes_linger_for_company_while_no_batch_is_in_flight() {
+        let linger = Duration::from_millis(5);
+        let mut ledger = Ledger::new(Limits { linger, ..LIMITS }, Instant::now());
+        assert_eq!(ledger.due(), None, "nothing buffered");
+        let first = Instant::now();
+        stitch(&mut ledger, 100, 1, None);
+        assert_eq!(ledger.due(), None, "the transaction is open");
+        tokio::time::advance(Duration::from_millis(3)).await;
+        stitch(&mut ledger, 100, 0, Some(110));
+        assert_eq!(
+            ledger.due(),
+            Some(first + linger),
+            "counted from the oldest change"
+        );
+        stitch(&mut ledger, 200, 1, Some(210));
+        assert_eq!(
+            ledger.due(),
+            Some(first + linger),
+            "a later one does not postpone it"
+        );
+        let batch = ledger.take_batch(Instant::now(), false).unwrap();
+        assert_eq!(batch.changes.len(), 2);
+        assert_eq!(ledger.due(), None, "handed on");
+        tokio::time::advance(Duration::from_millis(4)).await;
+        let second = Instant::now();
+        stitch(&mut ledger, 300, 1, Some(310));
+        assert_eq!(ledger.due(), None, "a batch in flight");
+        ledger.acknowledged(batch.durable_through);
+        assert_eq!(ledger.due(), Some(second + linger));
+        // the end of a transaction split across batches has no change left to wait with
+        let rest = ledger.take_batch(Instant::now(), false).unwrap();
+        ledger.acknowledged(rest.durable_through);
+        stitch(&mut ledger, 400, 3, None);
+        let part = ledger.take_batch(Instant::now(), false).unwrap();
+        ledger.acknowledged(part.durable_through);
+        stitch(&mut ledger, 400, 0, Some(410));
+        assert_eq!(ledger.due(), Some(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_linger_a_commit_is_due_at_once() {
+        let (mut ledger, _) = start();
+        stitch(&mut ledger, 100, 1, Some(110));
+        assert_eq!(ledger.due(), Some(Instant::now()));
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Tracker {
                 batch_bytes: 64 * 1024 * 1024,
                 concurrent_writes: 2,
                 flush_interval: Duration::from_millis(100),
+                linger: Duration::from_millis(5),
                 record_interval: Duration::from_secs(10),
                 status_interval: crate::replication::DEFAULT_STATUS_INTERVAL,
                 receive_timeout: crate::replication::DEFAULT_RECEIVE_TIMEOUT,
@@ -205,10 +206,33 @@ impl<S: ChangeSink> TrackerBuilder<S> {
     /// The longest changes wait for a fuller batch while the stream stays busy (default 100 ms).
     ///
     /// It is an upper bound, not a delay: a committed transaction goes to the sink as soon as
-    /// nothing more waits in the stream and the sink is not writing, and transactions that
-    /// commit while it writes go together in its next batch.
+    /// nothing more waits in the stream and the sink is not writing (after the
+    /// [`linger`](Self::linger)), and transactions that commit while it writes go together in
+    /// its next batch.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.settings.flush_interval = interval;
+        self
+    }
+
+    /// How long a committed change waits for others to join its batch before it goes to an
+    /// idle sink (default 5 ms; zero hands it on at once).
+    ///
+    /// Under load, a short linger turns many one-transaction writes into fewer, larger ones:
+    /// with a sink in the tracked server, less of the server's CPU goes to storing the audit
+    /// trail and more is left to the application (see `BENCHMARKS.md`). It adds at most
+    /// `linger` to the time a change takes to be stored, and does not hold back a full batch.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use bemi_core::{sink::ChannelSink, Tracker};
+    /// # let (sink, _changes) = ChannelSink::new(16);
+    /// let tracker = Tracker::builder("postgres://localhost/app".parse()?, sink)
+    ///     .linger(Duration::from_millis(2))
+    ///     .spawn();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.settings.linger = linger;
         self
     }
 
@@ -529,6 +553,7 @@ struct Settings {
     batch_bytes: usize,
     concurrent_writes: usize,
     flush_interval: Duration,
+    linger: Duration,
     record_interval: Duration,
     status_interval: Duration,
     receive_timeout: Duration,

@@ -179,6 +179,7 @@ impl Session {
                     batch_size: config.batch_size,
                     batch_bytes: config.batch_bytes,
                     record_interval: config.record_interval,
+                    linger: config.linger,
                 },
                 Instant::now(),
             ),
@@ -231,6 +232,7 @@ impl Session {
         let mut slot_timer = tokio::time::interval(SLOT_CHECK_INTERVAL);
         slot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let due = self.ledger.due();
             tokio::select! {
                 biased;
                 _ = stop_requested(stop) => return self.stop(config, writer, progress).await,
@@ -252,9 +254,7 @@ impl Session {
                 // Polled only when nothing waits in the stream (the branch above is pending):
                 // committed changes go to an idle writer now, and those that commit while it
                 // writes go together once it is done.
-                () = std::future::ready(()),
-                    if self.ledger.has_commit() && !self.ledger.in_flight() =>
-                {
+                () = until(due), if due.is_some() => {
                     self.flush(writer, false).await?;
                 }
             }
@@ -492,6 +492,13 @@ impl Session {
             p.lag_bytes = server.0.saturating_sub(confirmed.0);
             changed
         });
+    }
+}
+
+/// Waits until `at`, if it is later than now.
+async fn until(at: Option<Instant>) {
+    if let Some(at) = at.filter(|at| *at > Instant::now()) {
+        tokio::time::sleep_until(at).await;
     }
 }
 
