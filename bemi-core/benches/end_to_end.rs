@@ -9,7 +9,14 @@
 //!    `changes`; `BEMI_BENCH_ROUNDS` times (default 3; the table grows by the backlog each
 //!    round). Reported as the tracker's rate over `pg_recvlogical`'s per round and as their mean
 //!    ± half its 95 % confidence interval, with this process's peak RSS (the tracker, its
-//!    decoder and sink, the runtime; not the server) once it is done.
+//!    decoder and sink, the runtime; not the server) once it is done. The physical reference
+//!    drains a third such slot: a live `pg_recvlogical` streams it (its walsender reading the
+//!    new WAL as it comes, like the tracker's) while one audit row like the tracker's per
+//!    transaction, made beforehand, is copied into `changes` by binary `COPY`, a batch of the
+//!    tracker's size at a time on as many connections as the tracker writes on — the least any
+//!    tracker storing into `changes` on this server has to do — timed until every row is
+//!    stored and the walsender has sent the backlog's end; reported against the tracker and
+//!    against `pg_recvlogical` (the ceiling).
 //!    The CPU of each process during both drains is read from `/proc` (the tracker's process,
 //!    `pg_recvlogical`, the walsender, the sink's backends, the server's other processes).
 //! 2. **One large transaction.** `BEMI_BENCH_LARGE` rows in one transaction (default 300,000):
@@ -27,7 +34,7 @@
 //!    (a bare `pg_recvlogical` streaming while a bare writer stores one audit row like the
 //!    tracker's into `changes` for each committed transaction, by one durable `INSERT … SELECT`
 //!    every 10 ms with the values made by the server), and with the tracker storing into
-//!    `changes`, in `BEMI_BENCH_TPS_ROUNDS` rounds (default 3) of rotating order: the TPS with
+//!    `changes`, in `BEMI_BENCH_TPS_ROUNDS` rounds (default 5) of rotating order: the TPS with
 //!    each consumer over the TPS with none, per round and as mean ± half its 95 % confidence
 //!    interval, and the mean size of the audit rows each writer stored. Each round's consumers
 //!    stream from slots made at its start, so none starts with a backlog.
@@ -106,7 +113,7 @@ impl Options {
             writers: (number("BEMI_BENCH_WRITERS", 4.0) as u64).max(1),
             clients: (number("BEMI_BENCH_CLIENTS", 8.0) as u64).max(1),
             tps_seconds: number("BEMI_BENCH_TPS_SECONDS", tps_seconds),
-            tps_rounds: (number("BEMI_BENCH_TPS_ROUNDS", 3.0) as u64).max(1),
+            tps_rounds: (number("BEMI_BENCH_TPS_ROUNDS", 5.0) as u64).max(1),
             gin_options: std::env::var("BEMI_BENCH_GIN_OPTIONS").ok(),
             batch_size: number("BEMI_BENCH_BATCH_SIZE", 1_000.0) as usize,
             concurrent_writes: number("BEMI_BENCH_CONCURRENT_WRITES", 2.0) as usize,
@@ -170,20 +177,23 @@ async fn run(options: Options) {
     );
 
     // 1. The backlog, round by round.
-    let mut ratios = Vec::new();
+    let (mut ratios, mut physical_ratios, mut ceilings) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peak_rss = 0;
     for round in 0..options.rounds {
         // Both slots are made just before the backlog, so that both consumers read the same
         // WAL from the same start (a slot left by an earlier round would make its walsender
         // read again the WAL since its last restart point, the sink's included).
         let slot = drain_slot(round);
         fresh_slot(&sql, &slot).await;
-        let reference = format!("reference_{round}");
-        sql.execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&reference],
-        )
-        .await
-        .expect("the reference slot");
+        let (reference, physical) = (format!("reference_{round}"), format!("physical_{round}"));
+        for reference in [&reference, &physical] {
+            sql.execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[reference],
+            )
+            .await
+            .expect("the reference slot");
+        }
         let first = (round * options.backlog) as i64;
         commit_paced(
             &source,
@@ -198,40 +208,55 @@ async fn run(options: Options) {
         let meter = CpuMeter::start(postmaster);
         let recvlogical = drain::pg_recvlogical(&pg, "postgres", &reference, "bench", &end);
         let recvlogical_cpu = meter.stop();
-        sql.execute("SELECT pg_drop_replication_slot($1)", &[&reference])
-            .await
-            .expect("drop the reference slot");
+        let meter = CpuMeter::start(postmaster);
+        let stored = physical_drain(&pg, &sql, &destination, &physical, &end, &options).await;
+        let physical_cpu = meter.stop();
+        for reference in [&reference, &physical] {
+            drain::drop_slot_when_free(&sql, reference).await;
+        }
         let sink = PostgresSink::connect(&destination).expect("sink");
+        // Without the physical reference's rows, which it held in memory.
+        drain::reset_peak_rss();
         let meter = CpuMeter::start(postmaster);
         let tracker = options.tracker(&source, sink, &slot);
         let tracked = drain::tracked(tracker, options.backlog).await;
         let tracked_cpu = meter.stop();
+        peak_rss = peak_rss.max(drain::peak_rss_kib());
         drain::drop_slot_when_free(&sql, &slot).await;
-        let (recvlogical_rate, tracked_rate) = (
-            rate(options.backlog, recvlogical),
-            rate(options.backlog, tracked),
-        );
+        let [recvlogical_rate, stored_rate, tracked_rate] =
+            [recvlogical, stored, tracked].map(|took| rate(options.backlog, took));
         ratios.push(tracked_rate / recvlogical_rate);
+        physical_ratios.push(tracked_rate / stored_rate);
+        ceilings.push(stored_rate / recvlogical_rate);
         println!(
             "backlog of {} one-row transactions, round {}: pg_recvlogical {recvlogical:.2?} \
-             ({recvlogical_rate:.0}/s); tracker → changes {tracked:.2?} ({tracked_rate:.0}/s): \
-             {:.2}× pg_recvlogical",
+             ({recvlogical_rate:.0}/s); pg_recvlogical beside a bare writer of the rows \
+             {stored:.2?} ({stored_rate:.0}/s); tracker → changes {tracked:.2?} \
+             ({tracked_rate:.0}/s): {:.2}× pg_recvlogical, {:.2}× the physical reference",
             options.backlog,
             round + 1,
-            tracked_rate / recvlogical_rate
+            tracked_rate / recvlogical_rate,
+            tracked_rate / stored_rate,
         );
         println!("  CPU, pg_recvlogical's drain: {recvlogical_cpu}");
+        println!("  CPU, the physical reference: {physical_cpu}");
         println!("  CPU, the tracker's drain: {tracked_cpu}");
     }
+    let mean = |ratios: &[f64]| ratios.iter().sum::<f64>() / ratios.len() as f64;
     println!(
-        "backlog drain: tracker → changes {:.2} ± {:.2} × pg_recvlogical (mean of {} rounds)",
-        ratios.iter().sum::<f64>() / ratios.len() as f64,
+        "backlog drain (mean of {} rounds): tracker → changes {:.2} ± {:.2} × pg_recvlogical, \
+         {:.2} ± {:.2} × the physical reference, which reaches {:.2} ± {:.2} × pg_recvlogical",
+        ratios.len(),
+        mean(&ratios),
         ratio_spread(ratios.iter().copied()),
-        ratios.len()
+        mean(&physical_ratios),
+        ratio_spread(physical_ratios.iter().copied()),
+        mean(&ceilings),
+        ratio_spread(ceilings.iter().copied()),
     );
     println!(
         "peak RSS of the tracker's process: {:.1} MiB",
-        drain::peak_rss_kib() as f64 / 1024.0
+        peak_rss as f64 / 1024.0
     );
 
     // 2. One large transaction.
@@ -282,6 +307,33 @@ async fn run(options: Options) {
 
     // 4. The application's throughput with each consumer.
     application_throughput(&pg, &sql, &source, &destination, postmaster, &options).await;
+    row_sizes(&destination).await;
+}
+
+/// Prints the mean size of the audit rows the tracker and the bare writers stored, table by
+/// table: the references store rows like the tracker's.
+async fn row_sizes(destination: &ConnectOptions) {
+    let audit = destination.connect().await.expect("destination");
+    for row in audit
+        .query(
+            "SELECT \"table\"::text, \
+                    avg(pg_column_size(c.*)) FILTER (WHERE system_id <> 0)::float8, \
+                    avg(pg_column_size(c.*)) FILTER (WHERE system_id = 0)::float8 \
+             FROM changes c WHERE \"table\" IN ('backlog', 'app') GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("row sizes")
+    {
+        let (table, tracked, bare): (String, Option<f64>, Option<f64>) =
+            (row.get(0), row.get(1), row.get(2));
+        println!(
+            "mean size of an audit row of `{table}`: stored by the tracker {:.0} bytes, by the \
+             bare writer {:.0} bytes",
+            tracked.unwrap_or(f64::NAN),
+            bare.unwrap_or(f64::NAN)
+        );
+    }
 }
 
 /// The slot the tracker drains round `round`'s backlog from.
@@ -331,6 +383,7 @@ async fn large_transaction(
         .await
         .expect("drop the reference slot");
     let sink = PostgresSink::connect(destination).expect("sink");
+    drain::reset_peak_rss();
     let meter = CpuMeter::start(postmaster);
     let tracked = drain::tracked(options.tracker(source, sink, "tracker_large"), rows).await;
     let tracked_cpu = meter.stop();
@@ -501,46 +554,174 @@ async fn application_throughput(
             ratio_spread(ratios.iter().copied()),
         );
     }
-    let audit = destination.connect().await.expect("destination");
-    let sizes = audit
-        .query_one(
-            "SELECT avg(pg_column_size(c.*)) FILTER (WHERE system_id <> 0)::float8, \
-                    avg(pg_column_size(c.*)) FILTER (WHERE system_id = 0)::float8 \
-             FROM changes c WHERE \"table\" = 'app'",
-            &[],
-        )
-        .await
-        .expect("row sizes");
-    let (tracked, inserted): (f64, f64) = (sizes.get(0), sizes.get(1));
-    println!(
-        "  mean size of an audit row of `app`: stored by the tracker {tracked:.0} bytes, by the \
-         bare writer {inserted:.0} bytes"
-    );
 }
 
-/// The bare writer of [`Consumer::PgRecvlogicalAndInsert`]: every 10 ms, one durable
-/// `INSERT … SELECT` of an audit row for each transaction the application committed since,
-/// shaped like the tracker's rows of `app` (the values built by the server, nothing parsed);
-/// once `stopped`, the rest. Returns how many rows. Its rows have `system_id` 0 and negative
-/// `commit_lsn`s, so they meet none of the tracker's.
+/// The drain's physical reference: a live `pg_recvlogical` streams `slot` while one audit row
+/// per backlog transaction, made beforehand (see [`copy_pieces`]), is copied into `changes` a
+/// batch (the tracker's batch size) at a time by binary `COPY` on as many connections as the
+/// tracker writes on: the least any tracker storing into `changes` on this server has to do,
+/// with the walsender reading the rows' WAL as it comes like the tracker's. Returns how long
+/// until every row is stored and the walsender has sent `end`, the backlog's end.
+async fn physical_drain(
+    pg: &TempPostgres,
+    sql: &tokio_postgres::Client,
+    destination: &ConnectOptions,
+    slot: &str,
+    end: &str,
+    options: &Options,
+) -> Duration {
+    let pieces = copy_pieces(destination, options.backlog, options.batch_size as u64).await;
+    let pieces = Arc::new(std::sync::Mutex::new(pieces));
+    let mut writers = Vec::new();
+    for _ in 0..options.concurrent_writes.max(1) {
+        writers.push(destination.connect().await.expect("destination"));
+    }
+    let started = Instant::now();
+    let mut recvlogical = drain::pg_recvlogical_live(pg, "postgres", slot, "bench");
+    let writers: Vec<_> = writers
+        .into_iter()
+        .map(|writer| {
+            let pieces = Arc::clone(&pieces);
+            tokio::spawn(async move {
+                loop {
+                    let Some(piece) = pieces.lock().expect("pieces").pop() else {
+                        return;
+                    };
+                    let copy = writer
+                        .copy_in(
+                            "COPY changes (id, primary_key, before, after, context, database, \
+                             schema, \"table\", operation, committed_at, queued_at, \
+                             transaction_id, position, system_id, commit_lsn, ordinal) \
+                             FROM STDIN (FORMAT binary)",
+                        )
+                        .await
+                        .expect("COPY in");
+                    futures_util::pin_mut!(copy);
+                    for chunk in piece {
+                        copy.send(chunk).await.expect("COPY data");
+                    }
+                    copy.finish().await.expect("COPY");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    loop {
+        let sent: bool = sql
+            .query_one(
+                "SELECT coalesce(bool_or(r.sent_lsn >= $1::text::pg_lsn), false) \
+                 FROM pg_stat_replication r \
+                 JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $2",
+                &[&end, &slot],
+            )
+            .await
+            .expect("the walsender's position")
+            .get(0);
+        if sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = started.elapsed();
+    drain::stop(&mut recvlogical);
+    took
+}
+
+/// `rows` audit rows shaped like the tracker's rows of one-row inserts into `backlog`, made by
+/// the server as binary `COPY` data of `batch` rows each (the columns of [`physical_drain`]'s
+/// `COPY`). Their `system_id` is 0 and their `commit_lsn`s negative, from a sequence, so they
+/// meet none of the tracker's.
+async fn copy_pieces(
+    destination: &ConnectOptions,
+    rows: u64,
+    batch: u64,
+) -> Vec<Vec<bytes::Bytes>> {
+    let audit = destination.connect().await.expect("destination");
+    audit
+        .batch_execute("CREATE SEQUENCE IF NOT EXISTS bare_writer")
+        .await
+        .expect("the sequence");
+    let mut pieces = Vec::new();
+    let mut left = rows;
+    while left > 0 {
+        let rows = left.min(batch);
+        left -= rows;
+        let piece = audit
+            .copy_out(&format!(
+                "COPY (SELECT gen_random_uuid(), n::text::varchar, '{{}}'::jsonb, \
+                              jsonb_build_object('id', n, 'label', md5(n::text), 'n', 1, \
+                                                 'at', now()), \
+                              '{{}}'::jsonb, 'postgres'::varchar, 'public'::varchar, \
+                              'backlog'::varchar, 'CREATE'::text, now(), now(), n, n, 0::int8, \
+                              -n, 0::int4 \
+                       FROM (SELECT nextval('bare_writer') AS n \
+                             FROM generate_series(1, {rows})) g) \
+                 TO STDOUT (FORMAT binary)"
+            ))
+            .await
+            .expect("COPY out")
+            .try_collect()
+            .await
+            .expect("the rows");
+        pieces.push(piece);
+    }
+    pieces
+}
+
+/// A bare writer of audit rows into `changes`, shaped like the tracker's rows of a one-row
+/// insert into a table `(id, label, n, at)`: each [`store`](Self::store) is one durable
+/// `INSERT … SELECT` whose values the server makes, nothing sent or parsed. Its rows have
+/// `system_id` 0 and negative `commit_lsn`s from a sequence, so they meet none of the tracker's.
+struct BareWriter {
+    client: tokio_postgres::Client,
+    insert: tokio_postgres::Statement,
+}
+
+impl BareWriter {
+    /// Rows of changes of `table`.
+    async fn connect(destination: &ConnectOptions, table: &str) -> BareWriter {
+        let client = destination.connect().await.expect("destination");
+        client
+            .batch_execute("CREATE SEQUENCE IF NOT EXISTS bare_writer")
+            .await
+            .expect("the sequence");
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
+                                      committed_at, queued_at, transaction_id, position, \
+                                      system_id, commit_lsn, ordinal) \
+                 SELECT n::text, \
+                        jsonb_build_object('id', n, 'label', md5(n::text), 'n', 1, 'at', now()), \
+                        'postgres', 'public', '{table}', 'CREATE', now(), now(), n, n, 0, -n, 0 \
+                 FROM (SELECT nextval('bare_writer') AS n FROM generate_series(1, $1::int8)) g"
+            ))
+            .await
+            .expect("prepare");
+        BareWriter { client, insert }
+    }
+
+    /// Stores `rows` rows in one statement.
+    async fn store(&self, rows: u64) {
+        let stored = self
+            .client
+            .execute(&self.insert, &[&(rows as i64)])
+            .await
+            .expect("insert");
+        assert_eq!(stored, rows, "rows stored");
+    }
+}
+
+/// The bare writer of [`Consumer::PgRecvlogicalAndInsert`]: every 10 ms, one audit row for
+/// each transaction the application committed since (`committed`); once `stopped`, the rest.
+/// Returns how many rows.
 async fn insert_audit_rows(
     destination: ConnectOptions,
     committed: Arc<AtomicU64>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> u64 {
-    let audit = destination.connect().await.expect("destination");
-    let insert = audit
-        .prepare(
-            "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
-                                  committed_at, queued_at, transaction_id, position, system_id, \
-                                  commit_lsn, ordinal) \
-             SELECT g::text, \
-                    jsonb_build_object('id', g, 'label', md5(g::text), 'n', 1, 'at', now()), \
-                    'postgres', 'public', 'app', 'CREATE', now(), now(), g, g, 0, -g, 0 \
-             FROM generate_series($1::int8, $2::int8) g",
-        )
-        .await
-        .expect("prepare");
+    let writer = BareWriter::connect(&destination, "app").await;
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
     let mut inserted = 0;
     loop {
@@ -550,8 +731,7 @@ async fn insert_audit_rows(
         };
         let now = committed.load(Ordering::Relaxed);
         if now > inserted {
-            let (from, to) = (inserted as i64 + 1, now as i64);
-            audit.execute(&insert, &[&from, &to]).await.expect("insert");
+            writer.store(now - inserted).await;
             inserted = now;
         }
         if last {

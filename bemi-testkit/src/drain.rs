@@ -34,16 +34,49 @@ pub fn pg_recvlogical(
     publication: &str,
     end: &str,
 ) -> Duration {
+    run_to_end(pg_recvlogical_to(pg, database, slot, publication, end))
+}
+
+/// The `pg_recvlogical` of [`pg_recvlogical`], not started: for running it beside other work
+/// (through [`run_to_end`]).
+pub fn pg_recvlogical_to(
+    pg: &TempPostgres,
+    database: &str,
+    slot: &str,
+    publication: &str,
+    end: &str,
+) -> Command {
+    let mut command = pg_recvlogical_command(pg, database, slot, publication);
+    command.args(["-E", end]);
+    command
+}
+
+/// Runs a [`pg_recvlogical_to`] to its end. Returns how long it took.
+///
+/// # Panics
+///
+/// When `pg_recvlogical` cannot run or fails.
+pub fn run_to_end(mut command: Command) -> Duration {
     let started = Instant::now();
-    let status = Command::new(pg.bindir().join("pg_recvlogical"))
+    let status = command.status().expect("pg_recvlogical runs");
+    assert!(status.success(), "pg_recvlogical failed");
+    started.elapsed()
+}
+
+/// `pg_recvlogical` streaming `slot` of `database` with `publication` to `/dev/null`.
+fn pg_recvlogical_command(
+    pg: &TempPostgres,
+    database: &str,
+    slot: &str,
+    publication: &str,
+) -> Command {
+    let mut command = Command::new(pg.bindir().join("pg_recvlogical"));
+    command
         .args(["-d", &pg.connection_string(database), "-S", slot, "--start"])
         .args(["-o", "proto_version=1"])
         .args(["-o", &format!("publication_names={publication}")])
-        .args(["-E", end, "-f", "/dev/null", "--no-loop"])
-        .status()
-        .expect("pg_recvlogical runs");
-    assert!(status.success(), "pg_recvlogical failed");
-    started.elapsed()
+        .args(["-f", "/dev/null", "--no-loop"]);
+    command
 }
 
 /// How long a tracker on `slot` and `publication` of `source` takes from its start until `sink`
@@ -96,6 +129,13 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts [`peak_rss_kib`] over from the current resident memory (writes 5 to
+/// `/proc/self/clear_refs`; nothing where Linux's `/proc` is missing), so that a measurement
+/// leaves out what the process held before it.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// `changes` per second over `took`.
 pub fn rate(changes: u64, took: Duration) -> f64 {
     changes as f64 / took.as_secs_f64().max(1e-9)
@@ -113,11 +153,7 @@ pub fn pg_recvlogical_live(
     slot: &str,
     publication: &str,
 ) -> std::process::Child {
-    Command::new(pg.bindir().join("pg_recvlogical"))
-        .args(["-d", &pg.connection_string(database), "-S", slot, "--start"])
-        .args(["-o", "proto_version=1"])
-        .args(["-o", &format!("publication_names={publication}")])
-        .args(["-f", "/dev/null", "--no-loop"])
+    pg_recvlogical_command(pg, database, slot, publication)
         .spawn()
         .expect("pg_recvlogical starts")
 }

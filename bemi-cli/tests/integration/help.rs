@@ -68,6 +68,7 @@ fn the_worker_documents_bemis_variables() {
         "BEMI_TABLES",
         "BEMI_BATCH_SIZE",
         "BEMI_FLUSH_INTERVAL_MS",
+        "BEMI_LINGER_MS",
         "DB_SSL_MODE",
         "BEMI_CONFIG",
         "BEMI_METRICS_LISTEN",
