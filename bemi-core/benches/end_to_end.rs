@@ -570,7 +570,14 @@ async fn physical_drain(
     end: &str,
     options: &Options,
 ) -> Duration {
-    let pieces = copy_pieces(destination, options.backlog, options.batch_size as u64).await;
+    let dir = std::env::temp_dir().join(format!("bemi-bench-{}", std::process::id()));
+    let pieces = copy_pieces(
+        destination,
+        options.backlog,
+        options.batch_size as u64,
+        &dir,
+    )
+    .await;
     let pieces = Arc::new(std::sync::Mutex::new(pieces));
     let mut writers = Vec::new();
     for _ in 0..options.concurrent_writes.max(1) {
@@ -587,6 +594,7 @@ async fn physical_drain(
                     let Some(piece) = pieces.lock().expect("pieces").pop() else {
                         return;
                     };
+                    let piece = std::fs::read(&piece).expect("a piece");
                     let copy = writer
                         .copy_in(
                             "COPY changes (id, primary_key, before, after, context, database, \
@@ -597,9 +605,9 @@ async fn physical_drain(
                         .await
                         .expect("COPY in");
                     futures_util::pin_mut!(copy);
-                    for chunk in piece {
-                        copy.send(chunk).await.expect("COPY data");
-                    }
+                    copy.send(bytes::Bytes::from(piece))
+                        .await
+                        .expect("COPY data");
                     copy.finish().await.expect("COPY");
                 }
             })
@@ -626,18 +634,22 @@ async fn physical_drain(
     }
     let took = started.elapsed();
     drain::stop(&mut recvlogical);
+    std::fs::remove_dir_all(&dir).expect("remove the pieces");
     took
 }
 
 /// `rows` audit rows shaped like the tracker's rows of one-row inserts into `backlog`, made by
 /// the server as binary `COPY` data of `batch` rows each (the columns of [`physical_drain`]'s
-/// `COPY`). Their `system_id` is 0 and their `commit_lsn`s negative, from a sequence, so they
+/// `COPY`), in files of `dir` (so that they take no memory of the process whose peak RSS is
+/// measured). Their `system_id` is 0 and their `commit_lsn`s negative, from a sequence, so they
 /// meet none of the tracker's.
 async fn copy_pieces(
     destination: &ConnectOptions,
     rows: u64,
     batch: u64,
-) -> Vec<Vec<bytes::Bytes>> {
+    dir: &std::path::Path,
+) -> Vec<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).expect("a directory for the pieces");
     let audit = destination.connect().await.expect("destination");
     audit
         .batch_execute("CREATE SEQUENCE IF NOT EXISTS bare_writer")
@@ -648,7 +660,7 @@ async fn copy_pieces(
     while left > 0 {
         let rows = left.min(batch);
         left -= rows;
-        let piece = audit
+        let piece: Vec<bytes::Bytes> = audit
             .copy_out(&format!(
                 "COPY (SELECT gen_random_uuid(), n::text::varchar, '{{}}'::jsonb, \
                               jsonb_build_object('id', n, 'label', md5(n::text), 'n', 1, \
@@ -665,7 +677,9 @@ async fn copy_pieces(
             .try_collect()
             .await
             .expect("the rows");
-        pieces.push(piece);
+        let path = dir.join(pieces.len().to_string());
+        std::fs::write(&path, piece.concat()).expect("a piece");
+        pieces.push(path);
     }
     pieces
 }
