@@ -3,7 +3,8 @@
 //! and `synchronous_commit` on).
 //!
 //! A backlog of `BEMI_BENCH_CHANGES` inserted rows (default 1,000,000) in transactions of
-//! `BEMI_BENCH_ROWS_PER_TRANSACTION` (default 10), committed by 8 connections while no consumer
+//! `BEMI_BENCH_ROWS_PER_TRANSACTION` (default 1, the workload of the end-to-end benchmark),
+//! committed by 8 connections while no consumer
 //! runs, onto two slots created before it. Then, each timed:
 //!
 //! 1. `pg_recvlogical` drains one slot to `/dev/null` (the walsender's rate: the reference);
@@ -18,6 +19,7 @@
 //!
 //! ```text
 //! cargo bench -p bemi-core --bench catch_up
+//! BEMI_BENCH_ROWS_PER_TRANSACTION=10 cargo bench -p bemi-core --bench catch_up
 //! BEMI_BENCH_CHANGES=100000 cargo bench -p bemi-core --bench catch_up
 //! ```
 //!
@@ -43,7 +45,7 @@ fn main() {
         })
     };
     let changes = number("BEMI_BENCH_CHANGES", if smoke { 2_000 } else { 1_000_000 });
-    let per_transaction = number("BEMI_BENCH_ROWS_PER_TRANSACTION", 10).max(1);
+    let per_transaction = number("BEMI_BENCH_ROWS_PER_TRANSACTION", 1).max(1);
     let batch = number("BEMI_BENCH_BATCH", 10_000) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

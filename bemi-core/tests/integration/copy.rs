@@ -1,8 +1,9 @@
-//! The Postgres sink sends large batches of transactions it never stored by binary `COPY`,
-//! and everything that may replay a stored change through `INSERT … ON CONFLICT` (issue 20):
-//! the rows are the same either way, a restart after a transaction stored in part stores the
-//! rest once, and a `COPY` that meets a stored change is retried through `INSERT`. A trigger
-//! on `changes` logs each statement that writes it.
+//! The Postgres sink sends large batches of transactions it never stored by binary `COPY` and
+//! small ones by a plain `INSERT`, and everything that may replay a stored change through
+//! `INSERT … ON CONFLICT` (issue 20): the rows are the same either way, a restart after a
+//! transaction stored in part stores the rest once, and a batch taken for new that meets a
+//! stored change is retried through `INSERT … ON CONFLICT`. A trigger on `changes` logs each
+//! statement that writes it (`checked` when it skips stored rows).
 
 use bemi_core::sink::{Batch, ChangeSink, PostgresSink, SourceInfo};
 use bemi_core::{Change, Lsn};
@@ -50,13 +51,15 @@ fn transaction(commit: u64, from: u32, count: u32) -> Vec<Change> {
         .collect()
 }
 
-/// Logs the first word of each statement that writes `table` into `writes`.
+/// Logs the first word of each statement that writes `table` into `writes`, with ` checked`
+/// when it skips stored rows (`ON CONFLICT … DO NOTHING`).
 async fn log_writes(sql: &Client, table: &str) {
     sql.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS writes (n serial, tbl text, kind text);
          CREATE OR REPLACE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-           INSERT INTO writes (tbl, kind) VALUES (TG_TABLE_NAME, split_part(current_query(), ' ', 1));
+           INSERT INTO writes (tbl, kind) VALUES (TG_TABLE_NAME, split_part(current_query(), ' ', 1)
+             || CASE WHEN current_query() LIKE '%DO NOTHING%' THEN ' checked' ELSE '' END);
            RETURN NULL;
          END $$;
          CREATE TRIGGER log_write AFTER INSERT ON {table}
@@ -164,7 +167,8 @@ async fn a_transaction_stored_in_part_is_completed_once_after_a_restart() {
     drop(sink);
 
     // The new session streams transaction 100 again from its start: the rows that may be
-    // stored go through INSERT, the transactions after them by COPY, small batches by INSERT.
+    // stored go through INSERT … ON CONFLICT, the transactions after them by COPY, small
+    // batches by a plain INSERT.
     let mut sink = open(&db, "changes").await;
     let replay = [transaction(100, 0, 300), transaction(200, 0, 100)].concat();
     sink.write(Batch::new(replay, Some(Lsn(200))))
@@ -180,7 +184,7 @@ async fn a_transaction_stored_in_part_is_completed_once_after_a_restart() {
     assert_eq!(counts(&sql, "changes").await, (560, 560));
     assert_eq!(
         writes(&sql, "changes").await,
-        ["COPY", "WITH", "COPY", "WITH"]
+        ["COPY", "WITH checked", "COPY", "WITH"]
     );
     let position: i64 = sql
         .query_one("SELECT lsn FROM _bemi_progress", &[])
@@ -216,6 +220,42 @@ async fn a_copy_that_meets_a_stored_change_is_stored_again_through_insert() {
         .await
         .unwrap();
     assert_eq!(counts(&sql, "changes").await, (300, 300));
-    // The failed COPY logged nothing (rolled back); everything after it went through INSERT.
-    assert_eq!(writes(&sql, "changes").await, ["COPY", "WITH", "WITH"]);
+    // The failed COPY logged nothing (rolled back); everything after it went through
+    // INSERT … ON CONFLICT.
+    assert_eq!(
+        writes(&sql, "changes").await,
+        ["COPY", "WITH checked", "WITH checked"]
+    );
+}
+
+#[tokio::test]
+async fn a_small_batch_taken_for_new_that_meets_a_stored_change_is_stored_again_checked() {
+    let db = TestDatabase::create().await.unwrap();
+    let sql = db.connect().await.unwrap();
+    let mut sink = open(&db, "changes").await;
+    let mut other = open(&db, "changes").await;
+    log_writes(&sql, "changes").await;
+    other
+        .write(Batch::new(transaction(100, 0, 10), Some(Lsn(100))))
+        .await
+        .unwrap();
+
+    let batch = Batch::new(transaction(100, 0, 10), Some(Lsn(100)));
+    let error = sink.write(batch.clone()).await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert_eq!(error.code(), Some("23505"), "{error}");
+    assert!(error.to_string().contains("stored already"), "{error}");
+
+    sink.open(&source()).await.unwrap();
+    sink.write(batch).await.unwrap();
+    sink.write(Batch::new(transaction(200, 0, 10), Some(Lsn(200))))
+        .await
+        .unwrap();
+    assert_eq!(counts(&sql, "changes").await, (20, 20));
+    // The other writer's batch went in unchecked, as new; this sink's failed one logged
+    // nothing, and checks every row since.
+    assert_eq!(
+        writes(&sql, "changes").await,
+        ["WITH", "WITH checked", "WITH checked"]
+    );
 }

@@ -105,11 +105,13 @@ pub struct PostgresSink {
     ids: IdClock,
     statements: Arc<Statements>,
     /// Changes of transactions that committed after this position (the stored position or the
-    /// newest stored `commit_lsn` of the source, whichever is later) can go in by `COPY`:
-    /// none of them is stored. `None` before `open`, or when it could not be found in time.
-    copy_after: Option<i64>,
-    /// Set when a `COPY` met a key the table held: every batch goes in through `INSERT`.
-    copy_refused: Arc<AtomicBool>,
+    /// newest stored `commit_lsn` of the source, whichever is later) are new: none of them is
+    /// stored, so they go in by `COPY` or a plain `INSERT`, with no `ON CONFLICT` check. `None`
+    /// before `open`, or when it could not be found in time.
+    new_after: Option<i64>,
+    /// Set when changes taken for new met a key the table held: every batch goes in through
+    /// `INSERT … ON CONFLICT DO NOTHING` from then on.
+    new_refused: Arc<AtomicBool>,
     /// Whether the batch submitted last committed (`true`) or failed: the next one commits only
     /// after it.
     last_commit: Option<oneshot::Receiver<bool>>,
@@ -118,10 +120,14 @@ pub struct PostgresSink {
 /// The statements of a write, for the table's layout.
 #[derive(Debug, Default)]
 struct Statements {
-    /// Inserts a batch's rows.
+    /// Inserts a batch's rows, skipping those stored already.
     insert: String,
     /// Inserts a batch's rows and records the position they complete, in one statement.
     insert_with_progress: String,
+    /// [`insert`](Self::insert) for new rows: without the `ON CONFLICT` check.
+    insert_new: String,
+    /// [`insert_with_progress`](Self::insert_with_progress) for new rows.
+    insert_new_with_progress: String,
     /// Records a position.
     progress: String,
     /// Copies a batch's rows, when the table's columns take a binary `COPY`.
@@ -172,8 +178,8 @@ impl PostgresSink {
             cleaner: None,
             ids: IdClock::new(),
             statements: Arc::default(),
-            copy_after: None,
-            copy_refused: Arc::default(),
+            new_after: None,
+            new_refused: Arc::default(),
             last_commit: None,
         };
         sink.build_sql(false, false);
@@ -232,7 +238,7 @@ impl PostgresSink {
             true => "system_id, commit_lsn, ordinal, committed_at",
             false => "system_id, commit_lsn, ordinal",
         };
-        let insert = format!(
+        let insert_new = format!(
             "INSERT INTO {} ({id_column}primary_key, before, after, context, database, schema, \
              \"table\", operation, committed_at, queued_at, transaction_id, position, system_id, \
              commit_lsn, ordinal) \
@@ -246,10 +252,10 @@ impl PostgresSink {
              AS u(primary_key, before, after, context_index, database, schema, tbl, operation, \
              committed_at, queued_at, transaction_id, position, commit_lsn, ordinal{id_alias}), \
              UNNEST($16::jsonb[]) WITH ORDINALITY AS c(context, i) \
-             WHERE c.i = u.context_index \
-             ON CONFLICT ({key}) DO NOTHING",
+             WHERE c.i = u.context_index",
             self.changes.qualified()
         );
+        let insert = format!("{insert_new} ON CONFLICT ({key}) DO NOTHING");
         let next = if ids { 18 } else { 17 };
         let record = |values: &str| {
             format!(
@@ -259,17 +265,22 @@ impl PostgresSink {
                 self.progress()
             )
         };
-        self.statements = Arc::new(Statements {
-            insert_with_progress: format!(
+        let with_progress = |insert: &str| {
+            format!(
                 "WITH inserted AS ({insert} RETURNING 1) {}",
                 record(&format!(
                     "SELECT $15, ${next}, ${}, ${}, now() FROM {DURABLE_COMMIT}",
                     next + 1,
                     next + 2
                 ))
-            ),
+            )
+        };
+        self.statements = Arc::new(Statements {
+            insert_with_progress: with_progress(&insert),
+            insert_new_with_progress: with_progress(&insert_new),
             progress: record("VALUES ($1, $2, $3, $4, now())"),
             insert,
+            insert_new,
             copy: copy.then(|| copy_statement(&self.changes, ids)),
         });
     }
@@ -485,7 +496,7 @@ impl ChangeSink for PostgresSink {
         }
         .await;
         let (row, durable, horizon) = discard_if_failed(&self.pool, client, found)?;
-        self.copy_after = horizon;
+        self.new_after = horizon;
         let destination_system: i64 = row.get(1);
         let destination_database: String = row.get(2);
         let mut start = SinkStart::at(durable.map(Lsn::from_int8));
@@ -526,9 +537,9 @@ impl ChangeSink for PostgresSink {
         let progress = batch
             .durable_through
             .map(|lsn| (database.clone(), slot.clone(), lsn.to_int8()));
-        let copy = self.goes_by_copy(&batch.changes);
+        let way = self.way(&batch.changes);
         let insert = self
-            .insert(*system_id, &batch.changes, progress, copy)
+            .insert(*system_id, &batch.changes, progress, way)
             .await?;
         let (committed, next) = oneshot::channel();
         let after = self.last_commit.replace(next);
@@ -564,7 +575,7 @@ impl PostgresSink {
     pub async fn store(&mut self, system_id: &str, changes: &[Change]) -> Result<()> {
         let system_id = parse_system_id(system_id)?;
         self.writes_done().await;
-        self.insert(system_id, changes, None, false)
+        self.insert(system_id, changes, None, Way::Replay)
             .await?
             .run(changes, None)
             .await
@@ -597,27 +608,33 @@ impl PostgresSink {
         }
     }
 
-    /// Whether `changes` go in by `COPY`: enough of them, none stored yet (see
-    /// [`copy_after`](Self::copy_after); changes come in commit order), and no `COPY` refused.
-    fn goes_by_copy(&self, changes: &[Change]) -> bool {
-        self.statements.copy.is_some()
-            && changes.len() >= COPY_MIN_CHANGES
-            && !self.copy_refused.load(Ordering::Relaxed)
-            && self.copy_after.is_some_and(|after| {
+    /// How `changes` go in: as new when none is stored yet (see
+    /// [`new_after`](Self::new_after); changes come in commit order) and no new batch met a
+    /// stored key, by `COPY` when there are enough of them and the table takes one.
+    fn way(&self, changes: &[Change]) -> Way {
+        let new = !self.new_refused.load(Ordering::Relaxed)
+            && self.new_after.is_some_and(|after| {
                 changes
                     .first()
                     .is_some_and(|first| first.commit_lsn.to_int8() > after)
-            })
+            });
+        match new {
+            false => Way::Replay,
+            true if self.statements.copy.is_some() && changes.len() >= COPY_MIN_CHANGES => {
+                Way::Copy
+            }
+            true => Way::New,
+        }
     }
 
     /// Readies the insert of `changes` (and of the position they complete, when given) on a
-    /// connection of its own, the partitions its rows need created; by `COPY` when `copy`.
+    /// connection of its own, the partitions its rows need created, the `way` it goes.
     async fn insert(
         &mut self,
         system_id: i64,
         changes: &[Change],
         progress: Option<(String, String, i64)>,
-        copy: bool,
+        way: Way,
     ) -> Result<Insert> {
         let ids = match self.row_ids {
             RowIds::TimeOrdered => Some(changes.iter().map(|_| self.ids.next_id()).collect()),
@@ -638,9 +655,21 @@ impl PostgresSink {
             system_id,
             ids,
             progress,
-            copy: copy.then(|| Arc::clone(&self.copy_refused)),
+            way,
+            new_refused: Arc::clone(&self.new_refused),
         })
     }
+}
+
+/// How a batch's rows go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// `INSERT … ON CONFLICT DO NOTHING`: some may be stored already (right after a restart).
+    Replay,
+    /// A plain `INSERT`: none is stored.
+    New,
+    /// A binary `COPY`: none is stored, and there are enough of them.
+    Copy,
 }
 
 /// One batch's insert, on its connection.
@@ -652,15 +681,17 @@ struct Insert {
     /// The rows' ids, when the sink makes them (see [`RowIds`]).
     ids: Option<Vec<RowId>>,
     progress: Option<(String, String, i64)>,
-    /// Set when the rows go by `COPY`: the sink's flag to raise if the table held one of them.
-    copy: Option<Arc<AtomicBool>>,
+    way: Way,
+    /// The sink's flag to raise if the table held one of the rows taken for new.
+    new_refused: Arc<AtomicBool>,
 }
 
 impl Insert {
     /// Inserts `changes` and records the position. When the batch before (`after`) is still
     /// being stored, or the rows go by `COPY`, they go in a transaction that commits, with the
     /// position, only once that batch committed; otherwise one statement does it all. Fails,
-    /// storing nothing, when the batch before failed.
+    /// storing nothing, when the batch before failed, or when rows taken for new were stored
+    /// already (transient: they are stored again, and the sink checks every row from then on).
     async fn run(self, changes: &[Change], after: Option<oneshot::Receiver<bool>>) -> Result<()> {
         let Insert {
             pool,
@@ -669,7 +700,8 @@ impl Insert {
             system_id,
             ids,
             progress,
-            copy,
+            way,
+            new_refused,
         } = self;
         let after = match after.map(|mut last| (last.try_recv(), last)) {
             None | Some((Ok(true), _)) => None,
@@ -682,8 +714,8 @@ impl Insert {
             system_id,
             progress: progress.as_ref(),
         };
-        let written = match (&copy, &statements.copy) {
-            (Some(_), Some(copy)) => {
+        let written = match (way, &statements.copy) {
+            (Way::Copy, Some(copy)) => {
                 async {
                     client
                         .batch_execute(&format!("BEGIN; SELECT FROM {DURABLE_COMMIT}"))
@@ -694,23 +726,24 @@ impl Insert {
                 }
                 .await
             }
-            _ => commit.insert(changes, ids.as_deref(), after).await,
+            _ => {
+                let replay = way == Way::Replay;
+                commit.insert(changes, ids.as_deref(), after, replay).await
+            }
         };
         discard_if_failed(&pool, client, written).map_err(|e| match e.kind() {
             ErrorKind::Connect => e,
             _ if e.message() == EARLIER_BATCH_FAILED => e,
-            _ if e.code() == Some(UNIQUE_VIOLATION) && copy.is_some() => {
-                if let Some(refused) = &copy {
-                    refused.store(true, Ordering::Relaxed);
-                }
+            _ if e.code() == Some(UNIQUE_VIOLATION) && way != Way::Replay => {
+                new_refused.store(true, Ordering::Relaxed);
                 tracing::warn!(
-                    "a batch copied into the changes table met a change the table holds \
+                    "a batch of changes taken for new met a change the changes table holds \
                      (does another writer store this source too?): it is stored again, and \
                      every batch goes in through INSERT … ON CONFLICT from now on"
                 );
                 Error::new(
                     ErrorKind::Sink,
-                    format!("a copied change was stored already: {}", e.message()),
+                    format!("a change taken for new was stored already: {}", e.message()),
                 )
                 .with_code(UNIQUE_VIOLATION)
                 .with_transient(true)
@@ -749,15 +782,26 @@ struct Commit<'a> {
 }
 
 impl Commit<'_> {
-    /// Inserts `changes` through `UNNEST` with `ON CONFLICT … DO NOTHING`: in one statement
-    /// with the position when no batch before is being stored (`after`), else in a transaction
-    /// that commits after it.
+    /// Inserts `changes` through `UNNEST`, with `ON CONFLICT … DO NOTHING` when some may be
+    /// stored already (`replay`): in one statement with the position when no batch before is
+    /// being stored (`after`), else in a transaction that commits after it.
     async fn insert(
         &self,
         changes: &[Change],
         ids: Option<&[RowId]>,
         after: Option<oneshot::Receiver<bool>>,
+        replay: bool,
     ) -> Result<()> {
+        let (insert, insert_with_progress) = match replay {
+            true => (
+                &self.statements.insert,
+                &self.statements.insert_with_progress,
+            ),
+            false => (
+                &self.statements.insert_new,
+                &self.statements.insert_new_with_progress,
+            ),
+        };
         let client = self.client;
         let columns = Columns::new(changes)?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
@@ -784,20 +828,18 @@ impl Commit<'_> {
         match (after, self.progress) {
             (None, Some((database, slot, lsn))) => {
                 params.extend([database as &(dyn ToSql + Sync), slot, lsn]);
-                let statement = client
-                    .prepare_cached(&self.statements.insert_with_progress)
-                    .await?;
+                let statement = client.prepare_cached(insert_with_progress).await?;
                 client.execute(&statement, &params).await?;
                 Ok(())
             }
             (None, None) => {
-                let statement = client.prepare_cached(&self.statements.insert).await?;
+                let statement = client.prepare_cached(insert).await?;
                 client.execute(&statement, &params).await?;
                 Ok(())
             }
             (after, _) => {
                 client.batch_execute("BEGIN").await?;
-                let statement = client.prepare_cached(&self.statements.insert).await?;
+                let statement = client.prepare_cached(insert).await?;
                 client.execute(&statement, &params).await?;
                 self.after(after).await
             }
