@@ -310,28 +310,31 @@ async fn run(options: Options) {
     row_sizes(&destination).await;
 }
 
-/// Prints the mean size of the audit rows the tracker and the bare writers stored, table by
-/// table: the references store rows like the tracker's.
+/// Prints the mean size of the audit rows the tracker and the bare writers stored, and how many
+/// rows each of their writes stored on average (rows over distinct `created_at`, the time of
+/// the storing transaction), table by table: the references store rows like the tracker's.
 async fn row_sizes(destination: &ConnectOptions) {
     let audit = destination.connect().await.expect("destination");
     for row in audit
         .query(
-            "SELECT \"table\"::text, \
-                    avg(pg_column_size(c.*)) FILTER (WHERE system_id <> 0)::float8, \
-                    avg(pg_column_size(c.*)) FILTER (WHERE system_id = 0)::float8 \
-             FROM changes c WHERE \"table\" IN ('backlog', 'app') GROUP BY 1 ORDER BY 1",
+            "SELECT \"table\"::text, system_id = 0, avg(pg_column_size(c.*))::float8, \
+                    (count(*)::float8 / count(DISTINCT created_at)) \
+             FROM changes c WHERE \"table\" IN ('backlog', 'app') GROUP BY 1, 2 ORDER BY 1, 2",
             &[],
         )
         .await
         .expect("row sizes")
     {
-        let (table, tracked, bare): (String, Option<f64>, Option<f64>) =
-            (row.get(0), row.get(1), row.get(2));
+        let (table, bare, size, per_write): (String, bool, f64, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let writer = if bare {
+            "the bare writer"
+        } else {
+            "the tracker"
+        };
         println!(
-            "mean size of an audit row of `{table}`: stored by the tracker {:.0} bytes, by the \
-             bare writer {:.0} bytes",
-            tracked.unwrap_or(f64::NAN),
-            bare.unwrap_or(f64::NAN)
+            "audit rows of `{table}` stored by {writer}: {size:.0} bytes on average, \
+             {per_write:.1} a write"
         );
     }
 }
