@@ -60,13 +60,14 @@ use rows::{copy_fits, copy_rows, copy_statement, Columns};
 /// the same transaction. A batch that may replay stored changes (the first ones after a
 /// restart) goes in through `UNNEST` of column arrays (each distinct context once, however
 /// many rows share it) with `ON CONFLICT … DO NOTHING` — one statement, one round trip, when no
-/// other batch is being stored — as does a small batch. A batch of at least 100 changes, all
-/// of transactions that committed after everything the table holds from the source (newer
-/// than the stored position and than the newest stored `commit_lsn`, which covers a
-/// transaction stored in part), goes in through a binary `COPY`, which costs the server less
-/// per row; should such a batch meet a key the table holds after all (another writer of the
-/// same source), it fails with a transient error, is stored again through `INSERT`, and the
-/// sink uses `INSERT` from then on. The sink pipelines
+/// other batch is being stored. The changes of transactions that committed after everything
+/// the table holds from the source (newer than the stored position and than the newest stored
+/// `commit_lsn`, which covers a transaction stored in part) are new: a batch of at least 100 of
+/// them goes in through a binary `COPY`, a smaller one through the same `UNNEST` without the
+/// `ON CONFLICT` check, both cheaper for the server per row; should such a batch meet a key the
+/// table holds after all (another writer of the same source), it fails with a transient error,
+/// is stored again through `INSERT … ON CONFLICT`, and the sink checks every row from then on.
+/// The sink pipelines
 /// ([`submit`](ChangeSink::submit)): while a batch is stored, the next is inserted on another
 /// connection in a transaction that commits, with its position, only after the one before
 /// committed, so positions are recorded in order and never past a failed batch. Every
