@@ -342,6 +342,34 @@ async fn row_sizes(destination: &ConnectOptions) {
     }
 }
 
+/// The rows of `query` as binary `COPY` data.
+async fn copy_out(client: &tokio_postgres::Client, query: &str) -> Vec<bytes::Bytes> {
+    client
+        .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+        .await
+        .expect("COPY out")
+        .try_collect()
+        .await
+        .expect("the rows")
+}
+
+/// Copies binary `COPY` `data` into `target` (a table and its columns). Returns the rows copied.
+async fn copy_in(
+    client: &tokio_postgres::Client,
+    target: &str,
+    data: impl IntoIterator<Item = bytes::Bytes>,
+) -> u64 {
+    let copy = client
+        .copy_in(&format!("COPY {target} FROM STDIN (FORMAT binary)"))
+        .await
+        .expect("COPY in");
+    futures_util::pin_mut!(copy);
+    for chunk in data {
+        copy.send(chunk).await.expect("COPY data");
+    }
+    copy.finish().await.expect("COPY")
+}
+
 /// The slot the tracker drains round `round`'s backlog from.
 fn drain_slot(round: u64) -> String {
     format!("drain_{round}")
@@ -408,29 +436,16 @@ async fn large_transaction(
     let columns = "id, primary_key, before, after, context, database, schema, \"table\", \
                    operation, committed_at, queued_at, created_at, transaction_id, position, \
                    system_id, commit_lsn, ordinal";
-    let copied: Vec<bytes::Bytes> = audit
-        .copy_out(&format!(
-            "COPY (SELECT {columns} FROM changes \
-                   WHERE commit_lsn = (SELECT max(commit_lsn) FROM changes)) \
-             TO STDOUT (FORMAT binary)"
-        ))
-        .await
-        .expect("COPY out")
-        .try_collect()
-        .await
-        .expect("the rows");
+    let copied = copy_out(
+        &audit,
+        &format!(
+            "SELECT {columns} FROM changes \
+             WHERE commit_lsn = (SELECT max(commit_lsn) FROM changes)"
+        ),
+    )
+    .await;
     let started = Instant::now();
-    let copy_in = audit
-        .copy_in(&format!(
-            "COPY copy_reference ({columns}) FROM STDIN (FORMAT binary)"
-        ))
-        .await
-        .expect("COPY in");
-    futures_util::pin_mut!(copy_in);
-    for chunk in copied {
-        copy_in.send(chunk).await.expect("COPY data");
-    }
-    let copied_rows = copy_in.finish().await.expect("COPY");
+    let copied_rows = copy_in(&audit, &format!("copy_reference ({columns})"), copied).await;
     let copy = started.elapsed();
     assert_eq!(copied_rows, rows, "the transaction's rows copied");
 
@@ -601,20 +616,14 @@ async fn physical_drain(
                         return;
                     };
                     let piece = std::fs::read(&piece).expect("a piece");
-                    let copy = writer
-                        .copy_in(
-                            "COPY changes (id, primary_key, before, after, context, database, \
-                             schema, \"table\", operation, committed_at, queued_at, \
-                             transaction_id, position, system_id, commit_lsn, ordinal) \
-                             FROM STDIN (FORMAT binary)",
-                        )
-                        .await
-                        .expect("COPY in");
-                    futures_util::pin_mut!(copy);
-                    copy.send(bytes::Bytes::from(piece))
-                        .await
-                        .expect("COPY data");
-                    copy.finish().await.expect("COPY");
+                    copy_in(
+                        &writer,
+                        "changes (id, primary_key, before, after, context, database, schema, \
+                         \"table\", operation, committed_at, queued_at, transaction_id, \
+                         position, system_id, commit_lsn, ordinal)",
+                        [bytes::Bytes::from(piece)],
+                    )
+                    .await;
                 }
             })
         })
@@ -666,23 +675,18 @@ async fn copy_pieces(
     while left > 0 {
         let rows = left.min(batch);
         left -= rows;
-        let piece: Vec<bytes::Bytes> = audit
-            .copy_out(&format!(
-                "COPY (SELECT gen_random_uuid(), n::text::varchar, '{{}}'::jsonb, \
-                              jsonb_build_object('id', n, 'label', md5(n::text), 'n', 1, \
-                                                 'at', now()), \
-                              '{{}}'::jsonb, 'postgres'::varchar, 'public'::varchar, \
-                              'backlog'::varchar, 'CREATE'::text, now(), now(), n, n, 0::int8, \
-                              -n, 0::int4 \
-                       FROM (SELECT nextval('bare_writer') AS n \
-                             FROM generate_series(1, {rows})) g) \
-                 TO STDOUT (FORMAT binary)"
-            ))
-            .await
-            .expect("COPY out")
-            .try_collect()
-            .await
-            .expect("the rows");
+        let piece = copy_out(
+            &audit,
+            &format!(
+                "SELECT gen_random_uuid(), n::text::varchar, '{{}}'::jsonb, \
+                        jsonb_build_object('id', n, 'label', md5(n::text), 'n', 1, 'at', now()), \
+                        '{{}}'::jsonb, 'postgres'::varchar, 'public'::varchar, \
+                        'backlog'::varchar, 'CREATE'::text, now(), now(), n, n, 0::int8, -n, \
+                        0::int4 \
+                 FROM (SELECT nextval('bare_writer') AS n FROM generate_series(1, {rows})) g"
+            ),
+        )
+        .await;
         let path = dir.join(pieces.len().to_string());
         std::fs::write(&path, piece.concat()).expect("a piece");
         pieces.push(path);

@@ -194,68 +194,53 @@ async fn a_transaction_stored_in_part_is_completed_once_after_a_restart() {
     assert_eq!(position, 400);
 }
 
-#[tokio::test]
-async fn a_copy_that_meets_a_stored_change_is_stored_again_through_insert() {
+/// Another writer of the same source stores transaction 100 (`size` changes) after `sink`
+/// opened; the sink then writes it too, taking it for new (a transient 23505), writes it again
+/// after reopening as the tracker does, and transaction 200 after it. Returns the statements
+/// that wrote `changes`.
+async fn meet_a_change_stored_by_another_writer(size: u32) -> Vec<String> {
     let db = TestDatabase::create().await.unwrap();
     let sql = db.connect().await.unwrap();
     let mut sink = open(&db, "changes").await;
-    // Another writer of the same source stores transaction 100 after this sink opened.
     let mut other = open(&db, "changes").await;
     log_writes(&sql, "changes").await;
     other
-        .write(Batch::new(transaction(100, 0, 150), Some(Lsn(100))))
+        .write(Batch::new(transaction(100, 0, size), Some(Lsn(100))))
         .await
         .unwrap();
 
-    let batch = Batch::new(transaction(100, 0, 150), Some(Lsn(100)));
+    let batch = Batch::new(transaction(100, 0, size), Some(Lsn(100)));
     let error = sink.write(batch.clone()).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
     assert_eq!(error.code(), Some("23505"), "{error}");
     assert!(error.to_string().contains("stored already"), "{error}");
 
-    // As the tracker does after a transient error: reopen, write again.
     sink.open(&source()).await.unwrap();
     sink.write(batch).await.unwrap();
-    sink.write(Batch::new(transaction(200, 0, 150), Some(Lsn(200))))
+    sink.write(Batch::new(transaction(200, 0, size), Some(Lsn(200))))
         .await
         .unwrap();
-    assert_eq!(counts(&sql, "changes").await, (300, 300));
-    // The failed COPY logged nothing (rolled back); everything after it went through
-    // INSERT … ON CONFLICT.
+    let stored = 2 * i64::from(size);
+    assert_eq!(counts(&sql, "changes").await, (stored, stored));
+    writes(&sql, "changes").await
+}
+
+#[tokio::test]
+async fn a_copy_that_meets_a_stored_change_is_stored_again_through_insert() {
+    // The other writer copied; the failed COPY logged nothing (rolled back); everything after
+    // it went through INSERT … ON CONFLICT.
     assert_eq!(
-        writes(&sql, "changes").await,
+        meet_a_change_stored_by_another_writer(150).await,
         ["COPY", "WITH checked", "WITH checked"]
     );
 }
 
 #[tokio::test]
 async fn a_small_batch_taken_for_new_that_meets_a_stored_change_is_stored_again_checked() {
-    let db = TestDatabase::create().await.unwrap();
-    let sql = db.connect().await.unwrap();
-    let mut sink = open(&db, "changes").await;
-    let mut other = open(&db, "changes").await;
-    log_writes(&sql, "changes").await;
-    other
-        .write(Batch::new(transaction(100, 0, 10), Some(Lsn(100))))
-        .await
-        .unwrap();
-
-    let batch = Batch::new(transaction(100, 0, 10), Some(Lsn(100)));
-    let error = sink.write(batch.clone()).await.unwrap_err();
-    assert!(error.is_transient(), "{error}");
-    assert_eq!(error.code(), Some("23505"), "{error}");
-    assert!(error.to_string().contains("stored already"), "{error}");
-
-    sink.open(&source()).await.unwrap();
-    sink.write(batch).await.unwrap();
-    sink.write(Batch::new(transaction(200, 0, 10), Some(Lsn(200))))
-        .await
-        .unwrap();
-    assert_eq!(counts(&sql, "changes").await, (20, 20));
     // The other writer's batch went in unchecked, as new; this sink's failed one logged
-    // nothing, and checks every row since.
+    // nothing, and it checks every row since.
     assert_eq!(
-        writes(&sql, "changes").await,
+        meet_a_change_stored_by_another_writer(10).await,
         ["WITH", "WITH checked", "WITH checked"]
     );
 }
