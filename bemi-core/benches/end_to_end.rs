@@ -667,7 +667,7 @@ async fn copy_pieces(
     std::fs::create_dir_all(dir).expect("a directory for the pieces");
     let audit = destination.connect().await.expect("destination");
     audit
-        .batch_execute("CREATE SEQUENCE IF NOT EXISTS bare_writer")
+        .batch_execute(BARE_WRITER_SEQUENCE)
         .await
         .expect("the sequence");
     let mut pieces = Vec::new();
@@ -694,6 +694,9 @@ async fn copy_pieces(
     pieces
 }
 
+/// The sequence the bare writers number their rows by (negative `commit_lsn`s).
+const BARE_WRITER_SEQUENCE: &str = "CREATE SEQUENCE IF NOT EXISTS bare_writer";
+
 /// A bare writer of audit rows into `changes`, shaped like the tracker's rows of a one-row
 /// insert into a table `(id, label, n, at)`: each [`store`](Self::store) is one durable
 /// `INSERT … SELECT` whose values the server makes, nothing sent or parsed. Its rows have
@@ -708,7 +711,7 @@ impl BareWriter {
     async fn connect(destination: &ConnectOptions, table: &str) -> BareWriter {
         let client = destination.connect().await.expect("destination");
         client
-            .batch_execute("CREATE SEQUENCE IF NOT EXISTS bare_writer")
+            .batch_execute(BARE_WRITER_SEQUENCE)
             .await
             .expect("the sequence");
         let insert = client

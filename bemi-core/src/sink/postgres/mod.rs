@@ -149,7 +149,7 @@ const POOL_SIZE: usize = 4;
 /// How long [`open`](ChangeSink::open) waits for the batches of a session that ended.
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
 
-/// How long [`PostgresSink::copy_horizon`] looks for the newest change stored from a source.
+/// How long [`PostgresSink::new_horizon`] looks for the newest change stored from a source.
 const HORIZON_LOOKUP_TIMEOUT: &str = "2s";
 
 /// How long a table upgrade waits for its lock before it lets readers through and tries again.
@@ -418,12 +418,12 @@ impl PostgresSink {
             .await?)
     }
 
-    /// Where batches may start going in by `COPY`: after the stored position and the newest
-    /// `commit_lsn` stored from the source (rows of a transaction stored in part lie past the
-    /// position). A table shared with other sources may need a long index scan to tell; when
-    /// it takes longer than [`HORIZON_LOOKUP_TIMEOUT`], this session stores through `INSERT`
-    /// only (`None`).
-    async fn copy_horizon(
+    /// Where new changes begin (see [`new_after`](Self::new_after)): after the stored position
+    /// and the newest `commit_lsn` stored from the source (rows of a transaction stored in part
+    /// lie past the position). A table shared with other sources may need a long index scan to
+    /// tell; when it takes longer than [`HORIZON_LOOKUP_TIMEOUT`], this session checks every
+    /// row through `INSERT … ON CONFLICT` (`None`).
+    async fn new_horizon(
         &self,
         client: &mut deadpool_postgres::Object,
         system_id: i64,
@@ -492,7 +492,7 @@ impl ChangeSink for PostgresSink {
         let found = async {
             let row = self.stored_position(&client, system_id, source).await?;
             let durable: Option<i64> = row.get(0);
-            let horizon = self.copy_horizon(&mut client, system_id, durable).await?;
+            let horizon = self.new_horizon(&mut client, system_id, durable).await?;
             Ok((row, durable, horizon))
         }
         .await;
