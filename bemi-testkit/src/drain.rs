@@ -179,6 +179,19 @@ pub fn stop(child: &mut std::process::Child) {
 ///
 /// When the slot is still held after that, or cannot be dropped.
 pub async fn drop_slot_when_free(sql: &tokio_postgres::Client, slot: &str) {
+    wait_until_slot_free(sql, slot).await;
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .expect("drop the slot");
+}
+
+/// Waits until no walsender holds `slot` (the walsender of a consumer that just stopped ends a
+/// moment after it), at most 10 seconds.
+///
+/// # Panics
+///
+/// When the slot is still held after that.
+pub async fn wait_until_slot_free(sql: &tokio_postgres::Client, slot: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let held: bool = sql
@@ -196,9 +209,6 @@ pub async fn drop_slot_when_free(sql: &tokio_postgres::Client, slot: &str) {
         assert!(Instant::now() < deadline, "slot {slot} still held");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sql.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .expect("drop the slot");
 }
 
 /// A throwaway server with production durability (`fsync`, `full_page_writes` and

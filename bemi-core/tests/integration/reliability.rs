@@ -263,6 +263,8 @@ async fn a_destination_behind_the_slot_is_refused_until_the_gap_is_accepted() {
     wait_stored(&db.options(), 6, &tracker).await;
     tracker.shutdown().await.unwrap();
     insert(&sql, 10..16).await;
+    // The stopped tracker's walsender may hold the slot a moment longer.
+    bemi_testkit::drain::wait_until_slot_free(&sql, &db.slot()).await;
     sql.execute(
         "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
         &[&db.slot()],
