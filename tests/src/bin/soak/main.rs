@@ -27,8 +27,12 @@
 //!   from the row counts the server reported for each statement (a count other than the one
 //!   intended rolls the transaction back). When the outcome of a `COMMIT` is unknown (the
 //!   connection was lost while it ran), its transaction id, read with `txid_current()` inside
-//!   the transaction, is looked up with `txid_status()` once the server answers again:
-//!   `committed` records it, `aborted` drops it.
+//!   the transaction, is looked up with `txid_status()` once the server answers again, beside
+//!   the mark every transaction leaves in `soak_mark` (a row audited like the others): a
+//!   visible mark records the transaction, an absent one drops it once `txid_status` says the
+//!   transaction is over. The mark decides because after a crash the server hands out again the
+//!   ids of transactions none of whose WAL reached the disk: `txid_status` then answers for the
+//!   next owner of the id.
 //! - **Check.** Writers stop, the worker catches up (the slot confirmed past the source's WAL
 //!   position at the stop and the count of `changes` stable; bounded by `--catch-up-timeout`),
 //!   then every stored change is matched with the expected ones by table, operation, primary key
@@ -141,6 +145,9 @@ struct Stats {
     unknown_committed: AtomicU64,
     unknown_aborted: AtomicU64,
     unresolved: AtomicU64,
+    /// `COMMIT`s of unknown outcome whose transaction id `txid_status` reported committed while
+    /// their mark was absent: the id was handed out again after a crash.
+    reused_xids: AtomicU64,
     ddl: AtomicU64,
     ddl_failed: AtomicU64,
     kills: AtomicU64,

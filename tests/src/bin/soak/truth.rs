@@ -67,8 +67,8 @@ pub(crate) struct Truth {
     expected: HashMap<Key, u32>,
     /// Changes recorded twice under one key: a mistake of the workload, not of the worker.
     pub(crate) collisions: u64,
-    /// Transactions `(client, seq)` whose `COMMIT` failed and that `txid_status` said
-    /// committed, with their transaction id.
+    /// Transactions `(client, seq)` whose `COMMIT` failed and that their mark said committed,
+    /// with their transaction id.
     pub(crate) resolved: HashMap<(u32, u64), i64>,
 }
 

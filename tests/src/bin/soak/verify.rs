@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::faults::Targets;
 use crate::truth::{Key, Truth};
 use crate::worker::Stopped;
+use crate::workload::{mark, MARKS};
 use crate::{connect, human, BoxError, Soak, Stats, SLOT};
 
 /// Samples printed of each kind of mismatch.
@@ -182,7 +183,12 @@ async fn compare(soak: &Soak, truth: &Truth) -> Result<Outcome, BoxError> {
             )
             .await
             .map_or(-1, |row| row.get(0));
-        let (table, op, pk, _, _) = truth.parts(&keys[0]);
+        // A row change rather than the mark when there is one; the mark is looked up below.
+        let first = keys
+            .iter()
+            .find(|key| truth.parts(key).0 != MARKS)
+            .unwrap_or(&keys[0]);
+        let (table, op, pk, _, _) = truth.parts(first);
         let row_seq = source
             .query_opt(&format!("SELECT seq FROM {table} WHERE id = $1"), &[&pk])
             .await
@@ -192,13 +198,29 @@ async fn compare(soak: &Soak, truth: &Truth) -> Result<Outcome, BoxError> {
             Ok(None) => format!("the source has no row {pk}"),
             Err(_) => format!("table {table} is gone from the source"),
         };
+        let marked = source
+            .query_opt(
+                &format!("SELECT FROM {MARKS} WHERE id = $1"),
+                &[&mark(*client, *seq)],
+            )
+            .await
+            .map_or("could not be looked up", |row| {
+                if row.is_some() {
+                    "is in the source"
+                } else {
+                    "is NOT in the source"
+                }
+            });
         let unknown = match truth.resolved.get(&(*client, *seq)) {
-            Some(xid) => format!("its COMMIT failed and txid_status({xid}) said committed"),
+            Some(xid) => format!(
+                "its COMMIT failed and its mark in the source said committed \
+                 (transaction id {xid})"
+            ),
             None => "its COMMIT returned OK".to_owned(),
         };
         outcome.samples.push(format!(
             "lost transaction client {client} seq {seq}: {} of its changes lost (first: {} {}), \
-             {kept} of its changes stored; {unknown}; {source_row}",
+             {kept} of its changes stored; {unknown}; {source_row}; its mark {marked}",
             keys.len(),
             op.as_str(),
             pk,
@@ -279,11 +301,13 @@ pub(crate) fn summary(
     );
     println!(
         "transactions {} committed ({} after a COMMIT of unknown outcome), {} not committed \
-         ({} after a COMMIT of unknown outcome), {} unresolved",
+         ({} after a COMMIT of unknown outcome, {} of them with their id handed out again), \
+         {} unresolved",
         get(&s.committed),
         get(&s.unknown_committed),
         get(&s.aborted),
         get(&s.unknown_aborted),
+        get(&s.reused_xids),
         get(&s.unresolved),
     );
     println!(

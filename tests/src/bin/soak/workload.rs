@@ -14,6 +14,16 @@ use crate::{connect, Random, Soak, Stats};
 pub(crate) const FAULT_CLIENT: u32 = 1000;
 /// The context client of the DDL transactions.
 pub(crate) const DDL_CLIENT: u32 = 1001;
+/// The table where every transaction of the workload leaves its mark: one row, its key
+/// `client × 10¹² + seq`, audited like any other change. When a `COMMIT`'s outcome
+/// is unknown, the row says whether it committed; the transaction id does not always (see
+/// [`Writer::resolve`]).
+pub(crate) const MARKS: &str = "soak_mark";
+
+/// The key of the mark the transaction with context `(client, seq)` leaves in [`MARKS`].
+pub(crate) fn mark(client: u32, seq: u64) -> i64 {
+    i64::from(client) * 1_000_000_000_000 + seq as i64
+}
 
 /// Creates the tracked tables (before `bemi setup`, which sets their replica identity).
 pub(crate) async fn create_schema(url: &str) -> Result<(), tokio_postgres::Error> {
@@ -24,7 +34,8 @@ pub(crate) async fn create_schema(url: &str) -> Result<(), tokio_postgres::Error
                                 n int NOT NULL DEFAULT 0);
              CREATE TABLE item (id bigint PRIMARY KEY, client int NOT NULL, seq bigint NOT NULL,
                                 payload text);
-             CREATE TABLE bulk (id bigint PRIMARY KEY, seq bigint NOT NULL, payload text);",
+             CREATE TABLE bulk (id bigint PRIMARY KEY, seq bigint NOT NULL, payload text);
+             CREATE TABLE soak_mark (id bigint PRIMARY KEY);",
         )
         .await
 }
@@ -142,8 +153,9 @@ impl Writer {
         let context = format!("{{\"client\": {}, \"seq\": {seq}}}", self.client);
         let soak = Arc::<Soak>::clone(&self.soak);
         let gate = soak.gate.read().await;
+        let mark = mark(self.client, seq);
         let outcome = match self.session().await {
-            Some(client) => attempt(client, &context, statements).await,
+            Some(client) => attempt(client, &context, mark, statements).await,
             None => Outcome::NotCommitted,
         };
         drop(gate);
@@ -152,7 +164,7 @@ impl Writer {
             Outcome::NotCommitted => false,
             Outcome::Unknown(xid) => {
                 self.session = None;
-                match self.resolve(xid).await {
+                match self.resolve(xid, mark).await {
                     Some(true) => {
                         Stats::add(&soak.stats.unknown_committed);
                         soak.truth().resolved.insert((self.client, seq), xid);
@@ -180,13 +192,14 @@ impl Writer {
             for _ in 0..ddl {
                 Stats::add(&soak.stats.ddl);
             }
+            let changes = statements.iter().flat_map(|s| {
+                s.op.into_iter()
+                    .flat_map(move |op| s.pks.iter().map(move |pk| (s.table.as_str(), op, *pk)))
+            });
             soak.truth().record(
                 self.client,
                 seq,
-                statements.iter().flat_map(|s| {
-                    s.op.into_iter()
-                        .flat_map(move |op| s.pks.iter().map(move |pk| (s.table.as_str(), op, *pk)))
-                }),
+                changes.chain(std::iter::once((MARKS, Op::Create, mark))),
             );
         } else {
             Stats::add(&soak.stats.aborted);
@@ -196,18 +209,37 @@ impl Writer {
         committed
     }
 
-    /// Asks the server whether transaction `xid` committed (`txid_status`), waiting for it to
-    /// answer; `None` when it cannot tell within 5 minutes.
-    async fn resolve(&mut self, xid: i64) -> Option<bool> {
+    /// Whether transaction `xid`, which left mark `mark`, committed, once the server answers
+    /// again; `None` when it cannot tell within 5 minutes.
+    ///
+    /// The mark decides: visible means committed. Its absence decides only once the transaction
+    /// is over, which `txid_status` tells, with a catch: after a crash the server hands out
+    /// again the ids of transactions of which no WAL reached the disk, so a COMMIT cut short by
+    /// a crash can have its id reported `committed` for the next transaction that got it. An id
+    /// reported committed whose mark stays absent is such a reused id (counted, not trusted).
+    async fn resolve(&mut self, xid: i64, mark: i64) -> Option<bool> {
         let deadline = Instant::now() + Duration::from_secs(300);
+        let mut committed_without_mark: Option<Instant> = None;
         while Instant::now() < deadline {
             if let Ok(client) = connect(&self.soak.source_url).await {
-                if let Ok(row) = client.query_one("SELECT txid_status($1)", &[&xid]).await {
-                    match row.get::<_, Option<String>>(0).as_deref() {
-                        Some("committed") => return Some(true),
-                        Some("aborted") => return Some(false),
-                        Some(_) => {}
-                        None => return None,
+                let sql =
+                    format!("SELECT txid_status($1), EXISTS (SELECT FROM {MARKS} WHERE id = $2)");
+                if let Ok(row) = client.query_one(&sql, &[&xid, &mark]).await {
+                    let (status, marked): (Option<String>, bool) = (row.get(0), row.get(1));
+                    match (marked, status.as_deref()) {
+                        (true, _) => return Some(true),
+                        (false, Some("aborted")) => return Some(false),
+                        // A commit is in the commit log a moment before new snapshots see it.
+                        (false, Some("committed")) => match committed_without_mark {
+                            Some(since) if since.elapsed() >= Duration::from_secs(1) => {
+                                Stats::add(&self.soak.stats.reused_xids);
+                                return Some(false);
+                            }
+                            Some(_) => {}
+                            None => committed_without_mark = Some(Instant::now()),
+                        },
+                        (false, Some(_)) => {}
+                        (false, None) => return None,
                     }
                 }
             }
@@ -217,12 +249,13 @@ impl Writer {
     }
 }
 
-/// One attempt: `BEGIN` with the context and the transaction id, the statements with their row
-/// counts checked, `COMMIT`.
-async fn attempt(client: &Client, context: &str, statements: &[Statement]) -> Outcome {
+/// One attempt: `BEGIN` with the context, the transaction id and the transaction's mark, the
+/// statements with their row counts checked, `COMMIT`.
+async fn attempt(client: &Client, context: &str, mark: i64, statements: &[Statement]) -> Outcome {
     let begin = format!(
         "BEGIN; SELECT txid_current()::text, \
-         pg_logical_emit_message(true, '_bemi', '{context}')::text"
+         pg_logical_emit_message(true, '_bemi', '{context}')::text; \
+         INSERT INTO {MARKS} VALUES ({mark})"
     );
     let xid = match client.simple_query(&begin).await {
         Ok(messages) => messages.iter().find_map(|m| match m {
