@@ -44,7 +44,13 @@ fn transaction(commit: u64, from: u32, count: u32) -> Vec<Change> {
             change["ordinal"] = ordinal.into();
             change["transaction_id"] = (commit + 1000).into();
             change["before"] = serde_json::json!({"id": key, "n": ordinal, "tags": ["a", null]});
-            change["after"] = serde_json::json!({"id": key, "n": ordinal + 1, "note": "x\ty"});
+            // Every tenth row large (50 kB): a batch of 150 rows or more is more COPY data
+            // than the sink sends in one piece.
+            let note = match ordinal % 10 {
+                5 => "ÿ\t".repeat(25_000),
+                _ => "x\ty".to_owned(),
+            };
+            change["after"] = serde_json::json!({"id": key, "n": ordinal + 1, "note": note});
             change["context"] = serde_json::json!({"user_id": commit, "path": "/items"});
             serde_json::from_value(change).unwrap()
         })

@@ -1,9 +1,8 @@
 //! A batch's rows as the server takes them: one array per column for `UNNEST`
 //! ([`Columns`]), or a binary `COPY` ([`copy_rows`]).
 
-use bytes::BufMut as _;
-use futures_util::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use bytes::{BufMut as _, BytesMut};
+use futures_util::{pin_mut, SinkExt as _};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use crate::change::Change;
@@ -11,6 +10,14 @@ use crate::changes_table::{ChangesTable, RowId};
 use crate::error::{Error, ErrorKind, Result};
 
 const PRIMARY_KEY_CHARS: usize = 255;
+
+/// The binary `COPY` data sent in one message, at least: a batch of small rows goes in one piece
+/// (one write to the socket, not one per 4 kB), a batch of large values in pieces this big, so
+/// the encoded copy of a batch never takes much memory.
+const COPY_PIECE: usize = 1 << 20;
+
+/// The signature, flags and header extension length that open binary `COPY` data.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 /// The columns a binary `COPY` fills, in the order it sends them, with the type it sends; `id`
 /// last, so a sink that leaves ids to the column's default sends one column less.
@@ -84,12 +91,11 @@ pub(super) async fn copy_rows(
     system_id: i64,
     ids: Option<&[RowId]>,
 ) -> Result<()> {
-    let types: Vec<Type> = COPY_COLUMNS[..copy_width(ids.is_some())]
-        .iter()
-        .map(|(_, ty)| ty.clone())
-        .collect();
-    let writer = BinaryCopyInWriter::new(client.copy_in(statement).await?, &types);
-    pin_mut!(writer);
+    let width = copy_width(ids.is_some());
+    let sink = client.copy_in::<_, bytes::Bytes>(statement).await?;
+    pin_mut!(sink);
+    let mut data = BytesMut::with_capacity(COPY_PIECE);
+    data.put_slice(COPY_HEADER);
     for (i, change) in changes.iter().enumerate() {
         let id = ids.map(|ids| ids[i]);
         let row: [&(dyn ToSql + Sync); 16] = [
@@ -110,9 +116,42 @@ pub(super) async fn copy_rows(
             &ordinal(change)?,
             &id,
         ];
-        writer.as_mut().write(&row[..types.len()]).await?;
+        encode_row(&row[..width], &mut data)?;
+        if data.len() >= COPY_PIECE {
+            sink.send(data.split().freeze()).await?;
+        }
     }
-    writer.finish().await?;
+    // The trailer: a row of -1 fields.
+    data.put_i16(-1);
+    sink.send(data.freeze()).await?;
+    sink.finish().await?;
+    Ok(())
+}
+
+/// Appends one row of binary `COPY` data: the field count, then each field's length (-1 for
+/// NULL) and value in the binary format of its column's type ([`COPY_COLUMNS`]).
+fn encode_row(row: &[&(dyn ToSql + Sync)], data: &mut BytesMut) -> Result<()> {
+    data.put_i16(row.len() as i16);
+    for (value, (column, ty)) in row.iter().zip(&COPY_COLUMNS) {
+        let at = data.len();
+        data.put_i32(0);
+        let length = match value.to_sql_checked(ty, data) {
+            Ok(IsNull::Yes) => -1,
+            Ok(IsNull::No) => i32::try_from(data.len() - at - 4).map_err(|_| {
+                Error::new(
+                    ErrorKind::Sink,
+                    format!("a {column} value longer than the 1 GB a COPY field holds"),
+                )
+            })?,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Sink,
+                    format!("could not encode the {column} column for COPY: {e}"),
+                ))
+            }
+        };
+        data[at..at + 4].copy_from_slice(&length.to_be_bytes());
+    }
     Ok(())
 }
 
