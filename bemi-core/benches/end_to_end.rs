@@ -23,7 +23,9 @@
 //!    `pg_recvlogical` drains it from a slot made before it, the tracker stores it into
 //!    `changes`, and the same rows are copied from `changes` into a table made like it (the same
 //!    partitions and indexes) with a binary `COPY`: the end-to-end rate against the rate at which
-//!    the server takes those rows at all.
+//!    the server takes those rows at all; `BEMI_BENCH_LARGE_ROUNDS` times (default 3, each with
+//!    a new transaction, tracker and `COPY` taking turns), per round and as mean ± half its 95 %
+//!    confidence interval.
 //! 3. **Latency.** With the tracker caught up, `BEMI_BENCH_WRITERS` connections (default 4) commit
 //!    one-row transactions at a steady `BEMI_BENCH_RATE` a second in all (default 1,000) for
 //!    `BEMI_BENCH_SECONDS` (default 30): the p50, p99 and maximum of `created_at - committed_at`
@@ -77,6 +79,7 @@ struct Options {
     backlog: u64,
     rounds: u64,
     large: u64,
+    large_rounds: u64,
     rate: f64,
     seconds: f64,
     writers: u64,
@@ -108,6 +111,7 @@ impl Options {
             backlog: number("BEMI_BENCH_BACKLOG", backlog) as u64,
             rounds: (number("BEMI_BENCH_ROUNDS", 3.0) as u64).max(1),
             large: (number("BEMI_BENCH_LARGE", large) as u64).max(1),
+            large_rounds: (number("BEMI_BENCH_LARGE_ROUNDS", 3.0) as u64).max(1),
             rate: number("BEMI_BENCH_RATE", 1_000.0),
             seconds: number("BEMI_BENCH_SECONDS", seconds),
             writers: (number("BEMI_BENCH_WRITERS", 4.0) as u64).max(1),
@@ -259,8 +263,40 @@ async fn run(options: Options) {
         peak_rss as f64 / 1024.0
     );
 
-    // 2. One large transaction.
-    large_transaction(&pg, &sql, &source, &destination, postmaster, &options).await;
+    // 2. One large transaction, in rounds.
+    create_changes_table(
+        &destination,
+        "copy_reference",
+        options.gin_options.as_deref(),
+    )
+    .await;
+    let (mut to_recvlogical, mut to_copy, mut peak_rss) = (Vec::new(), Vec::new(), 0.0f64);
+    for round in 0..options.large_rounds {
+        let (recvlogical, copy, rss) = large_transaction(
+            &pg,
+            &sql,
+            &source,
+            &destination,
+            postmaster,
+            &options,
+            round,
+        )
+        .await;
+        to_recvlogical.push(recvlogical);
+        to_copy.push(copy);
+        peak_rss = peak_rss.max(rss);
+    }
+    println!(
+        "one transaction of {} rows (mean of {} rounds): tracker → changes {:.2} ± {:.2} × \
+         pg_recvlogical; end to end {:.2} ± {:.2} × COPY {to_copy:.2?}; peak RSS of the \
+         tracker's process {peak_rss:.1} MiB",
+        options.large,
+        options.large_rounds,
+        mean(&to_recvlogical),
+        ratio_spread(to_recvlogical.iter().copied()),
+        mean(&to_copy),
+        ratio_spread(to_copy.iter().copied()),
+    );
 
     // 3. Latency at a steady rate.
     fresh_slot(&sql, "tracker").await;
@@ -383,8 +419,10 @@ async fn fresh_slot(sql: &tokio_postgres::Client, slot: &str) {
         .expect("the tracker's slot");
 }
 
-/// One transaction of `options.large` rows: `pg_recvlogical`, the tracker into `changes`, and
-/// a binary `COPY` of the rows the tracker stored into a table made like `changes`.
+/// Round `round` of one transaction of `options.large` rows: `pg_recvlogical`, the tracker into
+/// `changes`, and a binary `COPY` of the rows the tracker stored into `copy_reference`, a table
+/// made like `changes`. Returns the tracker's rate over `pg_recvlogical`'s and over `COPY`'s, and
+/// the peak RSS (MiB) of the tracker's run.
 async fn large_transaction(
     pg: &TempPostgres,
     sql: &tokio_postgres::Client,
@@ -392,16 +430,20 @@ async fn large_transaction(
     destination: &ConnectOptions,
     postmaster: u32,
     options: &Options,
-) {
+    round: u64,
+) -> (f64, f64, f64) {
     let rows = options.large;
-    fresh_slot(sql, "tracker_large").await;
+    // A slot of its own each round: the sink's progress is kept per slot, and a new slot past
+    // the progress stored for its name is a gap.
+    let slot = format!("tracker_large_{round}");
+    fresh_slot(sql, &slot).await;
     sql.execute(
         "SELECT pg_create_logical_replication_slot('reference_large', 'pgoutput')",
         &[],
     )
     .await
     .expect("the reference slot");
-    let first = (options.rounds * options.backlog) as i64;
+    let first = (options.rounds * options.backlog + round * rows) as i64;
     sql.execute(
         "INSERT INTO backlog SELECT g, md5(g::text), 1, now() \
          FROM generate_series($1::int8, $2::int8) g",
@@ -419,19 +461,13 @@ async fn large_transaction(
     let sink = PostgresSink::connect(destination).expect("sink");
     drain::reset_peak_rss();
     let meter = CpuMeter::start(postmaster);
-    let tracked = drain::tracked(options.tracker(source, sink, "tracker_large"), rows).await;
+    let tracked = drain::tracked(options.tracker(source, sink, &slot), rows).await;
     let tracked_cpu = meter.stop();
-    drain::drop_slot_when_free(sql, "tracker_large").await;
+    drain::drop_slot_when_free(sql, &slot).await;
     // Before the reference below holds the copied rows in memory.
     let peak_rss = drain::peak_rss_kib() as f64 / 1024.0;
 
     // The reference: the rows the tracker stored, copied into a table made like `changes`.
-    create_changes_table(
-        destination,
-        "copy_reference",
-        options.gin_options.as_deref(),
-    )
-    .await;
     let audit = destination.connect().await.expect("destination");
     let columns = "id, primary_key, before, after, context, database, schema, \"table\", \
                    operation, committed_at, queued_at, created_at, transaction_id, position, \
@@ -455,16 +491,22 @@ async fn large_transaction(
         rate(rows, copy),
     );
     println!(
-        "one transaction of {rows} rows: pg_recvlogical {recvlogical:.2?} ({recvlogical_rate:.0}/s); \
+        "one transaction of {rows} rows, round {}: pg_recvlogical {recvlogical:.2?} ({recvlogical_rate:.0}/s); \
          tracker → changes {tracked:.2?} ({tracked_rate:.0}/s): {:.2}× pg_recvlogical; \
          binary COPY of the same rows into a table with the same indexes {copy:.2?} \
          ({copy_rate:.0}/s): end to end {:.2}× COPY",
+        round + 1,
         tracked_rate / recvlogical_rate,
         tracked_rate / copy_rate
     );
     println!("  CPU, pg_recvlogical: {recvlogical_cpu}");
     println!("  CPU, the tracker: {tracked_cpu}");
     println!("  peak RSS of the tracker's process: {peak_rss:.1} MiB");
+    (
+        tracked_rate / recvlogical_rate,
+        tracked_rate / copy_rate,
+        peak_rss,
+    )
 }
 
 /// Who streams the changes while the application commits.
