@@ -378,30 +378,43 @@ async fn row_sizes(destination: &ConnectOptions) {
     }
 }
 
-/// The rows of `query` as binary `COPY` data.
-async fn copy_out(client: &tokio_postgres::Client, query: &str) -> Vec<bytes::Bytes> {
-    client
+/// Writes the rows of `query` as binary `COPY` data into the file `path`.
+async fn copy_out(client: &tokio_postgres::Client, query: &str, path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("a file"));
+    let rows = client
         .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
         .await
-        .expect("COPY out")
-        .try_collect()
-        .await
-        .expect("the rows")
+        .expect("COPY out");
+    futures_util::pin_mut!(rows);
+    while let Some(chunk) = rows.try_next().await.expect("the rows") {
+        file.write_all(&chunk).expect("write the rows");
+    }
+    file.flush().expect("write the rows");
 }
 
-/// Copies binary `COPY` `data` into `target` (a table and its columns). Returns the rows copied.
-async fn copy_in(
-    client: &tokio_postgres::Client,
-    target: &str,
-    data: impl IntoIterator<Item = bytes::Bytes>,
-) -> u64 {
+/// Copies the binary `COPY` data of the file `path` into `target` (a table and its columns),
+/// 1 MiB a message, as the sink sends it. Returns the rows copied.
+async fn copy_in(client: &tokio_postgres::Client, target: &str, path: &std::path::Path) -> u64 {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).expect("the rows");
     let copy = client
         .copy_in(&format!("COPY {target} FROM STDIN (FORMAT binary)"))
         .await
         .expect("COPY in");
     futures_util::pin_mut!(copy);
-    for chunk in data {
-        copy.send(chunk).await.expect("COPY data");
+    loop {
+        let mut chunk = Vec::with_capacity(1 << 20);
+        let read = (&mut file)
+            .take(1 << 20)
+            .read_to_end(&mut chunk)
+            .expect("read the rows");
+        if read == 0 {
+            break;
+        }
+        copy.send(bytes::Bytes::from(chunk))
+            .await
+            .expect("COPY data");
     }
     copy.finish().await.expect("COPY")
 }
@@ -464,25 +477,28 @@ async fn large_transaction(
     let tracked = drain::tracked(options.tracker(source, sink, &slot), rows).await;
     let tracked_cpu = meter.stop();
     drain::drop_slot_when_free(sql, &slot).await;
-    // Before the reference below holds the copied rows in memory.
     let peak_rss = drain::peak_rss_kib() as f64 / 1024.0;
 
-    // The reference: the rows the tracker stored, copied into a table made like `changes`.
+    // The reference: the rows the tracker stored, copied into a table made like `changes`
+    // (through a file, so that this process's memory stays as small as before the next round).
     let audit = destination.connect().await.expect("destination");
     let columns = "id, primary_key, before, after, context, database, schema, \"table\", \
                    operation, committed_at, queued_at, created_at, transaction_id, position, \
                    system_id, commit_lsn, ordinal";
-    let copied = copy_out(
+    let file = std::env::temp_dir().join(format!("bemi-bench-{}-large", std::process::id()));
+    copy_out(
         &audit,
         &format!(
             "SELECT {columns} FROM changes \
              WHERE commit_lsn = (SELECT max(commit_lsn) FROM changes)"
         ),
+        &file,
     )
     .await;
     let started = Instant::now();
-    let copied_rows = copy_in(&audit, &format!("copy_reference ({columns})"), copied).await;
+    let copied_rows = copy_in(&audit, &format!("copy_reference ({columns})"), &file).await;
     let copy = started.elapsed();
+    std::fs::remove_file(&file).expect("remove the copied rows");
     assert_eq!(copied_rows, rows, "the transaction's rows copied");
 
     let (recvlogical_rate, tracked_rate, copy_rate) = (
@@ -657,13 +673,12 @@ async fn physical_drain(
                     let Some(piece) = pieces.lock().expect("pieces").pop() else {
                         return;
                     };
-                    let piece = std::fs::read(&piece).expect("a piece");
                     copy_in(
                         &writer,
                         "changes (id, primary_key, before, after, context, database, schema, \
                          \"table\", operation, committed_at, queued_at, transaction_id, \
                          position, system_id, commit_lsn, ordinal)",
-                        [bytes::Bytes::from(piece)],
+                        &piece,
                     )
                     .await;
                 }
@@ -717,7 +732,8 @@ async fn copy_pieces(
     while left > 0 {
         let rows = left.min(batch);
         left -= rows;
-        let piece = copy_out(
+        let path = dir.join(pieces.len().to_string());
+        copy_out(
             &audit,
             &format!(
                 "SELECT gen_random_uuid(), n::text::varchar, '{{}}'::jsonb, \
@@ -727,10 +743,9 @@ async fn copy_pieces(
                         0::int4 \
                  FROM (SELECT nextval('bare_writer') AS n FROM generate_series(1, {rows})) g"
             ),
+            &path,
         )
         .await;
-        let path = dir.join(pieces.len().to_string());
-        std::fs::write(&path, piece.concat()).expect("a piece");
         pieces.push(path);
     }
     pieces

@@ -422,11 +422,17 @@ where
         0 => None,
         1 => {
             let json = values.next()??;
-            match serde_json::from_str::<String>(&json) {
-                Ok(text) => Some(text),
-                Err(_) if json == "null" => None,
-                Err(_) => Some(json.into_owned()),
+            if json == "null" {
+                return None;
             }
+            // Only a JSON string is unquoted; anything else is kept as it is, without the cost
+            // of a failed parse (a number key is the common case).
+            let text = json
+                .trim_start()
+                .starts_with('"')
+                .then(|| serde_json::from_str::<String>(&json).ok())
+                .flatten();
+            Some(text.unwrap_or_else(|| json.into_owned()))
         }
         _ => {
             let parts: Option<Vec<Cow<'a, str>>> = values.collect();
@@ -449,6 +455,28 @@ mod tests {
             is_primary_key: false,
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
         }
+    }
+
+    #[test]
+    fn a_key_is_a_string_unquoted_anything_else_as_json_several_as_an_array() {
+        let key = |values: &[Option<&str>]| {
+            format_key(values.iter().map(|v| v.map(std::borrow::Cow::Borrowed)))
+        };
+        assert_eq!(key(&[Some(r#""a \"b\"""#)]).as_deref(), Some(r#"a "b""#));
+        assert_eq!(key(&[Some("42")]).as_deref(), Some("42"));
+        assert_eq!(key(&[Some("-1.5e3")]).as_deref(), Some("-1.5e3"));
+        assert_eq!(key(&[Some("true")]).as_deref(), Some("true"));
+        assert_eq!(key(&[Some(r#"{"x":1}"#)]).as_deref(), Some(r#"{"x":1}"#));
+        // Not valid JSON (never made by the decoder): kept as it is.
+        assert_eq!(key(&[Some(r#""open"#)]).as_deref(), Some(r#""open"#));
+        assert_eq!(key(&[Some("null")]), None);
+        assert_eq!(key(&[None]), None);
+        assert_eq!(key(&[]), None);
+        assert_eq!(
+            key(&[Some("1"), Some(r#""a""#)]).as_deref(),
+            Some(r#"[1,"a"]"#)
+        );
+        assert_eq!(key(&[Some("1"), None]), None);
     }
 
     #[test]
