@@ -46,6 +46,11 @@
 //! [`concurrent_writes`](bemi_core::TrackerBuilder::concurrent_writes) and
 //! [`linger`](bemi_core::TrackerBuilder::linger) (defaults 1,000, 2 and 5 ms, the tracker's own).
 //!
+//! `BEMI_BENCH_WITHOUT_GIN=1` adds to each drain round a second physical reference that copies
+//! the rows into `changes_without_gin`, a table like `changes` (not partitioned) without its
+//! three GIN indexes: the drain's ceiling with a recent partition that gets its GIN indexes only
+//! once it is sealed.
+//!
 //! `BEMI_BENCH_GIN_OPTIONS` (say `fastupdate = off`, or `gin_pending_list_limit = 256`) is set
 //! on every GIN index of the table (`ALTER INDEX … SET (…)`) before the tracker starts, to
 //! compare with the table as the sink creates it.
@@ -87,6 +92,7 @@ struct Options {
     tps_seconds: f64,
     tps_rounds: u64,
     gin_options: Option<String>,
+    without_gin: bool,
     batch_size: usize,
     concurrent_writes: usize,
     linger: Duration,
@@ -119,6 +125,7 @@ impl Options {
             tps_seconds: number("BEMI_BENCH_TPS_SECONDS", tps_seconds),
             tps_rounds: (number("BEMI_BENCH_TPS_ROUNDS", 5.0) as u64).max(1),
             gin_options: std::env::var("BEMI_BENCH_GIN_OPTIONS").ok(),
+            without_gin: std::env::var("BEMI_BENCH_WITHOUT_GIN").is_ok_and(|v| v == "1"),
             batch_size: number("BEMI_BENCH_BATCH_SIZE", 1_000.0) as usize,
             concurrent_writes: number("BEMI_BENCH_CONCURRENT_WRITES", 2.0) as usize,
             linger: Duration::from_secs_f64(number("BEMI_BENCH_LINGER_MS", 5.0) / 1000.0),
@@ -168,6 +175,9 @@ async fn run(options: Options) {
     }
     let destination = source.clone().with_dbname("audit");
     create_changes_table(&destination, "changes", options.gin_options.as_deref()).await;
+    if options.without_gin {
+        create_table_without_gin(&destination).await;
+    }
     // The publication, before any change it publishes.
     fresh_slot(&sql, &drain_slot(0)).await;
     let postmaster = cpu::postmaster_pid(&pg.data_dir());
@@ -182,6 +192,7 @@ async fn run(options: Options) {
 
     // 1. The backlog, round by round.
     let (mut ratios, mut physical_ratios, mut ceilings) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ceilings_without_gin = Vec::new();
     let mut peak_rss = 0;
     for round in 0..options.rounds {
         // Both slots are made just before the backlog, so that both consumers read the same
@@ -190,7 +201,12 @@ async fn run(options: Options) {
         let slot = drain_slot(round);
         fresh_slot(&sql, &slot).await;
         let (reference, physical) = (format!("reference_{round}"), format!("physical_{round}"));
-        for reference in [&reference, &physical] {
+        let without_gin = format!("without_gin_{round}");
+        let mut references = vec![&reference, &physical];
+        if options.without_gin {
+            references.push(&without_gin);
+        }
+        for reference in &references {
             sql.execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[reference],
@@ -213,9 +229,38 @@ async fn run(options: Options) {
         let recvlogical = drain::pg_recvlogical(&pg, "postgres", &reference, "bench", &end);
         let recvlogical_cpu = meter.stop();
         let meter = CpuMeter::start(postmaster);
-        let stored = physical_drain(&pg, &sql, &destination, &physical, &end, &options).await;
+        let stored = physical_drain(
+            &pg,
+            &sql,
+            &destination,
+            &physical,
+            "changes",
+            &end,
+            &options,
+        )
+        .await;
         let physical_cpu = meter.stop();
-        for reference in [&reference, &physical] {
+        if options.without_gin {
+            let meter = CpuMeter::start(postmaster);
+            let stored = physical_drain(
+                &pg,
+                &sql,
+                &destination,
+                &without_gin,
+                "changes_without_gin",
+                &end,
+                &options,
+            )
+            .await;
+            let cpu = meter.stop();
+            let ceiling = rate(options.backlog, stored) / rate(options.backlog, recvlogical);
+            ceilings_without_gin.push(ceiling);
+            println!(
+                "  the physical reference into a table without the GIN indexes: {stored:.2?}, \
+                 {ceiling:.2}× pg_recvlogical; CPU: {cpu}"
+            );
+        }
+        for reference in &references {
             drain::drop_slot_when_free(&sql, reference).await;
         }
         let sink = PostgresSink::connect(&destination).expect("sink");
@@ -258,6 +303,15 @@ async fn run(options: Options) {
         mean(&ceilings),
         ratio_spread(ceilings.iter().copied()),
     );
+    if options.without_gin {
+        println!(
+            "the physical reference into a table without the GIN indexes (mean of {} rounds): \
+             {:.2} ± {:.2} × pg_recvlogical",
+            ceilings_without_gin.len(),
+            mean(&ceilings_without_gin),
+            ratio_spread(ceilings_without_gin.iter().copied()),
+        );
+    }
     println!(
         "peak RSS of the tracker's process: {:.1} MiB",
         peak_rss as f64 / 1024.0
@@ -636,8 +690,8 @@ async fn application_throughput(
 }
 
 /// The drain's physical reference: a live `pg_recvlogical` streams `slot` while one audit row
-/// per backlog transaction, made beforehand (see [`copy_pieces`]), is copied into `changes` a
-/// batch (the tracker's batch size) at a time by binary `COPY` on as many connections as the
+/// per backlog transaction, made beforehand (see [`copy_pieces`]), is copied into `table` (the
+/// audit database's `changes`, or a table made like it) a batch (the tracker's batch size) at a time by binary `COPY` on as many connections as the
 /// tracker writes on: the least any tracker storing into `changes` on this server has to do,
 /// with the walsender reading the rows' WAL as it comes like the tracker's. Returns how long
 /// until every row is stored and the walsender has sent `end`, the backlog's end.
@@ -646,6 +700,7 @@ async fn physical_drain(
     sql: &tokio_postgres::Client,
     destination: &ConnectOptions,
     slot: &str,
+    table: &str,
     end: &str,
     options: &Options,
 ) -> Duration {
@@ -668,19 +723,17 @@ async fn physical_drain(
         .into_iter()
         .map(|writer| {
             let pieces = Arc::clone(&pieces);
+            let target = format!(
+                "{table} (id, primary_key, before, after, context, database, schema, \"table\", \
+                 operation, committed_at, queued_at, transaction_id, position, system_id, \
+                 commit_lsn, ordinal)"
+            );
             tokio::spawn(async move {
                 loop {
                     let Some(piece) = pieces.lock().expect("pieces").pop() else {
                         return;
                     };
-                    copy_in(
-                        &writer,
-                        "changes (id, primary_key, before, after, context, database, schema, \
-                         \"table\", operation, committed_at, queued_at, transaction_id, \
-                         position, system_id, commit_lsn, ordinal)",
-                        &piece,
-                    )
-                    .await;
+                    copy_in(&writer, &target, &piece).await;
                 }
             })
         })
@@ -903,6 +956,34 @@ async fn commit_paced(
         committed += task.await.expect("writer");
     }
     committed
+}
+
+/// Creates `changes_without_gin` in the audit database: the columns, defaults and indexes of
+/// `changes` but not its GIN indexes, and no partitions — a recent partition as it would be
+/// before it is sealed and gets them.
+async fn create_table_without_gin(destination: &ConnectOptions) {
+    let sql = destination.connect().await.expect("destination");
+    sql.batch_execute(
+        "CREATE TABLE changes_without_gin (LIKE changes INCLUDING DEFAULTS INCLUDING INDEXES)",
+    )
+    .await
+    .expect("changes_without_gin");
+    let gin = sql
+        .query(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+             WHERE i.indrelid = 'changes_without_gin'::regclass AND a.amname = 'gin'",
+            &[],
+        )
+        .await
+        .expect("its GIN indexes");
+    assert_eq!(gin.len(), 3, "the three GIN indexes of changes, copied");
+    for index in gin {
+        let index: String = index.get(0);
+        sql.batch_execute(&format!("DROP INDEX {index}"))
+            .await
+            .expect("DROP INDEX");
+    }
 }
 
 /// Creates the changes table `table` as the tracker's sink does at its start (so that no
