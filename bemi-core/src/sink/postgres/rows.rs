@@ -140,7 +140,7 @@ fn encode_row(row: &[&(dyn ToSql + Sync)], data: &mut BytesMut) -> Result<()> {
             Ok(IsNull::No) => i32::try_from(data.len() - at - 4).map_err(|_| {
                 Error::new(
                     ErrorKind::Sink,
-                    format!("a {column} value longer than the 1 GB a COPY field holds"),
+                    format!("a {column} value too long for a COPY field (2 GiB or more)"),
                 )
             })?,
             Err(e) => {
