@@ -220,10 +220,9 @@ impl Writer {
     async fn resolve(&mut self, xid: i64, mark: i64) -> Option<bool> {
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut committed_without_mark: Option<Instant> = None;
+        let sql = format!("SELECT txid_status($1), EXISTS (SELECT FROM {MARKS} WHERE id = $2)");
         while Instant::now() < deadline {
             if let Ok(client) = connect(&self.soak.source_url).await {
-                let sql =
-                    format!("SELECT txid_status($1), EXISTS (SELECT FROM {MARKS} WHERE id = $2)");
                 if let Ok(row) = client.query_one(&sql, &[&xid, &mark]).await {
                     let (status, marked): (Option<String>, bool) = (row.get(0), row.get(1));
                     match (marked, status.as_deref()) {
