@@ -47,26 +47,34 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next message; NoticeResponse and ParameterStatus are logged and skipped.
     pub(crate) async fn next(&mut self) -> Result<Incoming> {
         loop {
+            if let Some(incoming) = self.buffered()? {
+                return Ok(incoming);
+            }
+            let read = self
+                .io
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(Error::connection_lost)?;
+            if read == 0 {
+                return Err(Error::connection_lost(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// The next message if it was read whole already (no I/O); NoticeResponse and
+    /// ParameterStatus are logged and skipped.
+    pub(crate) fn buffered(&mut self) -> Result<Option<Incoming>> {
+        loop {
             match self.parse()? {
                 Some(Incoming::Message(Message::NoticeResponse(body))) => {
                     let (_, message) = error_fields(body.fields());
                     tracing::info!(notice = %message, "server notice");
                 }
                 Some(Incoming::Message(Message::ParameterStatus(_))) => {}
-                Some(incoming) => return Ok(incoming),
-                None => {
-                    let read = self
-                        .io
-                        .read_buf(&mut self.buf)
-                        .await
-                        .map_err(Error::connection_lost)?;
-                    if read == 0 {
-                        return Err(Error::connection_lost(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "the server closed the connection",
-                        )));
-                    }
-                }
+                incoming => return Ok(incoming),
             }
         }
     }

@@ -165,16 +165,21 @@ impl ReplicationStream {
     /// terminated walsender reports SQLSTATE 57P01), or a malformed message.
     pub async fn next_event(&mut self) -> Result<Option<ReplicationEvent>> {
         loop {
-            let incoming = match tokio::time::timeout_at(self.deadline(), self.reader.next()).await
-            {
-                Ok(incoming) => incoming?,
-                Err(_) => {
-                    self.probe()?;
-                    continue;
-                }
+            // What a read brought whole is taken without a timer; the server was heard then.
+            let incoming = match self.reader.buffered()? {
+                Some(incoming) => incoming,
+                None => match tokio::time::timeout_at(self.deadline(), self.reader.next()).await {
+                    Ok(incoming) => {
+                        self.heard_at = Instant::now();
+                        self.probed_at = None;
+                        incoming?
+                    }
+                    Err(_) => {
+                        self.probe()?;
+                        continue;
+                    }
+                },
             };
-            self.heard_at = Instant::now();
-            self.probed_at = None;
             let data = match incoming {
                 Incoming::Message(Message::CopyData(body)) => body.into_bytes(),
                 Incoming::Message(

@@ -33,6 +33,15 @@ pub(super) struct Session {
     stitcher: Stitcher,
     ledger: Ledger,
     metrics: Instruments,
+    /// What the session did since it last published its [`Progress`].
+    unreported: Unreported,
+}
+
+/// Transactions handled and changes stored since the session last published its progress.
+#[derive(Debug, Default)]
+struct Unreported {
+    transactions: u64,
+    changes: u64,
 }
 
 /// How often the slot's `wal_status` and `safe_wal_size` are read for the metrics.
@@ -174,6 +183,7 @@ impl Session {
             decoder,
             stitcher,
             metrics: metrics.clone(),
+            unreported: Unreported::default(),
             ledger: Ledger::new(
                 Limits {
                     batch_size: config.batch_size,
@@ -231,13 +241,19 @@ impl Session {
         flush_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut slot_timer = tokio::time::interval(SLOT_CHECK_INTERVAL);
         slot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One wait for the stop, not one made and dropped per event.
+        let stopped = stop_requested(stop);
+        tokio::pin!(stopped);
         loop {
             let due = self.ledger.due();
             tokio::select! {
                 biased;
-                _ = stop_requested(stop) => return self.stop(config, writer, progress).await,
+                () = &mut stopped => return self.stop(config, writer, progress).await,
                 ack = writer.acks.recv() => self.acknowledged(ack, progress)?,
-                _ = flush_timer.tick() => self.flush(writer, false).await?,
+                _ = flush_timer.tick() => {
+                    self.flush(writer, false).await?;
+                    self.report(progress);
+                }
                 _ = slot_timer.tick() => self.check_slot(&config.slot).await?,
                 event = self.feed.next_event() => match event? {
                     Some(event) => {
@@ -341,10 +357,7 @@ impl Session {
         if let Some(lsn) = self.ledger.acknowledged(durable) {
             self.feed.confirm(lsn);
         }
-        progress.send_modify(|p| {
-            p.changes += count;
-            p.stored_in_session |= count > 0;
-        });
+        self.unreported.changes += count;
         self.report(progress);
         Ok(())
     }
@@ -396,8 +409,7 @@ impl Session {
                 if let Some(committed) = committed {
                     let handled = u64::from(!committed.replayed);
                     self.metrics.transactions(handled);
-                    progress.send_modify(|p| p.transactions += handled);
-                    self.report(progress);
+                    self.unreported.transactions += handled;
                 }
             }
             ReplicationEvent::Keepalive { wal_end, .. } => {
@@ -479,13 +491,26 @@ impl Session {
         Ok(())
     }
 
-    fn report(&self, progress: &watch::Sender<Progress>) {
+    /// Publishes the progress: once a batch is stored, at a keepalive and at each flush
+    /// interval, not once a transaction (at tens of thousands of transactions a second, waking
+    /// every watcher of the progress each time cost the tracker more than decoding them).
+    fn report(&mut self, progress: &watch::Sender<Progress>) {
         let (confirmed, server) = (self.feed.confirmed(), self.feed.received());
         let stored = self.ledger.stored().max(confirmed);
         self.metrics.lag_bytes(server.0.saturating_sub(confirmed.0));
+        let Unreported {
+            transactions,
+            changes,
+        } = std::mem::take(&mut self.unreported);
         progress.send_if_modified(|p| {
-            let changed =
-                p.confirmed_lsn != confirmed || p.server_lsn != server || p.stored_lsn < stored;
+            let changed = p.confirmed_lsn != confirmed
+                || p.server_lsn != server
+                || p.stored_lsn < stored
+                || transactions > 0
+                || changes > 0;
+            p.transactions += transactions;
+            p.changes += changes;
+            p.stored_in_session |= changes > 0;
             p.confirmed_lsn = confirmed;
             p.server_lsn = server;
             p.stored_lsn = p.stored_lsn.max(stored);
