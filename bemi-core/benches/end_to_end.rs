@@ -1,7 +1,10 @@
 //! The tracker end to end as users see it, against references measured in the same run, on one
 //! throwaway PostgreSQL with production durability (`fsync`, `full_page_writes` and
 //! `synchronous_commit` on). The tracker stores into the default `changes` table (partitioned by
-//! month, Bemi's indexes) of another database of the same server.
+//! month, Bemi's indexes) of another database of the same server. Each timed measurement starts
+//! right after a `CHECKPOINT`, with `max_wal_size` large enough that no checkpoint starts during
+//! one (each pays the full-page writes after a checkpoint alike; none pays for a checkpoint that
+//! another's WAL started).
 //!
 //! 1. **Backlog drain.** `BEMI_BENCH_BACKLOG` one-row transactions (default 50,000), committed
 //!    by 8 connections while no consumer runs, onto two slots made just before them:
@@ -71,7 +74,7 @@ use bemi_core::setup::SourceSetup;
 use bemi_core::sink::{ChangeSink, PostgresSink, SourceInfo};
 use bemi_core::{ConnectOptions, Tracker, TrackerBuilder};
 use bemi_temp_postgres::TempPostgres;
-use bemi_testkit::cpu::{self, CpuMeter};
+use bemi_testkit::cpu::{self, CpuMeter, CpuUsage};
 use bemi_testkit::drain::{self, rate};
 use bemi_testkit::overhead::ratio_spread;
 use futures_util::{SinkExt as _, TryStreamExt as _};
@@ -161,7 +164,8 @@ fn main() {
 }
 
 async fn run(options: Options) {
-    let pg = drain::durable_server(&[]).await;
+    // Checkpoints come when the benchmark asks (see `checkpoint`), not by WAL volume.
+    let pg = drain::durable_server(&[("max_wal_size", "8GB")]).await;
     let source: ConnectOptions = pg.url("postgres").parse().expect("url");
     let sql = source.connect().await.expect("connect");
     // One statement each: CREATE DATABASE cannot run in the implicit transaction of a batch.
@@ -225,11 +229,11 @@ async fn run(options: Options) {
         )
         .await;
         let end = drain::wal_end(&sql).await;
+        checkpoint(&sql).await;
         let meter = CpuMeter::start(postmaster);
         let recvlogical = drain::pg_recvlogical(&pg, "postgres", &reference, "bench", &end);
         let recvlogical_cpu = meter.stop();
-        let meter = CpuMeter::start(postmaster);
-        let stored = physical_drain(
+        let (stored, physical_cpu) = physical_drain(
             &pg,
             &sql,
             &destination,
@@ -239,10 +243,8 @@ async fn run(options: Options) {
             &options,
         )
         .await;
-        let physical_cpu = meter.stop();
         if options.without_gin {
-            let meter = CpuMeter::start(postmaster);
-            let stored = physical_drain(
+            let (stored, cpu) = physical_drain(
                 &pg,
                 &sql,
                 &destination,
@@ -252,7 +254,6 @@ async fn run(options: Options) {
                 &options,
             )
             .await;
-            let cpu = meter.stop();
             let ceiling = rate(options.backlog, stored) / rate(options.backlog, recvlogical);
             ceilings_without_gin.push(ceiling);
             println!(
@@ -264,7 +265,7 @@ async fn run(options: Options) {
             drain::drop_slot_when_free(&sql, reference).await;
         }
         let sink = PostgresSink::connect(&destination).expect("sink");
-        // Without the physical reference's rows, which it held in memory.
+        checkpoint(&sql).await;
         drain::reset_peak_rss();
         let meter = CpuMeter::start(postmaster);
         let tracker = options.tracker(&source, sink, &slot);
@@ -519,6 +520,7 @@ async fn large_transaction(
     .await
     .expect("the large transaction");
     let end = drain::wal_end(sql).await;
+    checkpoint(sql).await;
     let meter = CpuMeter::start(postmaster);
     let recvlogical = drain::pg_recvlogical(pg, "postgres", "reference_large", "bench", &end);
     let recvlogical_cpu = meter.stop();
@@ -526,6 +528,7 @@ async fn large_transaction(
         .await
         .expect("drop the reference slot");
     let sink = PostgresSink::connect(destination).expect("sink");
+    checkpoint(sql).await;
     drain::reset_peak_rss();
     let meter = CpuMeter::start(postmaster);
     let tracked = drain::tracked(options.tracker(source, sink, &slot), rows).await;
@@ -549,6 +552,7 @@ async fn large_transaction(
         &file,
     )
     .await;
+    checkpoint(sql).await;
     let started = Instant::now();
     let copied_rows = copy_in(&audit, &format!("copy_reference ({columns})"), &file).await;
     let copy = started.elapsed();
@@ -643,6 +647,7 @@ async fn application_throughput(
                     stopped,
                 ))
             });
+            checkpoint(sql).await;
             let began = Instant::now();
             let meter = CpuMeter::start(postmaster);
             let committed =
@@ -694,7 +699,8 @@ async fn application_throughput(
 /// audit database's `changes`, or a table made like it) a batch (the tracker's batch size) at a time by binary `COPY` on as many connections as the
 /// tracker writes on: the least any tracker storing into `changes` on this server has to do,
 /// with the walsender reading the rows' WAL as it comes like the tracker's. Returns how long
-/// until every row is stored and the walsender has sent `end`, the backlog's end.
+/// until every row is stored and the walsender has sent `end`, the backlog's end, and the CPU
+/// of the server's processes and this one's in that time.
 async fn physical_drain(
     pg: &TempPostgres,
     sql: &tokio_postgres::Client,
@@ -703,7 +709,7 @@ async fn physical_drain(
     table: &str,
     end: &str,
     options: &Options,
-) -> Duration {
+) -> (Duration, CpuUsage) {
     let dir = std::env::temp_dir().join(format!("bemi-bench-{}", std::process::id()));
     let pieces = copy_pieces(
         destination,
@@ -717,6 +723,8 @@ async fn physical_drain(
     for _ in 0..options.concurrent_writes.max(1) {
         writers.push(destination.connect().await.expect("destination"));
     }
+    checkpoint(sql).await;
+    let meter = CpuMeter::start(cpu::postmaster_pid(&pg.data_dir()));
     let started = Instant::now();
     let mut recvlogical = drain::pg_recvlogical_live(pg, "postgres", slot, "bench");
     let writers: Vec<_> = writers
@@ -758,9 +766,10 @@ async fn physical_drain(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = started.elapsed();
+    let cpu = meter.stop();
     drain::stop(&mut recvlogical);
     std::fs::remove_dir_all(&dir).expect("remove the pieces");
-    took
+    (took, cpu)
 }
 
 /// `rows` audit rows shaped like the tracker's rows of one-row inserts into `backlog`, made by
@@ -802,6 +811,13 @@ async fn copy_pieces(
         pieces.push(path);
     }
     pieces
+}
+
+/// Ends the server's current checkpoint now: every measurement starts just after one (with
+/// `max_wal_size` large enough that none starts during it), so that none pays for a
+/// checkpoint that another's WAL started.
+async fn checkpoint(sql: &tokio_postgres::Client) {
+    sql.batch_execute("CHECKPOINT").await.expect("checkpoint");
 }
 
 /// The sequence the bare writers number their rows by (negative `commit_lsn`s).

@@ -44,6 +44,11 @@ async fn thousand_transactions_with_their_own_context_give_exactly_ten_thousand_
         .unwrap();
     }
     db.wait_for_changes(10_000, &tracker, WAIT).await.unwrap();
+    // The progress counts them too (published as batches are stored, not per transaction).
+    let progress = tokio::time::timeout(WAIT, tracker.wait_for(|p| p.transactions >= 1000))
+        .await
+        .expect("the progress counts every transaction");
+    assert_eq!(progress.changes, 10_000, "{progress:?}");
     tracker.shutdown().await.unwrap();
 
     assert_eq!(scalar(&sql, "SELECT count(*) FROM changes").await, 10_000);
