@@ -576,6 +576,10 @@ impl Settings {
 
 /// What a running tracker has done.
 ///
+/// Published when a batch is stored, at the server's keepalives and at each
+/// [`flush_interval`](TrackerBuilder::flush_interval), not once a transaction: its counts and
+/// `server_lsn` may trail the stream by up to a flush interval.
+///
 /// Serializes (serde) as an object of its public fields, LSNs as PostgreSQL prints them and
 /// the last error as `{"kind", "code", "transient", "message"}`, for a status endpoint:
 ///

@@ -410,6 +410,11 @@ impl Session {
                     let handled = u64::from(!committed.replayed);
                     self.metrics.transactions(handled);
                     self.unreported.transactions += handled;
+                    // One with nothing to store, while nothing waits to be stored, may
+                    // complete what a `sync` waits for: published at once.
+                    if self.ledger.stored() > progress.borrow().stored_lsn {
+                        self.report(progress);
+                    }
                 }
             }
             ReplicationEvent::Keepalive { wal_end, .. } => {
