@@ -292,25 +292,20 @@ async fn run(options: Options) {
         println!("  CPU, the physical reference: {physical_cpu}");
         println!("  CPU, the tracker's drain: {tracked_cpu}");
     }
-    let mean = |ratios: &[f64]| ratios.iter().sum::<f64>() / ratios.len() as f64;
     println!(
-        "backlog drain (mean of {} rounds): tracker → changes {:.2} ± {:.2} × pg_recvlogical, \
-         {:.2} ± {:.2} × the physical reference, which reaches {:.2} ± {:.2} × pg_recvlogical",
+        "backlog drain (mean of {} rounds): tracker → changes {} × pg_recvlogical, {} × the \
+         physical reference, which reaches {} × pg_recvlogical",
         ratios.len(),
-        mean(&ratios),
-        ratio_spread(ratios.iter().copied()),
-        mean(&physical_ratios),
-        ratio_spread(physical_ratios.iter().copied()),
-        mean(&ceilings),
-        ratio_spread(ceilings.iter().copied()),
+        mean_spread(&ratios),
+        mean_spread(&physical_ratios),
+        mean_spread(&ceilings),
     );
     if options.without_gin {
         println!(
             "the physical reference into a table without the GIN indexes (mean of {} rounds): \
-             {:.2} ± {:.2} × pg_recvlogical",
+             {} × pg_recvlogical",
             ceilings_without_gin.len(),
-            mean(&ceilings_without_gin),
-            ratio_spread(ceilings_without_gin.iter().copied()),
+            mean_spread(&ceilings_without_gin),
         );
     }
     println!(
@@ -342,15 +337,13 @@ async fn run(options: Options) {
         peak_rss = peak_rss.max(rss);
     }
     println!(
-        "one transaction of {} rows (mean of {} rounds): tracker → changes {:.2} ± {:.2} × \
-         pg_recvlogical; end to end {:.2} ± {:.2} × COPY {to_copy:.2?}; peak RSS of the \
-         tracker's process {peak_rss:.1} MiB",
+        "one transaction of {} rows (mean of {} rounds): tracker → changes {} × \
+         pg_recvlogical; end to end {} × COPY {to_copy:.2?}; peak RSS of the tracker's \
+         process {peak_rss:.1} MiB",
         options.large,
         options.large_rounds,
-        mean(&to_recvlogical),
-        ratio_spread(to_recvlogical.iter().copied()),
-        mean(&to_copy),
-        ratio_spread(to_copy.iter().copied()),
+        mean_spread(&to_recvlogical),
+        mean_spread(&to_copy),
     );
 
     // 3. Latency at a steady rate.
@@ -683,15 +676,16 @@ async fn application_throughput(
             ratios.push(tps[index] / tps[0]);
         }
     }
-    let mean = |ratios: &[f64]| ratios.iter().sum::<f64>() / ratios.len() as f64;
     println!("application TPS ÷ TPS with no consumer:");
     for (consumer, ratios) in consumers.iter().zip(&ratios).skip(1) {
-        println!(
-            "  {consumer:?} {:.2} ± {:.2} {ratios:.2?}",
-            mean(ratios),
-            ratio_spread(ratios.iter().copied()),
-        );
+        println!("  {consumer:?} {} {ratios:.2?}", mean_spread(ratios));
     }
+}
+
+/// `ratios` as their mean ± half its 95 % confidence interval.
+fn mean_spread(ratios: &[f64]) -> String {
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    format!("{mean:.2} ± {:.2}", ratio_spread(ratios.iter().copied()))
 }
 
 /// The drain's physical reference: a live `pg_recvlogical` streams `slot` while one audit row

@@ -86,7 +86,10 @@ impl Ledger {
 
     /// Accounts for the changes appended since `from` (an index into
     /// [`changes`](Self::changes)) and for the commit that ended a transaction, if one did.
-    pub(super) fn stitched(&mut self, from: usize, commit_end: Option<Lsn>) {
+    /// Returns whether that moved the [`stored`](Self::stored) position: a transaction with
+    /// nothing to store, committed while nothing waits to be stored.
+    pub(super) fn stitched(&mut self, from: usize, commit_end: Option<Lsn>) -> bool {
+        let stored = self.stored();
         let (earlier, added) = self.batch.changes.split_at(from);
         self.batch_bytes += weight(added, earlier.last());
         self.unrecorded |= !added.is_empty();
@@ -98,6 +101,7 @@ impl Ledger {
             self.reached = self.reached.max(end);
         }
         self.settle();
+        self.stored() > stored
     }
 
     /// A keepalive at `wal_end`; `in_transaction` tells whether a transaction is open.

@@ -404,17 +404,17 @@ impl Session {
                         );
                     }
                 }
-                self.ledger
+                let stored_moved = self
+                    .ledger
                     .stitched(from, committed.map(|committed| committed.end_lsn));
                 if let Some(committed) = committed {
                     let handled = u64::from(!committed.replayed);
                     self.metrics.transactions(handled);
                     self.unreported.transactions += handled;
-                    // One with nothing to store, while nothing waits to be stored, may
-                    // complete what a `sync` waits for: published at once.
-                    if self.ledger.stored() > progress.borrow().stored_lsn {
-                        self.report(progress);
-                    }
+                }
+                // It may complete what a `sync` waits for: published at once.
+                if stored_moved {
+                    self.report(progress);
                 }
             }
             ReplicationEvent::Keepalive { wal_end, .. } => {
